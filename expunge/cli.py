@@ -1,0 +1,296 @@
+"""The `expunge` command line: parse, call one library function, render (a table or --json).
+
+Errors are one line on stderr and a non-zero exit code (2 for bad input, 3 for
+a busy store); never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from expunge.errors import BadInput, ExpungeError
+
+app = typer.Typer(
+    name="expunge",
+    help="Record-level data lineage and machine-unlearning orchestration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ingest_app = typer.Typer(help="Capture dataset versions.", no_args_is_help=True)
+track_app = typer.Typer(help="Capture training runs and model versions.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(track_app, name="track")
+
+StoreOpt = typer.Option(
+    None, "--store", envvar="EXPUNGE_STORE", help="Store directory (default ./.expunge).", show_default=False
+)
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document valid against its schema in schemas/.")
+
+
+def _fail(exc: Exception) -> None:
+    code = getattr(exc, "exit_code", 1)
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code)
+
+
+def _emit_json(doc: dict) -> None:
+    from expunge.schemas import dumps
+
+    sys.stdout.write(dumps(doc) + "\n")
+
+
+def _open(store: Optional[Path]):
+    from expunge.lineage.store import Store
+
+    return Store.open(store)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _guard(fn):
+    """Turn expunge errors (and a few system ones) into one line and an exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ExpungeError as exc:
+            _fail(exc)
+        except (OSError, json.JSONDecodeError) as exc:
+            _fail(BadInput(str(exc)))
+        except typer.Exit:
+            raise
+        except Exception as exc:  # a bug: still one line, the traceback on request
+            if os.environ.get("EXPUNGE_DEBUG"):
+                raise
+            typer.echo(f"internal error: {type(exc).__name__}: {exc} (set EXPUNGE_DEBUG=1 for the traceback)", err=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+@app.command()
+@_guard
+def init(store: Optional[Path] = StoreOpt, json_out: bool = JsonOpt) -> None:
+    """Create a store (and its subject-hash key file unless $EXPUNGE_SECRET is set).
+
+    Example: expunge init --store ./lineage
+    """
+    from expunge.lineage.keys import key_file_path
+    from expunge.lineage.store import Store
+
+    st = Store.init(store)
+    key = None if os.environ.get("EXPUNGE_SECRET") else str(key_file_path(st.root))
+    if json_out:
+        _emit_json({"store": str(st.root), "key_file": key})
+    else:
+        typer.echo(f"Initialised an expunge store at {st.root}")
+        if key:
+            typer.echo(f"Subject-hash key: {key} (back it up; keep it out of version control)")
+
+
+@ingest_app.command("source")
+@_guard
+def ingest_source(
+    file: Path = typer.Argument(..., help="Parquet or CSV file."),
+    name: str = typer.Option(..., "--name", help="Dataset name; each ingest adds a version."),
+    subject_col: str = typer.Option(..., "--subject-col", help="Column holding the data subject id."),
+    record_col: str = typer.Option(..., "--record-col", help="Column holding the record id (unique)."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Add a source dataset version.
+
+    Example: expunge ingest source customers.parquet --name customers --subject-col customer_id --record-col row_id
+    """
+    info = _open(store).ingest_source(file, name=name, subject_col=subject_col, record_col=record_col)
+    _report_version(info, json_out)
+
+
+def _parse_sources(items: List[str]) -> Optional[dict]:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        parent, sep, col = item.partition("=")
+        if not sep or not parent or not col:
+            raise BadInput(f"--source takes PARENT=COLUMN, got {item!r}")
+        out[parent] = col
+    return out
+
+
+@ingest_app.command("dataset")
+@_guard
+def ingest_dataset(
+    file: Path = typer.Argument(..., help="Parquet or CSV file with the derived rows."),
+    name: str = typer.Option(..., "--name", help="Dataset name; each ingest adds a version."),
+    parent: List[str] = typer.Option([], "--parent", help="Parent version (name@N, or name for the latest)."),
+    kind: str = typer.Option(..., "--kind", help="filter, sample, split, select, join, aggregate or augment."),
+    record_col: Optional[str] = typer.Option(None, "--record-col", help="Subsets: column of the parent row ids kept."),
+    source: List[str] = typer.Option([], "--source", help="Compositions: PARENT=COLUMN of that parent's row ids."),
+    row_col: Optional[str] = typer.Option(None, "--row-col", help="Compositions: column of the new row ids."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Add a derived dataset version (a subset of a parent, or rows built from several records).
+
+    Example: expunge ingest dataset adults.csv --name adults --parent customers --kind filter --record-col row_id
+    """
+    info = _open(store).ingest_dataset(
+        file, name=name, parents=parent, kind=kind, record_col=record_col,
+        sources=_parse_sources(source), row_col=row_col,
+    )
+    _report_version(info, json_out)
+
+
+def _report_version(info, json_out: bool) -> None:
+    if json_out:
+        _emit_json(info.to_dict())
+    else:
+        extra = f", {info.new_records:,} new" if info.kind == "source" else ""
+        typer.echo(f"Added {info.id} ({info.kind}): {info.rows:,} rows, {info.records:,} records{extra}")
+
+
+@track_app.command("run")
+@_guard
+def track_run(
+    manifest: Path = typer.Option(..., "--manifest", help="Run manifest JSON (schemas/run_manifest.schema.json)."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Record a training run and its model versions from a manifest.
+
+    Example: expunge track run --manifest run.json
+    """
+    try:
+        doc = json.loads(manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{manifest} is not valid JSON: {exc}") from None
+    result = _open(store).record_run(doc, base_dir=manifest.resolve().parent)
+    if json_out:
+        _emit_json(result)
+    else:
+        if result["run"]:
+            typer.echo(f"Recorded run {result['run']['id']} ({result['run']['inputs']} input(s), "
+                       f"{result['run']['checkpoints']} checkpoint(s))")
+        for m in result["models"]:
+            typer.echo(f"Registered model {m['id']} ({m['stage']}, sha256 {m['sha256'][:12]}…)")
+
+
+def _read_subjects(subject: List[str], subjects_file: Optional[Path]) -> List[str]:
+    subs = list(subject)
+    if subjects_file is not None:
+        text = sys.stdin.read() if str(subjects_file) == "-" else subjects_file.read_text()
+        # One id per line, exactly as written (only the line break is removed).
+        subs.extend(line for line in text.splitlines() if line != "")
+    if not subs:
+        raise BadInput("give at least one --subject or a --subjects-file")
+    return subs
+
+
+@app.command()
+@_guard
+def impact(
+    subject: List[str] = typer.Option([], "--subject", help="Raw subject id (repeatable)."),
+    subjects_file: Optional[Path] = typer.Option(None, "--subjects-file", help="File with one subject id per line."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Show every dataset version, run and model version the subjects' records touched.
+
+    Example: expunge impact --subject cust-0042 --json
+    """
+    subs = _read_subjects(subject, subjects_file)
+    result = _open(store).impact(subs)
+    if json_out:
+        _emit_json(result.to_dict())
+    else:
+        render_impact(result)
+
+
+def render_impact(result, console=None) -> None:
+    console = console or _console()
+    if result.empty:
+        n = result.requested
+        console.print(
+            f"No records for {'this subject' if n == 1 else f'these {n} subjects'} in the store: "
+            "nothing was touched."
+        )
+        return
+    from rich.table import Table
+
+    console.print(
+        f"[bold]{result.found}[/] of {result.requested} subject(s) found: [bold]{result.records:,}[/] record(s) in "
+        f"{len(result.datasets)} dataset version(s), {len(result.runs)} run(s), {len(result.models)} model version(s)."
+    )
+    t = Table(title="Dataset versions", title_justify="left")
+    for col in ("version", "kind", "parents", "records", "rows"):
+        t.add_column(col, justify="right" if col in ("records", "rows") else "left")
+    for d in result.datasets:
+        t.add_row(d["id"], d["kind"], ", ".join(d["parents"]) or "—", f"{d['records']:,}", f"{d['rows']:,}")
+    console.print(t)
+    if result.runs:
+        t = Table(title="Training runs", title_justify="left")
+        for col in ("run", "records", "inputs", "shards (first slice)", "clean checkpoint"):
+            t.add_column(col, justify="right" if col == "records" else "left")
+        for r in result.runs:
+            inputs = ", ".join(f"{i['dataset']} ({i['role']}: {i['records']:,})" for i in r["inputs"] if i["records"])
+            shards = ", ".join(
+                f"{s['shard']}" + (f" ({s['first_slice']})" if s["first_slice"] is not None else "")
+                for s in r["shards"]
+            ) or "—"
+            fs = r["first_seen"]
+            if fs is None:
+                ck = "—"
+            elif fs["last_clean_step"] is None:
+                ck = "none (seen before the first)"
+            else:
+                ck = f"step {fs['last_clean_step']:,}"
+            t.add_row(r["id"], f"{r['records']:,}", inputs, shards, ck)
+        console.print(t)
+    if result.models:
+        t = Table(title="Model versions", title_justify="left")
+        for col in ("model", "stage", "run", "how affected"):
+            t.add_column(col)
+        for m in result.models:
+            how = "trained on the records" if m["direct"] else " → ".join(
+                f"{p['model']} ({p['relation']})" for p in m["path"]
+            )
+            stage = f"[bold red]{m['stage']}[/]" if m["stage"] == "production" else m["stage"]
+            t.add_row(m["id"], stage, m["run"] or "—", how)
+        console.print(t)
+
+
+@app.command()
+@_guard
+def demo(
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Where to build the demo store (default: a temp dir)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Build a demo store with synthetic customers and show what one customer touched.
+
+    Example: expunge demo --dir /tmp/expunge-demo
+    """
+    from expunge.demo import run_demo
+
+    run_demo(directory, json_out=json_out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

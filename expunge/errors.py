@@ -1,0 +1,40 @@
+"""The exceptions expunge raises; callers catch `ExpungeError`.
+
+    ExpungeError                 base class, carries the CLI exit code
+    ├── BadInput                 the user's input is wrong (exit 2); nothing was written
+    │   ├── SchemaError          a document failed its JSON Schema
+    │   └── UnknownReference     a parent dataset, model or run that is not in the store
+    ├── StoreNotFound            no store at the given path (exit 2)
+    ├── StoreBusy                another process is writing to the store (exit 3)
+    └── SecretMismatch           the subject-hash secret is not this store's (exit 2)
+"""
+
+from __future__ import annotations
+
+
+class ExpungeError(Exception):
+    exit_code = 1
+
+
+class BadInput(ExpungeError):
+    exit_code = 2
+
+
+class SchemaError(BadInput):
+    pass
+
+
+class UnknownReference(BadInput):
+    pass
+
+
+class StoreNotFound(ExpungeError):
+    exit_code = 2
+
+
+class StoreBusy(ExpungeError):
+    exit_code = 3
+
+
+class SecretMismatch(ExpungeError):
+    exit_code = 2

@@ -1,0 +1,1 @@
+"""The lineage store: subjects → records → dataset versions → runs → model versions."""

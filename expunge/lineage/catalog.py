@@ -1,0 +1,85 @@
+"""The store's on-disk layout and the DuckDB catalog schema.
+
+    <store>/STORE                  format marker (JSON)
+    <store>/secret.key             subject-hash key (unless $EXPUNGE_SECRET / $EXPUNGE_KEY_FILE)
+    <store>/lock                   writer lock (flock)
+    <store>/CURRENT                name of the live catalog file
+    <store>/catalog-<gen>.duckdb   the catalog: small entities (datasets, runs, models, ...)
+    <store>/data/                  immutable record-level files referenced by the catalog
+
+A write copies the live catalog, changes the copy, writes new data files, and
+then switches CURRENT with an atomic rename: a crash at any point leaves the
+previous generation whole and readable, and readers never wait on a writer.
+"""
+
+from __future__ import annotations
+
+FORMAT = 1
+CURRENT = "CURRENT"
+MARKER = "STORE"
+LOCK = "lock"
+DATA = "data"
+
+DDL = """
+CREATE TABLE meta(key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE datasets(
+    dataset_id INTEGER PRIMARY KEY, name VARCHAR UNIQUE NOT NULL, created_at TIMESTAMP);
+CREATE TABLE dataset_versions(
+    version_id INTEGER PRIMARY KEY, dataset_id INTEGER NOT NULL, version_no INTEGER NOT NULL,
+    kind VARCHAR NOT NULL,            -- source | filter | sample | split | select | join | aggregate | augment
+    row_space VARCHAR NOT NULL,       -- 'records': rows are source records; 'rows': own rows built from records
+    record_dataset_id INTEGER,        -- for row_space 'records': the source dataset whose records are the rows
+    n_rows BIGINT NOT NULL, n_records BIGINT NOT NULL,
+    bitmap_file VARCHAR NOT NULL,     -- roaring bitmap of the source record ordinals it holds
+    rows_file VARCHAR,                -- row_space 'rows': Parquet (row_id, ords list)
+    rowmap_file VARCHAR,              -- row_space 'rows': (ordinal, row) pairs sorted by ordinal
+    origin VARCHAR, created_at TIMESTAMP,
+    UNIQUE(dataset_id, version_no));
+CREATE TABLE version_parents(version_id INTEGER, parent_version_id INTEGER, position INTEGER);
+CREATE TABLE record_segments(
+    segment_id INTEGER PRIMARY KEY, dataset_id INTEGER NOT NULL,
+    ord_start BIGINT NOT NULL, n BIGINT NOT NULL, ids_file VARCHAR NOT NULL);
+CREATE TABLE subject_segments(
+    segment_id INTEGER PRIMARY KEY, file VARCHAR NOT NULL,
+    n_subjects BIGINT NOT NULL, n_records BIGINT NOT NULL);
+CREATE TABLE runs(
+    run_id INTEGER PRIMARY KEY, name VARCHAR UNIQUE NOT NULL,
+    trainer VARCHAR, config JSON, code_version VARCHAR, seed BIGINT, model_family VARCHAR,
+    wall_seconds DOUBLE, cpu_seconds DOUBLE, gpu_seconds DOUBLE,
+    started_at TIMESTAMP, ended_at TIMESTAMP,
+    n_shards INTEGER, n_slices INTEGER,
+    facts_file VARCHAR,               -- Parquet (ord, shard, slice, first_step) of the training records
+    facts_index_file VARCHAR,         -- concatenated roaring bitmaps per shard / slice / checkpoint interval
+    facts_index JSON,
+    extra JSON, created_at TIMESTAMP);
+CREATE TABLE run_inputs(
+    run_id INTEGER, position INTEGER, version_id INTEGER, role VARCHAR,
+    subset_file VARCHAR, n_rows BIGINT, n_records BIGINT);
+CREATE TABLE checkpoints(
+    run_id INTEGER, position INTEGER, step BIGINT, path VARCHAR, sha256 VARCHAR,
+    shard INTEGER, slice INTEGER);
+CREATE TABLE models(
+    model_id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, version_no INTEGER NOT NULL,
+    artifact_path VARCHAR, sha256 VARCHAR, run_id INTEGER, stage VARCHAR NOT NULL,
+    created_at TIMESTAMP, UNIQUE(name, version_no));
+CREATE TABLE model_parents(model_id INTEGER, parent_model_id INTEGER, relation VARCHAR);
+"""
+
+SUBSET_KINDS = ("filter", "sample", "split", "select")
+COMPOSITE_KINDS = ("join", "aggregate", "augment")
+DERIVED_KINDS = SUBSET_KINDS + COMPOSITE_KINDS
+ROLES = ("train", "val", "eval")
+STAGES = ("dev", "staging", "production", "archived", "superseded")
+RELATIONS = ("fine-tune", "distill", "ensemble")
+
+# Every catalog column that names a file under data/ (for garbage collection).
+FILE_COLUMNS = (
+    ("dataset_versions", "bitmap_file"),
+    ("dataset_versions", "rows_file"),
+    ("dataset_versions", "rowmap_file"),
+    ("record_segments", "ids_file"),
+    ("subject_segments", "file"),
+    ("runs", "facts_file"),
+    ("runs", "facts_index_file"),
+    ("run_inputs", "subset_file"),
+)

@@ -1,0 +1,428 @@
+"""Capturing dataset versions: source tables and derived subsets or compositions.
+
+Every source record gets a store-wide ordinal (uint32). A dataset version is a
+roaring bitmap of the ordinals it holds, so versions that share most records
+cost a few bytes per run of shared ordinals, not a copy. Derived versions whose
+rows are built from several records (join, aggregate, augment) also keep their
+own row ids and a row → records map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from expunge.errors import BadInput
+from expunge.lineage import catalog as C
+from expunge.lineage.segments import Segment, build_segment_bytes
+from expunge.lineage.store import MERGE_FACTOR, Store, Txn, VersionInfo, _now, check_name
+from expunge.lineage.tables import first_duplicate, id_column, id_lists, read_table, require_columns
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _record_ids_of_dataset(txn: Txn, dataset_id: int):
+    """(record_id, ord) relation of every record of a source dataset, as a DuckDB relation SQL."""
+    segs = txn.con.execute(
+        "SELECT ids_file, ord_start FROM record_segments WHERE dataset_id = ? ORDER BY ord_start", [dataset_id]
+    ).fetchall()
+    return [(str(txn.store.data_path(f)), int(s)) for f, s in segs]
+
+
+def lookup_record_ordinals(txn: Txn, dataset_id: int, ids: pa.Array) -> np.ndarray:
+    """Ordinal of each id among the dataset's records; -1 where unknown. Order follows `ids`."""
+    n = len(ids)
+    out = np.full(n, -1, dtype=np.int64)
+    segs = _record_ids_of_dataset(txn, dataset_id)
+    if not segs or n == 0:
+        return out
+    q = pa.table({"rid": ids, "pos": pa.array(np.arange(n, dtype=np.int64))})
+    parts = " UNION ALL ".join(
+        f"SELECT record_id AS rid, (file_row_number + {start})::BIGINT AS ord "
+        f"FROM read_parquet('{path}', file_row_number = true)"
+        for path, start in segs
+    )
+    txn.con.register("_q_ids", q)
+    try:
+        res = txn.con.sql(f"SELECT q.pos, k.ord FROM _q_ids q JOIN ({parts}) k ON q.rid = k.rid").fetchnumpy()
+    finally:
+        txn.con.unregister("_q_ids")
+    out[res["pos"].astype(np.int64)] = res["ord"].astype(np.int64)
+    return out
+
+
+def bitmap_array(bm) -> np.ndarray:
+    return np.frombuffer(bm.to_array(), dtype=np.uint32)
+
+
+def _bitmap_from(ords: np.ndarray):
+    from pyroaring import BitMap
+
+    return BitMap(np.asarray(ords, dtype=np.uint32))
+
+
+def add_subject_segment(txn: Txn, hashes: np.ndarray, ords: np.ndarray) -> None:
+    """Add the (subject hash, ordinal) pairs of new records; keep O(log n) segments by merging."""
+    if len(ords) == 0:
+        return
+    segs = txn.con.execute(
+        "SELECT segment_id, file, n_records FROM subject_segments ORDER BY segment_id"
+    ).fetchall()
+    merge: list[tuple[int, str]] = []
+    size = len(ords)
+    for sid, f, n in reversed(segs):
+        if n < MERGE_FACTOR * size:
+            merge.append((sid, f))
+            size += n
+        else:
+            break
+    if merge:
+        parts_h, parts_o = [hashes], [np.asarray(ords, dtype=np.uint32)]
+        for _, f in merge:
+            h, o = Segment(txn.store.data_path(f)).expand()
+            parts_h.append(h)
+            parts_o.append(o)
+        hashes = np.concatenate(parts_h)
+        ords = np.concatenate(parts_o)
+        txn.con.execute(
+            f"DELETE FROM subject_segments WHERE segment_id IN ({','.join(str(s) for s, _ in merge)})"
+        )
+    data, ns, nr = build_segment_bytes(hashes, ords)
+    name = txn.write_bytes(".seg", data)
+    txn.con.execute(
+        "INSERT INTO subject_segments VALUES (?, ?, ?, ?)",
+        [txn.next_id("subject_segments", "segment_id"), name, ns, nr],
+    )
+
+
+def _owner_check(txn: Txn, hashes: np.ndarray, ords: np.ndarray, ids: pa.Array, name: str) -> None:
+    """Records already known must keep the subject they were first ingested with."""
+    if len(ords) == 0:
+        return
+    ok = np.zeros(len(ords), dtype=bool)
+    for (f,) in txn.con.execute("SELECT file FROM subject_segments").fetchall():
+        todo = ~ok
+        if not todo.any():
+            break
+        ok[todo] = Segment(txn.store.data_path(f)).contains_pairs(hashes[todo], ords[todo])
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        raise BadInput(
+            f"record {ids[bad].as_py()!r} of dataset {name!r} belongs to a different subject than when it was "
+            f"first ingested ({int((~ok).sum())} such record(s)); a record id must keep its subject"
+        )
+
+
+def _insert_version(
+    txn: Txn, *, dataset_id: int, name: str, kind: str, row_space: str, record_dataset_id: int | None,
+    n_rows: int, bitmap, rows_file: str | None = None, rowmap_file: str | None = None,
+    parents: Sequence[int] = (), origin: str | None = None, new_records: int = 0,
+) -> VersionInfo:
+    version_id = txn.next_id("dataset_versions", "version_id")
+    version_no = int(txn.one("SELECT coalesce(max(version_no), 0) + 1 FROM dataset_versions WHERE dataset_id = ?",
+                             [dataset_id]))
+    bitmap_file = txn.save_bitmap(bitmap)
+    txn.con.execute(
+        "INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [version_id, dataset_id, version_no, kind, row_space, record_dataset_id, n_rows, len(bitmap),
+         bitmap_file, rows_file, rowmap_file, origin, _now()],
+    )
+    for pos, pid in enumerate(parents):
+        txn.con.execute("INSERT INTO version_parents VALUES (?, ?, ?)", [version_id, pid, pos])
+    return VersionInfo(f"{name}@{version_no}", name, version_no, kind, n_rows, len(bitmap), new_records)
+
+
+def _origin(data: Any, origin: str | None) -> str | None:
+    if origin is not None:
+        return origin
+    if isinstance(data, (str,)) or hasattr(data, "__fspath__"):
+        return str(data)
+    return None
+
+
+# ---------------------------------------------------------------- source versions
+
+
+def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, record_col: str,
+                  origin: str | None = None) -> VersionInfo:
+    check_name(name, "dataset")
+    what = f"source {name!r}"
+    table = read_table(data, [subject_col, record_col])
+    require_columns(table, [subject_col, record_col], what)
+    rids = id_column(table, record_col, what)
+    subs = id_column(table, subject_col, what)
+    dup = first_duplicate(rids)
+    if dup is not None:
+        raise BadInput(f"{what}: duplicate record id {dup!r} in column {record_col!r}")
+    n = len(rids)
+    # Hash each distinct subject once.
+    enc = pc.dictionary_encode(subs)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    uniq_hashes = store.hasher.hash_many(enc.dictionary.to_pylist())
+    hashes = uniq_hashes[codes] if n else np.zeros((0, 2), np.uint64)
+
+    with store.write() as txn:
+        dataset_id = txn.dataset_id(name, create=True)
+        kinds = txn.con.execute(
+            "SELECT DISTINCT kind FROM dataset_versions WHERE dataset_id = ?", [dataset_id]
+        ).fetchall()
+        if kinds and kinds[0][0] != "source":
+            raise BadInput(f"dataset {name!r} is a derived dataset; a source version needs another name")
+        existing = lookup_record_ordinals(txn, dataset_id, rids)
+        known = existing >= 0
+        _owner_check(txn, hashes[known], existing[known].astype(np.uint32), rids.filter(pa.array(known)), name)
+        new_idx = np.flatnonzero(~known)
+        start = int(txn.meta("next_ordinal"))
+        n_new = int(new_idx.size)
+        if start + n_new >= 2**32:
+            raise BadInput("the store is full: more than 2^32 records")
+        ords = np.empty(n, dtype=np.uint32)
+        ords[known] = existing[known]
+        ords[new_idx] = np.arange(start, start + n_new, dtype=np.uint32)
+        if n_new:
+            ids_table = pa.table({"record_id": rids.take(pa.array(new_idx))})
+            ids_file = txn.write_parquet(ids_table, ".ids.parquet")
+            txn.con.execute(
+                "INSERT INTO record_segments VALUES (?, ?, ?, ?, ?)",
+                [txn.next_id("record_segments", "segment_id"), dataset_id, start, n_new, ids_file],
+            )
+            add_subject_segment(txn, hashes[new_idx], ords[new_idx])
+            txn.set_meta("next_ordinal", str(start + n_new))
+        bitmap = _bitmap_from(ords)
+        return _insert_version(
+            txn, dataset_id=dataset_id, name=name, kind="source", row_space="records",
+            record_dataset_id=dataset_id, n_rows=n, bitmap=bitmap, origin=_origin(data, origin),
+            new_records=n_new,
+        )
+
+
+# ---------------------------------------------------------------- resolving parent rows
+
+
+def resolve_rows(txn: Txn, parent: dict, ids: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Map row ids of a parent version to source record ordinals.
+
+    Returns (index into `ids`, ordinal) pairs: one pair per id for record-space
+    parents, one per (row, record) for composed parents. Unknown ids are refused.
+    """
+    n = len(ids)
+    if parent["row_space"] == "records":
+        ords = lookup_record_ordinals(txn, parent["record_dataset_id"], ids)
+        ok = ords >= 0
+        if ok.all():
+            bm = txn.load_bitmap(parent["bitmap_file"])
+            if not _bitmap_from(ords).issubset(bm):
+                ok &= np.isin(ords, bitmap_array(bm))
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise BadInput(
+                f"{what}: {int((~ok).sum())} id(s) are not rows of {parent['label']}, e.g. {ids[bad].as_py()!r}"
+            )
+        return np.arange(n, dtype=np.int64), ords.astype(np.uint32)
+    rows = _parent_rows(txn, parent)
+    q = pa.table({"rid": ids, "pos": pa.array(np.arange(n, dtype=np.int64))})
+    txn.con.register("_q_rows", q)
+    txn.con.register("_p_rows", rows.select(["row_id"]).append_column(
+        "row_idx", pa.array(np.arange(rows.num_rows, dtype=np.int64))))
+    try:
+        res = txn.con.sql("SELECT q.pos, p.row_idx FROM _q_rows q JOIN _p_rows p ON q.rid = p.row_id").fetchnumpy()
+    finally:
+        txn.con.unregister("_q_rows")
+        txn.con.unregister("_p_rows")
+    row_of = np.full(n, -1, dtype=np.int64)
+    row_of[res["pos"].astype(np.int64)] = res["row_idx"].astype(np.int64)
+    if (row_of < 0).any():
+        bad = int(np.flatnonzero(row_of < 0)[0])
+        raise BadInput(
+            f"{what}: {int((row_of < 0).sum())} id(s) are not rows of {parent['label']}, e.g. {ids[bad].as_py()!r}"
+        )
+    lists = rows.column("ords").combine_chunks()
+    offsets = lists.offsets.to_numpy()
+    flat = lists.values.to_numpy()
+    starts, ends = offsets[row_of], offsets[row_of + 1]
+    counts = ends - starts
+    total = int(counts.sum())
+    pos = np.repeat(np.arange(n, dtype=np.int64), counts)
+    idx = np.arange(total, dtype=np.int64) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return pos, flat[idx].astype(np.uint32)
+
+
+def _parent_rows(txn: Txn, parent: dict) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(txn.store.data_path(parent["rows_file"]))
+
+
+def _write_composite(txn: Txn, row_ids: pa.Array, pos: np.ndarray, ords: np.ndarray) -> tuple[str, str, Any]:
+    """Store rows (row_id, ords) and the ordinal-sorted (ord, row) map; return files and bitmap."""
+    n = len(row_ids)
+    order = np.lexsort((ords, pos))
+    pos_s, ords_s = pos[order], ords[order]
+    # Drop a record repeated within one row.
+    if pos_s.size:
+        keep = np.ones(pos_s.size, dtype=bool)
+        keep[1:] = (pos_s[1:] != pos_s[:-1]) | (ords_s[1:] != ords_s[:-1])
+        pos_s, ords_s = pos_s[keep], ords_s[keep]
+    counts = np.bincount(pos_s, minlength=n)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ords_s, type=pa.uint32()))
+    rows_file = txn.write_parquet(pa.table({"row_id": row_ids, "ords": lists}), ".rows.parquet")
+    by_ord = np.lexsort((pos_s, ords_s))
+    rowmap = np.empty((2, pos_s.size), dtype=np.uint32)
+    rowmap[0] = ords_s[by_ord]
+    rowmap[1] = pos_s[by_ord]
+    rowmap_file = txn.write_bytes(".rowmap.npy", _npy_bytes(rowmap))
+    return rows_file, rowmap_file, _bitmap_from(ords_s)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- derived versions
+
+
+def ingest_dataset(store: Store, data: Any, *, name: str, parents: Sequence[str], kind: str,
+                   record_col: str | None = None, sources: dict[str, str] | None = None,
+                   row_col: str | None = None, origin: str | None = None) -> VersionInfo:
+    """Add a derived version.
+
+    Subset kinds (filter, sample, split, select) take one parent and a column
+    (`record_col`) naming, per row, the parent row it keeps. Composite kinds
+    (join, aggregate, augment) take one column per parent (`sources`, parent →
+    column; a column holds one id or a list of ids, `;`-separated in CSV) and an
+    optional `row_col` with the new rows' ids (default: the row number).
+    """
+    check_name(name, "dataset")
+    what = f"dataset {name!r}"
+    if kind not in C.DERIVED_KINDS:
+        raise BadInput(f"unknown derivation kind {kind!r}; expected one of {', '.join(C.DERIVED_KINDS)}")
+    parents = list(parents or [])
+    if not parents:
+        raise BadInput(f"{what}: a derived dataset needs at least one --parent")
+    if kind in C.SUBSET_KINDS:
+        if len(parents) != 1:
+            raise BadInput(f"{what}: a {kind} has exactly one parent (got {len(parents)})")
+        if sources:
+            raise BadInput(f"{what}: a {kind} takes --record-col, not --source")
+        record_col = record_col or "record_id"
+        cols = [record_col]
+    else:
+        if sources is None:
+            if len(parents) == 1 and record_col:
+                sources = {parents[0]: record_col}
+            else:
+                raise BadInput(f"{what}: a {kind} needs --source PARENT=COLUMN for each parent")
+        unknown = set(sources) - set(parents)
+        if unknown:
+            raise BadInput(f"{what}: --source names {sorted(unknown)} that are not parents")
+        missing = [p for p in parents if p not in sources]
+        if missing:
+            raise BadInput(f"{what}: no --source column for parent(s) {missing}")
+        cols = list(sources.values()) + ([row_col] if row_col else [])
+    table = read_table(data, cols)
+    require_columns(table, cols, what)
+
+    with store.write() as txn:
+        dataset_id = txn.dataset_id(name, create=True)
+        _check_no_cycle(txn, dataset_id, name, parents)
+        pvs = [txn.resolve_version(p) for p in parents]
+        prev = txn.one("SELECT kind FROM dataset_versions WHERE dataset_id = ? LIMIT 1", [dataset_id])
+        if prev == "source":
+            raise BadInput(f"dataset {name!r} is a source dataset; a derived version needs another name")
+        if kind in C.SUBSET_KINDS:
+            pv = pvs[0]
+            ids = id_column(table, record_col, what)
+            dup = first_duplicate(ids)
+            if dup is not None:
+                raise BadInput(f"{what}: row {dup!r} appears twice in column {record_col!r}")
+            pos, ords = resolve_rows(txn, pv, ids, what)
+            if pv["row_space"] == "records":
+                return _insert_version(
+                    txn, dataset_id=dataset_id, name=name, kind=kind, row_space="records",
+                    record_dataset_id=pv["record_dataset_id"], n_rows=len(ids), bitmap=_bitmap_from(ords),
+                    parents=[pv["version_id"]], origin=_origin(data, origin),
+                )
+            rows_file, rowmap_file, bm = _write_composite(txn, ids, pos, ords)
+            return _insert_version(
+                txn, dataset_id=dataset_id, name=name, kind=kind, row_space="rows", record_dataset_id=None,
+                n_rows=len(ids), bitmap=bm, rows_file=rows_file, rowmap_file=rowmap_file,
+                parents=[pv["version_id"]], origin=_origin(data, origin),
+            )
+        n = table.num_rows
+        if row_col:
+            row_ids = id_column(table, row_col, what)
+            dup = first_duplicate(row_ids)
+            if dup is not None:
+                raise BadInput(f"{what}: duplicate row id {dup!r} in column {row_col!r}")
+        else:
+            row_ids = pa.array([str(i) for i in range(n)], type=pa.string())
+        all_pos, all_ords = [], []
+        for pref, pv in zip(parents, pvs):
+            col = sources[pref]
+            parent_of, flat = id_lists(table, col, what)
+            p_idx, ords = resolve_rows(txn, pv, flat, f"{what} column {col!r}")
+            all_pos.append(parent_of.to_numpy(zero_copy_only=False).astype(np.int64)[p_idx])
+            all_ords.append(ords)
+        pos = np.concatenate(all_pos) if all_pos else np.zeros(0, np.int64)
+        ords = np.concatenate(all_ords) if all_ords else np.zeros(0, np.uint32)
+        rows_file, rowmap_file, bm = _write_composite(txn, row_ids, pos, ords)
+        return _insert_version(
+            txn, dataset_id=dataset_id, name=name, kind=kind, row_space="rows", record_dataset_id=None,
+            n_rows=n, bitmap=bm, rows_file=rows_file, rowmap_file=rowmap_file,
+            parents=[pv["version_id"] for pv in pvs], origin=_origin(data, origin),
+        )
+
+
+def _check_no_cycle(txn: Txn, dataset_id: int, name: str, parents: Sequence[str]) -> None:
+    """Versions are immutable and may only name existing parents, so the one cycle a user can
+    ask for is a version that names itself (or a later version of its own dataset) as parent."""
+    from expunge.lineage.store import split_ref
+
+    next_no = int(txn.one("SELECT coalesce(max(version_no), 0) + 1 FROM dataset_versions WHERE dataset_id = ?",
+                          [dataset_id]))
+    for ref in parents:
+        pname, ver = split_ref(ref)
+        if pname == name and ver is not None and ver >= next_no:
+            raise BadInput(f"derivation cycle: {name}@{next_no} cannot have {ref} as a parent (it would be its own "
+                           f"ancestor)")
+
+
+def derive_positions(store: Store, parent: str, *, name: str, kind: str, positions: Any,
+                     origin: str | None = None) -> VersionInfo:
+    """A subset version selected by row positions (or a boolean mask) of a record-space parent."""
+    check_name(name, "dataset")
+    if kind not in C.SUBSET_KINDS:
+        raise BadInput(f"derive() makes subsets; kind must be one of {', '.join(C.SUBSET_KINDS)}")
+    pos = np.asarray(positions)
+    with store.write() as txn:
+        pv = txn.resolve_version(parent)
+        if pv["row_space"] != "records":
+            raise BadInput(f"derive() needs a parent whose rows are records; {pv['label']} is composed")
+        if pos.dtype == bool:
+            if pos.size != pv["n_rows"]:
+                raise BadInput(f"mask has {pos.size} entries, {pv['label']} has {pv['n_rows']} rows")
+            pos = np.flatnonzero(pos)
+        pos = pos.astype(np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= pv["n_rows"]):
+            raise BadInput(f"row positions out of range for {pv['label']} ({pv['n_rows']} rows)")
+        if np.unique(pos).size != pos.size:
+            raise BadInput("row positions repeat")
+        dataset_id = txn.dataset_id(name, create=True)
+        parent_ords = bitmap_array(txn.load_bitmap(pv["bitmap_file"]))
+        # Bitmap order is ordinal order; the parent's row order is its ordinal order too.
+        ords = parent_ords[pos]
+        return _insert_version(
+            txn, dataset_id=dataset_id, name=name, kind=kind, row_space="records",
+            record_dataset_id=pv["record_dataset_id"], n_rows=int(pos.size), bitmap=_bitmap_from(ords),
+            parents=[pv["version_id"]], origin=origin,
+        )

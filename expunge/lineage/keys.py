@@ -1,0 +1,92 @@
+"""Pseudonymous subjects: a keyed 128-bit BLAKE2b hash of each raw subject id.
+
+The secret lives outside the store's tables: `$EXPUNGE_SECRET`, or a key file
+(`secret.key` in the store directory by default, mode 0600, or `$EXPUNGE_KEY_FILE`).
+The store keeps only a fingerprint of the key, to refuse a wrong one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from expunge.errors import BadInput, SecretMismatch
+
+KEY_FILE = "secret.key"
+HASH_BYTES = 16
+
+
+def generate_secret() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def _parse_secret(text: str) -> bytes:
+    text = text.strip()
+    if not text:
+        raise BadInput("the subject-hash secret is empty")
+    try:
+        raw = bytes.fromhex(text)
+        if len(raw) >= 16:
+            return raw[:64]
+    except ValueError:
+        pass
+    # A passphrase: derive a 32-byte key from it.
+    return hashlib.blake2b(text.encode(), digest_size=32, person=b"expunge-pass").digest()
+
+
+def key_file_path(store_root: Path) -> Path:
+    env = os.environ.get("EXPUNGE_KEY_FILE")
+    return Path(env) if env else store_root / KEY_FILE
+
+
+def load_secret(store_root: Path) -> bytes:
+    env = os.environ.get("EXPUNGE_SECRET")
+    if env:
+        return _parse_secret(env)
+    path = key_file_path(store_root)
+    try:
+        return _parse_secret(path.read_text())
+    except FileNotFoundError:
+        raise SecretMismatch(
+            f"no subject-hash secret: set $EXPUNGE_SECRET or provide the key file {path}"
+        ) from None
+
+
+def write_key_file(path: Path, secret: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret.hex() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def fingerprint(secret: bytes) -> str:
+    return hashlib.blake2b(b"fingerprint", key=secret[:64], digest_size=16).hexdigest()
+
+
+class SubjectHasher:
+    """Maps raw subject ids (strings, exactly as given) to (hi, lo) uint64 pairs."""
+
+    def __init__(self, secret: bytes):
+        self._key = secret[:64]
+
+    def digest(self, subject: str) -> bytes:
+        return hashlib.blake2b(subject.encode("utf-8"), key=self._key, digest_size=HASH_BYTES).digest()
+
+    def hash_many(self, subjects: Iterable[str]) -> np.ndarray:
+        """Return an (n, 2) uint64 array of (hi, lo) halves, big-endian order preserved."""
+        key = self._key
+        b2 = hashlib.blake2b
+        joined = b"".join([b2(s.encode("utf-8"), key=key, digest_size=HASH_BYTES).digest() for s in subjects])
+        if not joined:
+            return np.zeros((0, 2), dtype=np.uint64)
+        return np.frombuffer(joined, dtype=">u8").astype(np.uint64).reshape(-1, 2)
+
+    def hex(self, subject: str) -> str:
+        return self.digest(subject).hex()

@@ -1,0 +1,388 @@
+"""Capturing training runs and model versions, from a manifest or a `with` block.
+
+A run records what it consumed (dataset versions, role, optional row subset),
+how to run it again (trainer entry point, config, seed, code version), what it
+cost, and the facts cheap unlearning needs later: each training record's shard
+and slice, the step at which it was first consumed, and the checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from expunge.errors import BadInput, SchemaError
+from expunge.lineage import catalog as C
+from expunge.lineage.store import Store, Txn, _now, check_name
+
+SCHEMA_NAME = "run_manifest.schema.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def validate_manifest(manifest: Any) -> None:
+    import jsonschema
+
+    from expunge.schemas import load_schema
+
+    schema = load_schema(SCHEMA_NAME)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.path) or "(top level)"
+        raise SchemaError(f"run manifest fails its schema at {where}: {e.message}")
+
+
+def _read_rows_file(path: Path, column: str = "row_id") -> list[str]:
+    from expunge.lineage.tables import id_column, read_table, require_columns
+
+    t = read_table(path, [column])
+    require_columns(t, [column], f"rows file {path}")
+    return id_column(t, column, f"rows file {path}").to_pylist()
+
+
+def _facts_table(run: dict, base: Path):
+    """The per-row facts of a run as a pyarrow table (row_id, shard, slice, first_step), or None."""
+    import pyarrow as pa
+
+    from expunge.lineage.tables import read_table, require_columns
+
+    if "facts_file" in run:
+        path = base / run["facts_file"]
+        cols = ["row_id", "shard", "slice", "first_step"]
+        t = read_table(path, ["row_id"])
+        require_columns(t, ["row_id"], f"facts file {path}")
+        out = {"row_id": t.column("row_id")}
+        for c in cols[1:]:
+            out[c] = t.column(c) if c in t.column_names else pa.nulls(t.num_rows, pa.int64())
+        return pa.table(out)
+    facts = run.get("facts")
+    if not facts:
+        return None
+    rows = facts["rows"]
+    n = len(rows)
+    out = {"row_id": pa.array([str(r) for r in rows], pa.string())}
+    for c in ("shard", "slice", "first_step"):
+        vals = facts.get(c)
+        if vals is not None and len(vals) != n:
+            raise BadInput(f"run facts: {c!r} has {len(vals)} values for {n} rows")
+        out[c] = pa.array(vals if vals is not None else [None] * n, pa.int64())
+    return pa.table(out)
+
+
+def _int_column(table, name: str) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    col = table.column(name).combine_chunks()
+    return pc.fill_null(col.cast("int64"), -1).to_numpy(zero_copy_only=False)
+
+
+def record_run(store: Store, manifest: dict, *, base_dir: Path) -> dict:
+    validate_manifest(manifest)
+    run = manifest.get("run")
+    models = manifest.get("models", [])
+    _check_model_cycles(models)
+    facts = _facts_table(run, base_dir) if run else None
+    with store.write() as txn:
+        out: dict = {"run": None, "models": []}
+        run_id = None
+        if run is not None:
+            run_id, out["run"] = _insert_run(txn, run, facts, base_dir)
+        for m in models:
+            out["models"].append(_insert_model(txn, m, run_id, base_dir))
+        return out
+
+
+def _check_model_cycles(models: Sequence[dict]) -> None:
+    import networkx as nx
+
+    g = nx.DiGraph()
+    names = {m["name"] for m in models}
+    for m in models:
+        g.add_node(m["name"])
+        for p in m.get("parents", []):
+            pname = p["model"].rpartition("@")[0] or p["model"]
+            if pname in names:
+                g.add_edge(pname, m["name"])
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        return
+    path = " → ".join([a for a, _ in cycle] + [cycle[0][0]])
+    raise BadInput(f"model derivation cycle in the manifest: {path}")
+
+
+def _ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
+    except ValueError:
+        raise BadInput(f"invalid timestamp {value!r}") from None
+
+
+def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
+    from pyroaring import BitMap
+
+    from expunge.lineage.ingest import resolve_rows
+
+    name = run.get("name") or f"run-{txn.next_id('runs', 'run_id'):06d}"
+    check_name(name, "run")
+    if txn.one("SELECT 1 FROM runs WHERE name = ?", [name]):
+        raise BadInput(f"run {name!r} is already recorded")
+    run_id = txn.next_id("runs", "run_id")
+    inputs = run.get("inputs", [])
+    train_sets: list[tuple[dict, Any]] = []
+    input_rows = []
+    for pos, inp in enumerate(inputs):
+        import pyarrow as pa
+
+        pv = txn.resolve_version(inp["dataset"])
+        role = inp.get("role", "train")
+        subset_file = None
+        n_rows, bm = pv["n_rows"], None
+        rows = inp.get("rows")
+        if "rows_file" in inp:
+            rows = _read_rows_file(base / inp["rows_file"])
+        if rows is not None:
+            ids = pa.array([str(r) for r in rows], pa.string())
+            if len(set(ids.to_pylist())) != len(ids):
+                raise BadInput(f"run {name!r}: input {pv['label']} lists a row twice")
+            _, ords = resolve_rows(txn, pv, ids, f"run {name!r} input {pv['label']}")
+            bm = BitMap(ords)
+            subset_file = txn.save_bitmap(bm)
+            n_rows = len(ids)
+        else:
+            bm = txn.load_bitmap(pv["bitmap_file"])
+        if role == "train":
+            train_sets.append((pv, bm))
+        input_rows.append([run_id, pos, pv["version_id"], role, subset_file, n_rows, len(bm)])
+
+    facts_file = index_file = index = None
+    n_shards, n_slices = run.get("shards"), run.get("slices")
+    if facts is not None and facts.num_rows:
+        if not train_sets:
+            raise BadInput(f"run {name!r}: facts need a train input to refer to")
+        target = run.get("facts_dataset")
+        if target:
+            match = [t for t in train_sets if t[0]["label"] == txn.resolve_version(target)["label"]]
+            if not match:
+                raise BadInput(f"run {name!r}: facts_dataset {target!r} is not a train input")
+            pv, train_bm = match[0]
+        elif len(train_sets) > 1:
+            raise BadInput(f"run {name!r}: several train inputs; say which one the facts refer to (facts_dataset)")
+        else:
+            pv, train_bm = train_sets[0]
+        from expunge.lineage.tables import first_duplicate, id_column
+
+        ids = id_column(facts, "row_id", f"run {name!r} facts")
+        dup = first_duplicate(ids)
+        if dup is not None:
+            raise BadInput(f"run {name!r} facts: row {dup!r} appears twice")
+        rpos, ords = resolve_rows(txn, pv, ids, f"run {name!r} facts")
+        if not BitMap(ords).issubset(train_bm):
+            raise BadInput(f"run {name!r} facts: some rows are outside the run's training subset")
+        shard = _int_column(facts, "shard")[rpos]
+        slice_ = _int_column(facts, "slice")[rpos]
+        first = _int_column(facts, "first_step")[rpos]
+        if (shard < -1).any() or (slice_ < -1).any() or (first < -1).any():
+            raise BadInput(f"run {name!r} facts: shard, slice and first_step must be ≥ 0")
+        if n_shards is None and (shard >= 0).any():
+            n_shards = int(shard.max()) + 1
+        if n_slices is None and (slice_ >= 0).any():
+            n_slices = int(slice_.max()) + 1
+        if n_shards is not None and (shard >= n_shards).any():
+            raise BadInput(f"run {name!r} facts: shard ≥ shards ({n_shards})")
+        if n_slices is not None and (slice_ >= n_slices).any():
+            raise BadInput(f"run {name!r} facts: slice ≥ slices ({n_slices})")
+        import pyarrow as pa
+
+        order = np.argsort(ords, kind="stable")
+        facts_file = txn.write_parquet(
+            pa.table({
+                "ord": pa.array(ords[order], pa.uint32()),
+                "shard": pa.array(shard[order], pa.int32()),
+                "slice": pa.array(slice_[order], pa.int32()),
+                "first_step": pa.array(first[order], pa.int64()),
+            }),
+            ".facts.parquet",
+        )
+        ckpt_steps = sorted(
+            {int(c["step"]) for c in run.get("checkpoints", []) if c.get("shard") is None and "step" in c}
+        )
+        index_file, index = _write_facts_index(txn, ords, shard, slice_, first, ckpt_steps)
+
+    cost = run.get("cost", {})
+    txn.con.execute(
+        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, name, run.get("trainer"), json.dumps(run.get("config", {}), sort_keys=True),
+         run.get("code_version"), run.get("seed"), run.get("model_family"),
+         cost.get("wall_seconds"), cost.get("cpu_seconds"), cost.get("gpu_seconds"),
+         _ts(run.get("started_at")), _ts(run.get("ended_at")), n_shards, n_slices,
+         facts_file, index_file, json.dumps(index) if index else None,
+         json.dumps(run.get("extra", {}), sort_keys=True), _now()],
+    )
+    for row in input_rows:
+        txn.con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+    for pos, c in enumerate(run.get("checkpoints", [])):
+        path, sha = _artifact(c.get("path"), c.get("sha256"), base, f"run {name!r} checkpoint {pos}")
+        txn.con.execute(
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [run_id, pos, c["step"], path, sha, c.get("shard"), c.get("slice")],
+        )
+    return run_id, {"id": name, "inputs": len(input_rows), "checkpoints": len(run.get("checkpoints", []))}
+
+
+def _write_facts_index(txn: Txn, ords, shard, slice_, first, ckpt_steps) -> tuple[str, dict]:
+    """Roaring bitmaps per shard, per slice, and per count of clean checkpoints, in one file."""
+    from pyroaring import BitMap
+
+    parts: list[bytes] = []
+    index: dict[str, dict[str, list[int]]] = {"shard": {}, "slice": {}, "clean": {}}
+    offset = 0
+
+    def add(kind: str, key: int, sel: np.ndarray) -> None:
+        nonlocal offset
+        bm = BitMap(ords[sel])
+        bm.run_optimize()
+        data = bm.serialize()
+        index[kind][str(key)] = [offset, len(data)]
+        parts.append(data)
+        offset += len(data)
+
+    for s in np.unique(shard[shard >= 0]):
+        add("shard", int(s), shard == s)
+    for s in np.unique(slice_[slice_ >= 0]):
+        add("slice", int(s), slice_ == s)
+    has_step = first >= 0
+    if ckpt_steps and has_step.any():
+        # A checkpoint taken after `step` optimizer steps is clean for a record first consumed at step t ≥ step.
+        clean = np.searchsorted(np.asarray(ckpt_steps), first, side="right")
+        for k in np.unique(clean[has_step]):
+            add("clean", int(k), has_step & (clean == k))
+        index["clean_steps"] = {str(i): s for i, s in enumerate(ckpt_steps)}  # type: ignore[assignment]
+    name = txn.write_bytes(".facts.roar", b"".join(parts))
+    return name, index
+
+
+def _artifact(path: str | None, sha: str | None, base: Path, what: str) -> tuple[str | None, str | None]:
+    if path is None:
+        return None, sha
+    p = Path(path)
+    if not p.is_absolute():
+        p = (base / p).resolve()
+    if sha is None:
+        if not p.exists():
+            raise BadInput(f"{what}: artifact {p} does not exist (give its sha256 if it lives elsewhere)")
+        sha = sha256_file(p)
+    return str(p), sha
+
+
+def _insert_model(txn: Txn, m: dict, run_id: int | None, base: Path) -> dict:
+    name = check_name(m["name"], "model")
+    stage = m.get("stage", "dev")
+    if stage not in C.STAGES:
+        raise BadInput(f"model {name!r}: unknown stage {stage!r}; expected one of {', '.join(C.STAGES)}")
+    path, sha = _artifact(m.get("path"), m.get("sha256"), base, f"model {name!r}")
+    parents = []
+    for p in m.get("parents", []):
+        rel = p.get("relation", "fine-tune")
+        if rel not in C.RELATIONS:
+            raise BadInput(f"model {name!r}: unknown relation {rel!r}; expected one of {', '.join(C.RELATIONS)}")
+        parents.append((txn.resolve_model(p["model"]), rel))
+    own_run = run_id if m.get("from_run", True) else None
+    model_id = txn.next_id("models", "model_id")
+    version_no = int(txn.one("SELECT coalesce(max(version_no), 0) + 1 FROM models WHERE name = ?", [name]))
+    txn.con.execute(
+        "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [model_id, name, version_no, path, sha, own_run, stage, _now()],
+    )
+    for pm, rel in parents:
+        txn.con.execute("INSERT INTO model_parents VALUES (?, ?, ?)", [model_id, pm["model_id"], rel])
+    return {"id": f"{name}@{version_no}", "sha256": sha, "stage": stage}
+
+
+class RunTracker:
+    """Records a run when its `with` block exits cleanly; nothing is written if it raises.
+
+    >>> with store.track_run("train-1", inputs=[{"dataset": "customers@2"}],
+    ...                      trainer="mypkg.train:main", config={"lr": 0.1}) as run:  # doctest: +SKIP
+    ...     run.add_checkpoint(step=100, path="ckpt-100.pt")
+    ...     run.add_model("churn", "model.pt", stage="staging")
+    """
+
+    def __init__(self, store: Store, name: str, *, inputs: Sequence[dict | str] = (), trainer: str | None = None,
+                 config: dict | None = None, code_version: str | None = None, seed: int | None = None,
+                 model_family: str | None = None, shards: int | None = None, slices: int | None = None,
+                 extra: dict | None = None):
+        self.store = store
+        self.run: dict[str, Any] = {"name": name}
+        self.run["inputs"] = [{"dataset": i} if isinstance(i, str) else dict(i) for i in inputs]
+        for k, v in dict(trainer=trainer, config=config, code_version=code_version, seed=seed,
+                         model_family=model_family, shards=shards, slices=slices, extra=extra).items():
+            if v is not None:
+                self.run[k] = v
+        self.run["checkpoints"] = []
+        self.models: list[dict] = []
+        self._facts: dict[str, list] | None = None
+        self._device_seconds = 0.0
+        self._t0 = self._c0 = 0.0
+        self.result: dict | None = None
+
+    def set_facts(self, rows: Sequence[str], *, shard: Sequence[int] | None = None,
+                  slice: Sequence[int] | None = None, first_step: Sequence[int] | None = None) -> None:  # noqa: A002
+        self._facts = {"rows": [str(r) for r in rows]}
+        for k, v in (("shard", shard), ("slice", slice), ("first_step", first_step)):
+            if v is not None:
+                self._facts[k] = [None if x is None or int(x) < 0 else int(x) for x in v]
+
+    def add_checkpoint(self, step: int, path: str | os.PathLike, *, sha256: str | None = None,
+                       shard: int | None = None, slice: int | None = None) -> None:  # noqa: A002
+        c: dict[str, Any] = {"step": int(step), "path": str(path)}
+        if sha256:
+            c["sha256"] = sha256
+        if shard is not None:
+            c["shard"] = int(shard)
+        if slice is not None:
+            c["slice"] = int(slice)
+        self.run["checkpoints"].append(c)
+
+    def add_device_seconds(self, seconds: float) -> None:
+        self._device_seconds += float(seconds)
+
+    def add_model(self, name: str, path: str | os.PathLike, *, stage: str = "dev",
+                  parents: Sequence[dict] = (), sha256: str | None = None) -> None:
+        m: dict[str, Any] = {"name": name, "path": str(path), "stage": stage, "parents": list(parents)}
+        if sha256:
+            m["sha256"] = sha256
+        self.models.append(m)
+
+    def __enter__(self) -> "RunTracker":
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+        self.run["started_at"] = _now().isoformat()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            return
+        self.run["ended_at"] = _now().isoformat()
+        cost = {"wall_seconds": time.perf_counter() - self._t0, "cpu_seconds": time.process_time() - self._c0}
+        if self._device_seconds:
+            cost["gpu_seconds"] = self._device_seconds
+        self.run["cost"] = cost
+        if self._facts is not None:
+            self.run["facts"] = self._facts
+        self.result = self.store.record_run({"run": self.run, "models": self.models})

@@ -1,0 +1,420 @@
+"""The lineage store: one directory, a DuckDB catalog and immutable record-level files.
+
+>>> store = Store.init(tmp_path)                                   # doctest: +SKIP
+>>> v = store.ingest_source("customers.parquet", name="customers",
+...                         subject_col="customer_id", record_col="row_id")   # doctest: +SKIP
+>>> store.impact(["alice"]).records                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import numpy as np
+
+from expunge.errors import BadInput, ExpungeError, SecretMismatch, StoreNotFound, UnknownReference
+from expunge.lineage import catalog as C
+from expunge.lineage import keys
+from expunge.lineage.fsutil import WriterLock, atomic_write_bytes, fsync_dir, fsync_file
+
+DEFAULT_STORE = ".expunge"
+MERGE_FACTOR = 2  # merge the newest subject segments while the older one is < MERGE_FACTOR × newer
+
+
+def resolve_root(store: str | os.PathLike | None) -> Path:
+    if store is None:
+        store = os.environ.get("EXPUNGE_STORE") or DEFAULT_STORE
+    return Path(store)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What an ingest created."""
+
+    id: str
+    dataset: str
+    version: int
+    kind: str
+    rows: int
+    records: int
+    new_records: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "dataset": self.dataset,
+            "version": self.version,
+            "kind": self.kind,
+            "rows": self.rows,
+            "records": self.records,
+            "new_records": self.new_records,
+        }
+
+
+def split_ref(ref: str) -> tuple[str, int | None]:
+    """`name@3` → ("name", 3); `name` → ("name", None) meaning the latest version."""
+    if not isinstance(ref, str) or not ref:
+        raise BadInput(f"invalid reference {ref!r}")
+    name, sep, ver = ref.rpartition("@")
+    if sep and ver.isdigit() and name:
+        return name, int(ver)
+    return ref, None
+
+
+class Store:
+    """A lineage store directory. Cheap to open; all writes are atomic and single-writer."""
+
+    def __init__(self, root: Path, secret: bytes):
+        self.root = root
+        self.data_dir = root / C.DATA
+        self.hasher = keys.SubjectHasher(secret)
+        self._engine = None
+        self._engine_gen: str | None = None
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def init(cls, store: str | os.PathLike | None = None, *, exist_ok: bool = False) -> "Store":
+        """Create a store (and its key file, unless `$EXPUNGE_SECRET` is set)."""
+        root = resolve_root(store)
+        if (root / C.MARKER).exists():
+            if exist_ok:
+                return cls.open(root)
+            raise BadInput(f"a store already exists at {root}")
+        if root.exists() and any(root.iterdir()):
+            raise BadInput(f"{root} exists and is not empty; choose another directory for the store")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / C.DATA).mkdir(exist_ok=True)
+        if os.environ.get("EXPUNGE_SECRET"):
+            secret = keys.load_secret(root)
+        else:
+            secret = keys.generate_secret()
+            kpath = keys.key_file_path(root)
+            if kpath.exists():
+                secret = keys.load_secret(root)
+            else:
+                keys.write_key_file(kpath, secret)
+        gen_name = "catalog-000001.duckdb"
+        tmp = root / (gen_name + ".tmp")
+        con = duckdb.connect(str(tmp))
+        try:
+            con.execute(C.DDL)
+            con.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ["format", str(C.FORMAT)],
+                    ["key_fingerprint", keys.fingerprint(secret)],
+                    ["next_ordinal", "0"],
+                    ["created_at", _now().isoformat()],
+                ],
+            )
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        fsync_file(tmp)
+        os.replace(tmp, root / gen_name)
+        atomic_write_bytes(root / C.CURRENT, gen_name.encode())
+        atomic_write_bytes(root / C.MARKER, json.dumps({"format": C.FORMAT, "tool": "expunge"}).encode())
+        return cls(root, secret)
+
+    @classmethod
+    def open(cls, store: str | os.PathLike | None = None) -> "Store":
+        root = resolve_root(store)
+        if not (root / C.MARKER).exists() or not (root / C.CURRENT).exists():
+            raise StoreNotFound(f"no expunge store at {root} (run `expunge init` or pass --store)")
+        secret = keys.load_secret(root)
+        st = cls(root, secret)
+        with st.read() as con:
+            fp = con.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchall()[0][0]
+        if fp != keys.fingerprint(secret):
+            raise SecretMismatch(f"the subject-hash secret does not belong to the store at {root}")
+        return st
+
+    # ---------------------------------------------------------------- reading
+
+    def generation(self) -> str:
+        return (self.root / C.CURRENT).read_text().strip()
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection to the live catalog generation."""
+        for attempt in range(5):
+            gen = self.generation()
+            try:
+                con = duckdb.connect(str(self.root / gen), read_only=True)
+                break
+            except duckdb.IOException:
+                # The generation was replaced and cleaned up between the two reads: retry.
+                if attempt == 4:
+                    raise
+                time.sleep(0.01)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def data_path(self, name: str) -> Path:
+        return self.data_dir / name
+
+    # ---------------------------------------------------------------- writing
+
+    @contextmanager
+    def write(self) -> Iterator["Txn"]:
+        """A write transaction: all of it becomes visible at once, or none of it."""
+        lock = WriterLock(self.root / C.LOCK)
+        lock.acquire()
+        txn = None
+        try:
+            gen = self.generation()
+            num = int(gen.split("-")[1].split(".")[0]) + 1
+            new_gen = f"catalog-{num:06d}.duckdb"
+            tmp = self.root / (new_gen + ".tmp")
+            self._collect_garbage(gen)
+            shutil.copyfile(self.root / gen, tmp)
+            con = duckdb.connect(str(tmp))
+            txn = Txn(self, con)
+            try:
+                yield txn
+                con.execute("CHECKPOINT")
+            except BaseException:
+                con.close()
+                tmp.unlink(missing_ok=True)
+                txn.discard_files()
+                raise
+            con.close()
+            for f in txn.new_files:
+                fsync_file(self.data_path(f))
+            if txn.new_files:
+                fsync_dir(self.data_dir)
+            fsync_file(tmp)
+            os.replace(tmp, self.root / new_gen)
+            atomic_write_bytes(self.root / C.CURRENT, new_gen.encode())
+            self._drop_old_generations(keep={gen, new_gen})
+        finally:
+            lock.release()
+
+    def _drop_old_generations(self, keep: set[str]) -> None:
+        for p in self.root.glob("catalog-*.duckdb*"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+
+    def _collect_garbage(self, gen: str) -> None:
+        """Remove data files left by a writer that crashed before switching generations.
+
+        Files of every generation still on disk are kept: readers may hold the previous one.
+        """
+        live: set[str] = set()
+        for cat in self.root.glob("catalog-*.duckdb"):
+            con = duckdb.connect(str(cat), read_only=True)
+            try:
+                for table, col in C.FILE_COLUMNS:
+                    for (f,) in con.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL").fetchall():
+                        live.add(f)
+            finally:
+                con.close()
+        for p in self.data_dir.iterdir():
+            if p.name not in live:
+                p.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- capture API
+
+    def ingest_source(self, data: Any, *, name: str, subject_col: str, record_col: str, origin: str | None = None):
+        """Add a source dataset version; records already known to the dataset keep their identity."""
+        from expunge.lineage.ingest import ingest_source
+
+        return ingest_source(self, data, name=name, subject_col=subject_col, record_col=record_col, origin=origin)
+
+    def ingest_dataset(
+        self,
+        data: Any,
+        *,
+        name: str,
+        parents: Sequence[str],
+        kind: str,
+        record_col: str | None = None,
+        sources: dict[str, str] | None = None,
+        row_col: str | None = None,
+        origin: str | None = None,
+    ):
+        """Add a derived dataset version (see `expunge.lineage.ingest.ingest_dataset`)."""
+        from expunge.lineage.ingest import ingest_dataset
+
+        return ingest_dataset(
+            self, data, name=name, parents=parents, kind=kind, record_col=record_col,
+            sources=sources, row_col=row_col, origin=origin,
+        )
+
+    def derive(self, parent: str, *, name: str, kind: str, positions: Any, origin: str | None = None):
+        """Add a subset version by the row positions (or a boolean mask) of its parent, in parent order."""
+        from expunge.lineage.ingest import derive_positions
+
+        return derive_positions(self, parent, name=name, kind=kind, positions=positions, origin=origin)
+
+    def record_run(self, manifest: dict, *, base_dir: str | os.PathLike | None = None) -> dict:
+        """Record a training run and its model versions from a manifest (schemas/run_manifest)."""
+        from expunge.lineage.runs import record_run
+
+        return record_run(self, manifest, base_dir=Path(base_dir) if base_dir else Path.cwd())
+
+    def track_run(self, name: str, **kwargs):
+        """`with store.track_run("train-1", inputs=[...], trainer="pkg.mod:fn") as run:` …"""
+        from expunge.lineage.runs import RunTracker
+
+        return RunTracker(self, name, **kwargs)
+
+    def register_model(self, name: str, artifact: str | os.PathLike, **kwargs) -> dict:
+        """Register a model version not produced by a tracked run (e.g. an ensemble)."""
+        manifest = {"models": [dict(name=name, path=str(artifact), **kwargs)]}
+        return self.record_run(manifest)["models"][0]
+
+    # ---------------------------------------------------------------- queries
+
+    def engine(self):
+        """The impact engine over the live generation, cached until the store changes."""
+        gen = self.generation()
+        if self._engine is None or self._engine_gen != gen:
+            from expunge.lineage.impact import ImpactEngine
+
+            self._engine = ImpactEngine.load(self, gen)
+            self._engine_gen = gen
+        return self._engine
+
+    def impact(self, subjects: Sequence[str]):
+        """Everything the given raw subject ids' records touched."""
+        return self.engine().impact(subjects)
+
+    def impact_hashed(self, hashes: np.ndarray, requested: int | None = None):
+        return self.engine().impact_hashed(hashes, requested)
+
+    def stats(self) -> dict:
+        with self.read() as con:
+            q = lambda s: con.execute(s).fetchall()[0][0]  # noqa: E731
+            return {
+                "datasets": q("SELECT count(*) FROM datasets"),
+                "dataset_versions": q("SELECT count(*) FROM dataset_versions"),
+                "records": int(q("SELECT value FROM meta WHERE key='next_ordinal'")),
+                "subjects_segments": q("SELECT count(*) FROM subject_segments"),
+                "runs": q("SELECT count(*) FROM runs"),
+                "models": q("SELECT count(*) FROM models"),
+            }
+
+
+class Txn:
+    """The inside of one write: a catalog connection plus the new data files it wrote."""
+
+    def __init__(self, store: Store, con: duckdb.DuckDBPyConnection):
+        self.store = store
+        self.con = con
+        self.new_files: list[str] = []
+
+    def new_name(self, suffix: str) -> str:
+        name = f"{uuid.uuid4().hex}{suffix}"
+        self.new_files.append(name)
+        return name
+
+    def write_bytes(self, suffix: str, data: bytes) -> str:
+        name = self.new_name(suffix)
+        with open(self.store.data_path(name), "wb") as fh:
+            fh.write(data)
+        return name
+
+    def write_parquet(self, table, suffix: str = ".parquet") -> str:
+        import pyarrow.parquet as pq
+
+        name = self.new_name(suffix)
+        pq.write_table(table, self.store.data_path(name), compression="zstd")
+        return name
+
+    def discard_files(self) -> None:
+        for f in self.new_files:
+            self.store.data_path(f).unlink(missing_ok=True)
+
+    # ----- catalog helpers
+
+    def one(self, sql: str, params: Sequence = ()) -> Any:
+        rows = self.con.execute(sql, params).fetchall()
+        return rows[0][0] if rows else None
+
+    def next_id(self, table: str, col: str) -> int:
+        return int(self.one(f"SELECT coalesce(max({col}), 0) + 1 FROM {table}"))
+
+    def meta(self, key: str) -> str:
+        return self.one("SELECT value FROM meta WHERE key = ?", [key])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def resolve_version(self, ref: str) -> dict:
+        name, ver = split_ref(ref)
+        sql = """SELECT v.version_id, d.name, v.version_no, v.kind, v.row_space, v.record_dataset_id,
+                        v.n_rows, v.n_records, v.bitmap_file, v.rows_file, v.rowmap_file, v.dataset_id
+                 FROM dataset_versions v JOIN datasets d USING (dataset_id) WHERE d.name = ?"""
+        if ver is None:
+            row = _first(self.con.execute(sql + " ORDER BY v.version_no DESC LIMIT 1", [name]).fetchall())
+        else:
+            row = _first(self.con.execute(sql + " AND v.version_no = ?", [name, ver]).fetchall())
+        if row is None:
+            raise UnknownReference(f"unknown dataset version {ref!r}")
+        keys_ = ("version_id", "dataset", "version_no", "kind", "row_space", "record_dataset_id",
+                 "n_rows", "n_records", "bitmap_file", "rows_file", "rowmap_file", "dataset_id")
+        d = dict(zip(keys_, row))
+        d["label"] = f"{d['dataset']}@{d['version_no']}"
+        return d
+
+    def resolve_model(self, ref: str) -> dict:
+        name, ver = split_ref(ref)
+        sql = "SELECT model_id, name, version_no FROM models WHERE name = ?"
+        if ver is None:
+            row = _first(self.con.execute(sql + " ORDER BY version_no DESC LIMIT 1", [name]).fetchall())
+        else:
+            row = _first(self.con.execute(sql + " AND version_no = ?", [name, ver]).fetchall())
+        if row is None:
+            raise UnknownReference(f"unknown model version {ref!r}")
+        return {"model_id": row[0], "name": row[1], "version_no": row[2], "label": f"{row[1]}@{row[2]}"}
+
+    def dataset_id(self, name: str, create: bool) -> int:
+        did = self.one("SELECT dataset_id FROM datasets WHERE name = ?", [name])
+        if did is None:
+            if not create:
+                raise UnknownReference(f"unknown dataset {name!r}")
+            did = self.next_id("datasets", "dataset_id")
+            self.con.execute("INSERT INTO datasets VALUES (?, ?, ?)", [did, name, _now()])
+        return int(did)
+
+    def load_bitmap(self, name: str):
+        from pyroaring import BitMap
+
+        return BitMap.deserialize(self.store.data_path(name).read_bytes())
+
+    def save_bitmap(self, bm) -> str:
+        bm.run_optimize()
+        return self.write_bytes(".roar", bm.serialize())
+
+
+def _first(rows: list) -> Any:
+    return rows[0] if rows else None
+
+
+def check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise BadInput(f"{what} name must be a non-empty string")
+    if "@" in name:
+        raise BadInput(f"{what} name {name!r} must not contain '@' (it separates name and version)")
+    return name
+
+
+__all__ = ["Store", "Txn", "VersionInfo", "ExpungeError", "split_ref", "resolve_root"]

@@ -1,0 +1,1 @@
+"""Erasure requests, policy, planning and unlearning actions (built on `expunge.lineage`)."""
