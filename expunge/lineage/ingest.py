@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from expunge.errors import BadInput
 from expunge.lineage import catalog as C
+from expunge.lineage.keys import owner_fingerprint
 from expunge.lineage.segments import Segment, build_segment_bytes
 from expunge.lineage.store import MERGE_FACTOR, Store, Txn, VersionInfo, _now, check_name
 from expunge.lineage.tables import first_duplicate, id_column, id_lists, read_table, require_columns
@@ -33,25 +34,34 @@ def _record_ids_of_dataset(txn: Txn, dataset_id: int):
     return [(str(txn.store.data_path(f)), int(s)) for f, s in segs]
 
 
-def lookup_record_ordinals(txn: Txn, dataset_id: int, ids: pa.Array) -> np.ndarray:
-    """Ordinal of each id among the dataset's records; -1 where unknown. Order follows `ids`."""
+def lookup_record_ordinals(txn: Txn, dataset_id: int, ids: pa.Array, with_owner: bool = False):
+    """Ordinal of each id among the dataset's records; -1 where unknown. Order follows `ids`.
+
+    With `with_owner`, also each known record's owner fingerprint (32 bits of its subject hash).
+    """
     n = len(ids)
     out = np.full(n, -1, dtype=np.int64)
+    owner = np.zeros(n, dtype=np.uint32)
     segs = _record_ids_of_dataset(txn, dataset_id)
     if not segs or n == 0:
-        return out
+        return (out, owner) if with_owner else out
     q = pa.table({"rid": ids, "pos": pa.array(np.arange(n, dtype=np.int64))})
     parts = " UNION ALL ".join(
-        f"SELECT record_id AS rid, (file_row_number + {start})::BIGINT AS ord "
+        f"SELECT record_id AS rid, owner, (file_row_number + {start})::BIGINT AS ord "
         f"FROM read_parquet('{path}', file_row_number = true)"
         for path, start in segs
     )
     txn.con.register("_q_ids", q)
     try:
-        res = txn.con.sql(f"SELECT q.pos, k.ord FROM _q_ids q JOIN ({parts}) k ON q.rid = k.rid").fetchnumpy()
+        cols = "q.pos, k.ord, k.owner" if with_owner else "q.pos, k.ord"
+        res = txn.con.sql(f"SELECT {cols} FROM _q_ids q JOIN ({parts}) k ON q.rid = k.rid").fetchnumpy()
     finally:
         txn.con.unregister("_q_ids")
-    out[res["pos"].astype(np.int64)] = res["ord"].astype(np.int64)
+    pos = res["pos"].astype(np.int64)
+    out[pos] = res["ord"].astype(np.int64)
+    if with_owner:
+        owner[pos] = res["owner"].astype(np.uint32)
+        return out, owner
     return out
 
 
@@ -97,24 +107,6 @@ def add_subject_segment(txn: Txn, hashes: np.ndarray, ords: np.ndarray) -> None:
         "INSERT INTO subject_segments VALUES (?, ?, ?, ?)",
         [txn.next_id("subject_segments", "segment_id"), name, ns, nr],
     )
-
-
-def _owner_check(txn: Txn, hashes: np.ndarray, ords: np.ndarray, ids: pa.Array, name: str) -> None:
-    """Records already known must keep the subject they were first ingested with."""
-    if len(ords) == 0:
-        return
-    ok = np.zeros(len(ords), dtype=bool)
-    for (f,) in txn.con.execute("SELECT file FROM subject_segments").fetchall():
-        todo = ~ok
-        if not todo.any():
-            break
-        ok[todo] = Segment(txn.store.data_path(f)).contains_pairs(hashes[todo], ords[todo])
-    if not ok.all():
-        bad = int(np.flatnonzero(~ok)[0])
-        raise BadInput(
-            f"record {ids[bad].as_py()!r} of dataset {name!r} belongs to a different subject than when it was "
-            f"first ingested ({int((~ok).sum())} such record(s)); a record id must keep its subject"
-        )
 
 
 def _insert_version(
@@ -172,9 +164,16 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
         ).fetchall()
         if kinds and kinds[0][0] != "source":
             raise BadInput(f"dataset {name!r} is a derived dataset; a source version needs another name")
-        existing = lookup_record_ordinals(txn, dataset_id, rids)
+        existing, owner = lookup_record_ordinals(txn, dataset_id, rids, with_owner=True)
         known = existing >= 0
-        _owner_check(txn, hashes[known], existing[known].astype(np.uint32), rids.filter(pa.array(known)), name)
+        fp = owner_fingerprint(hashes)
+        moved = known & (owner != fp)
+        if moved.any():
+            bad = int(np.flatnonzero(moved)[0])
+            raise BadInput(
+                f"{what}: record {rids[bad].as_py()!r} belongs to a different subject than when it was first "
+                f"ingested ({int(moved.sum())} such record(s)); a record id must keep its subject"
+            )
         new_idx = np.flatnonzero(~known)
         start = int(txn.meta("next_ordinal"))
         n_new = int(new_idx.size)
@@ -184,7 +183,8 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
         ords[known] = existing[known]
         ords[new_idx] = np.arange(start, start + n_new, dtype=np.uint32)
         if n_new:
-            ids_table = pa.table({"record_id": rids.take(pa.array(new_idx))})
+            ids_table = pa.table({"record_id": rids.take(pa.array(new_idx)),
+                                  "owner": pa.array(fp[new_idx], pa.uint32())})
             ids_file = txn.write_parquet(ids_table, ".ids.parquet")
             txn.con.execute(
                 "INSERT INTO record_segments VALUES (?, ?, ?, ?, ?)",

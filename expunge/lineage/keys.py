@@ -71,22 +71,43 @@ def fingerprint(secret: bytes) -> str:
 
 
 class SubjectHasher:
-    """Maps raw subject ids (strings, exactly as given) to (hi, lo) uint64 pairs."""
+    """Maps raw subject ids (strings, exactly as given) to (hi, lo) uint64 pairs.
+
+    Keeps an in-process cache of recent digests (never written anywhere): daily
+    ingests see the same subjects again and again.
+    """
+
+    CACHE_LIMIT = 2_000_000
 
     def __init__(self, secret: bytes):
         self._key = secret[:64]
+        self._cache: dict[str, bytes] = {}
 
     def digest(self, subject: str) -> bytes:
         return hashlib.blake2b(subject.encode("utf-8"), key=self._key, digest_size=HASH_BYTES).digest()
 
     def hash_many(self, subjects: Iterable[str]) -> np.ndarray:
-        """Return an (n, 2) uint64 array of (hi, lo) halves, big-endian order preserved."""
+        """Return an (n, 2) uint64 array of the digest's big-endian (hi, lo) halves."""
         key = self._key
         b2 = hashlib.blake2b
-        joined = b"".join([b2(s.encode("utf-8"), key=key, digest_size=HASH_BYTES).digest() for s in subjects])
-        if not joined:
+        cache = self._cache
+        out = []
+        for s in subjects:
+            d = cache.get(s)
+            if d is None:
+                d = b2(s.encode("utf-8"), key=key, digest_size=HASH_BYTES).digest()
+                if len(cache) >= self.CACHE_LIMIT:
+                    cache.clear()
+                cache[s] = d
+            out.append(d)
+        if not out:
             return np.zeros((0, 2), dtype=np.uint64)
-        return np.frombuffer(joined, dtype=">u8").astype(np.uint64).reshape(-1, 2)
+        return np.frombuffer(b"".join(out), dtype=">u8").astype(np.uint64).reshape(-1, 2)
 
     def hex(self, subject: str) -> str:
         return self.digest(subject).hex()
+
+
+def owner_fingerprint(hashes: np.ndarray) -> np.ndarray:
+    """32 bits of a subject hash, kept per record to check that a record keeps its subject."""
+    return (hashes[:, 0] >> np.uint64(32)).astype(np.uint32)

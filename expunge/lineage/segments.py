@@ -112,21 +112,3 @@ class Segment:
         hashes[:, 0] = np.repeat(np.asarray(self.hi), counts)
         hashes[:, 1] = np.repeat(np.asarray(self.lo), counts)
         return hashes, np.asarray(self.ords)
-
-    def contains_pairs(self, q: np.ndarray, ords: np.ndarray) -> np.ndarray:
-        """For each (subject hash, ordinal) pair: does this segment record that subject owning it?"""
-        idx = self.find(q)
-        res = np.zeros(len(ords), dtype=bool)
-        has = idx >= 0
-        if not has.any():
-            return res
-        counts = np.diff(self.off.astype(np.int64))
-        block = np.repeat(np.arange(self.n_subjects, dtype=np.uint64), counts)
-        keys = (block << np.uint64(32)) | np.asarray(self.ords, dtype=np.uint64)
-        probe = (idx[has].astype(np.uint64) << np.uint64(32)) | ords[has].astype(np.uint64)
-        pos = np.searchsorted(keys, probe)
-        pos_ok = pos < keys.size
-        match = np.zeros(probe.size, dtype=bool)
-        match[pos_ok] = keys[pos[pos_ok]] == probe[pos_ok]
-        res[has] = match
-        return res

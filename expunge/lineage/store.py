@@ -183,6 +183,10 @@ class Store:
             num = int(gen.split("-")[1].split(".")[0]) + 1
             new_gen = f"catalog-{num:06d}.duckdb"
             tmp = self.root / (new_gen + ".tmp")
+            # A crashed writer may have left its catalog copy and, worse, that copy's WAL, which
+            # DuckDB would replay into ours: remove both before starting.
+            for stale in self.root.glob("catalog-*.duckdb.tmp*"):
+                stale.unlink()
             self._collect_garbage(gen)
             shutil.copyfile(self.root / gen, tmp)
             con = duckdb.connect(str(tmp))

@@ -46,7 +46,7 @@ def read_table(data: Any, id_columns: Iterable[str] = ()) -> pa.Table:
                 parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: pa.string() for c in id_columns},
-                    strings_can_be_null=False,
+                    strings_can_be_null=True,  # an empty CSV field is a missing id; a quoted "" is not
                     quoted_strings_can_be_null=False,
                     null_values=[""],
                 ),

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Record ids of one source ingest; ordinal = record_segments.ord_start + row number.
-RECORD_IDS = pa.schema([pa.field("record_id", pa.string(), nullable=False)])
+# `owner`: 32 bits of the record's subject hash, to refuse a later version that moves it to another subject.
+RECORD_IDS = pa.schema([
+    pa.field("record_id", pa.string(), nullable=False),
+    pa.field("owner", pa.uint32(), nullable=False),
+])
 
 # Rows of a composed version (join, aggregate, augment): its row ids and the source records of each.
 COMPOSED_ROWS = pa.schema([

@@ -1,0 +1,133 @@
+"""Bad input: one clear line, exit code 2, and the store exactly as it was."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from expunge.cli import app
+from tests.test_cli import write_csv
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def env(tmp_path):
+    st = tmp_path / "st"
+    assert run("init", "--store", st).exit_code == 0
+    good = write_csv(tmp_path / "good.csv", ["cid", "rid"], [["a", "1"], ["b", "2"]])
+    assert run("ingest", "source", good, "--name", "src", "--subject-col", "cid", "--record-col", "rid",
+               "--store", st).exit_code == 0
+    return st, tmp_path
+
+
+def snapshot(st):
+    return sorted(p.name for p in (st / "data").iterdir()), (st / "CURRENT").read_text()
+
+
+def expect_bad(st, res, needle):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert needle in lines[0], lines[0]
+
+
+CASES = {
+    "missing column": (["cid", "other"], [["a", "9"]], "missing column"),
+    "duplicate record": (["cid", "rid"], [["a", "7"], ["b", "7"]], "duplicate record id '7'"),
+    "null subject": (["cid", "rid"], [["a", "7"], ["", "8"]], "null in row 1"),
+    "moved record": (["cid", "rid"], [["b", "1"]], "different subject"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_source(env, case):
+    st, tmp = env
+    header, rows, needle = CASES[case]
+    before = snapshot(st)
+    f = write_csv(tmp / "bad.csv", header, rows)
+    res = run("ingest", "source", f, "--name", "src", "--subject-col", "cid", "--record-col", "rid", "--store", st)
+    expect_bad(st, res, needle)
+    assert snapshot(st) == before
+
+
+def test_unknown_parent(env):
+    st, tmp = env
+    f = write_csv(tmp / "f.csv", ["rid"], [["1"]])
+    before = snapshot(st)
+    res = run("ingest", "dataset", f, "--name", "d", "--parent", "nope", "--kind", "filter", "--record-col", "rid",
+              "--store", st)
+    expect_bad(st, res, "unknown dataset version 'nope'")
+    assert snapshot(st) == before
+
+
+def test_row_not_in_parent(env):
+    st, tmp = env
+    f = write_csv(tmp / "f.csv", ["rid"], [["1"], ["99"]])
+    res = run("ingest", "dataset", f, "--name", "d", "--parent", "src", "--kind", "filter", "--record-col", "rid",
+              "--store", st)
+    expect_bad(st, res, "not rows of src@1, e.g. '99'")
+
+
+def test_derivation_cycle(env):
+    st, tmp = env
+    f = write_csv(tmp / "f.csv", ["rid"], [["1"]])
+    res = run("ingest", "dataset", f, "--name", "d", "--parent", "d@1", "--kind", "filter", "--record-col", "rid",
+              "--store", st)
+    expect_bad(st, res, "derivation cycle")
+
+
+def test_model_cycle_and_unknown_model(env):
+    st, tmp = env
+    m = {"models": [{"name": "a", "sha256": "0" * 64, "parents": [{"model": "b", "relation": "distill"}]},
+                    {"name": "b", "sha256": "0" * 64, "parents": [{"model": "a", "relation": "distill"}]}]}
+    (tmp / "m.json").write_text(json.dumps(m))
+    expect_bad(st, run("track", "run", "--manifest", tmp / "m.json", "--store", st), "cycle")
+    m = {"models": [{"name": "a", "sha256": "0" * 64, "parents": [{"model": "zzz@3"}]}]}
+    (tmp / "m.json").write_text(json.dumps(m))
+    expect_bad(st, run("track", "run", "--manifest", tmp / "m.json", "--store", st), "unknown model version 'zzz@3'")
+
+
+@pytest.mark.parametrize("manifest,needle", [
+    ({"run": {"inputs": [{"dataset": "src", "role": "test"}]}}, "fails its schema"),
+    ({"run": {"name": "r", "inputs": [{"dataset": "src"}], "trainer": "not an entry point"}}, "fails its schema"),
+    ({"nothing": 1}, "fails its schema"),
+    ({"run": {"name": "r", "inputs": [{"dataset": "src", "rows": ["1", "5"]}]}}, "not rows of src@1"),
+    ({"run": {"name": "r", "inputs": [{"dataset": "src"}], "facts": {"rows": ["1"], "shard": [0, 1]}}},
+     "'shard' has 2 values for 1 rows"),
+    ({"models": [{"name": "m", "path": "missing.pt"}]}, "does not exist"),
+])
+def test_bad_manifest(env, manifest, needle):
+    st, tmp = env
+    before = snapshot(st)
+    (tmp / "run.json").write_text(json.dumps(manifest))
+    expect_bad(st, run("track", "run", "--manifest", tmp / "run.json", "--store", st), needle)
+    assert snapshot(st) == before
+
+
+def test_manifest_not_json(env):
+    st, tmp = env
+    (tmp / "run.json").write_text("{nope")
+    expect_bad(st, run("track", "run", "--manifest", tmp / "run.json", "--store", st), "not valid JSON")
+
+
+def test_duplicate_run_name(env):
+    st, tmp = env
+    (tmp / "run.json").write_text(json.dumps({"run": {"name": "r", "inputs": [{"dataset": "src"}]}}))
+    assert run("track", "run", "--manifest", tmp / "run.json", "--store", st).exit_code == 0
+    expect_bad(st, run("track", "run", "--manifest", tmp / "run.json", "--store", st), "already recorded")
+
+
+def test_unsupported_file_and_missing_file(env):
+    st, tmp = env
+    (tmp / "x.xlsx").write_text("x")
+    expect_bad(st, run("ingest", "source", tmp / "x.xlsx", "--name", "s", "--subject-col", "a", "--record-col", "b",
+                       "--store", st), "unsupported file type")
+    expect_bad(st, run("ingest", "source", tmp / "nope.csv", "--name", "s", "--subject-col", "a", "--record-col",
+                       "b", "--store", st), "no such file")

@@ -1,0 +1,160 @@
+"""Store invariants: pseudonymity, atomic writes, one writer, growth by appending."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from expunge.errors import SecretMismatch, StoreBusy
+from expunge.lineage.store import Store
+from tests.conftest import all_store_bytes
+
+
+def test_no_raw_subject_ids_anywhere(tmp_path):
+    from expunge.demo import build_demo
+
+    store, subject = build_demo(tmp_path)
+    owners = set(pa.table(__import__("expunge.synth", fromlist=["x"]).customers(400, seed=1))
+                 .column("customer_id").to_pylist())
+    assert subject in owners
+    blob = all_store_bytes(store.root)
+    leaked = [s for s in owners if s.encode() in blob]
+    assert not leaked, f"raw subject ids found in the store: {leaked[:5]}"
+    # The ids really are what the store answers to.
+    assert store.impact([subject]).records > 0
+
+
+def test_secret_from_env_and_mismatch(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPUNGE_SECRET", "a" * 64)
+    st = Store.init(tmp_path / "s")
+    assert not (tmp_path / "s" / "secret.key").exists()
+    st.ingest_source({"s": ["u"], "r": ["1"]}, name="d", subject_col="s", record_col="r")
+    assert Store.open(tmp_path / "s").impact(["u"]).records == 1
+    monkeypatch.setenv("EXPUNGE_SECRET", "b" * 64)
+    with pytest.raises(SecretMismatch):
+        Store.open(tmp_path / "s")
+
+
+def test_key_file_is_private(store):
+    mode = os.stat(store.root / "secret.key").st_mode & 0o777
+    assert mode == 0o600
+
+
+def test_failed_write_leaves_previous_state(store):
+    store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
+    before = (store.generation(), sorted(os.listdir(store.data_dir)))
+    with pytest.raises(RuntimeError):
+        with store.write() as txn:
+            txn.write_bytes(".junk", b"half")
+            txn.con.execute("DELETE FROM dataset_versions")
+            raise RuntimeError("crash")
+    assert (store.generation(), sorted(os.listdir(store.data_dir))) == before
+    assert store.impact(["a"]).records == 1
+
+
+def test_killed_writer_leaves_readable_store(store):
+    store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
+    # A writer that dies (no cleanup at all) halfway through a big ingest.
+    code = textwrap.dedent(f"""
+        import os
+        from expunge.lineage.store import Store
+        from expunge.lineage import ingest
+        st = Store.open({str(store.root)!r})
+        real = ingest._insert_version
+        def die(*a, **k):
+            real(*a, **k)   # catalog copy changed, data files written ...
+            os._exit(9)     # ... and the process dies before the switch
+        ingest._insert_version = die
+        st.ingest_source({{"s": ["c"] * 1000, "r": [str(i) for i in range(10, 1010)]}}, name="d",
+                         subject_col="s", record_col="r")
+    """)
+    env = dict(os.environ, EXPUNGE_SECRET="")
+    env.pop("EXPUNGE_SECRET")
+    proc = subprocess.run([sys.executable, "-c", code], env=env)
+    assert proc.returncode == 9
+    st = Store.open(store.root)
+    assert st.impact(["c"]).records == 0 and st.impact(["a"]).records == 1
+    assert st.stats()["dataset_versions"] == 1
+    # The next write collects what the dead writer left behind, and works.
+    st.ingest_source({"s": ["c"], "r": ["10"]}, name="d", subject_col="s", record_col="r")
+    assert st.impact(["c"]).records == 1
+    assert not list(store.root.glob("*.tmp"))
+    with st.read() as con:
+        live = {f for (f,) in con.execute("SELECT bitmap_file FROM dataset_versions UNION ALL SELECT ids_file FROM "
+                                          "record_segments UNION ALL SELECT file FROM subject_segments").fetchall()}
+    assert set(os.listdir(st.data_dir)) == live
+
+
+def test_second_writer_is_refused(store):
+    store.ingest_source({"s": ["a"], "r": ["1"]}, name="d", subject_col="s", record_col="r")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from expunge.lineage.store import Store
+            st = Store.open({str(store.root)!r})
+            with st.write():
+                print("holding", flush=True)
+                time.sleep(30)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(StoreBusy, match="store is busy"):
+            store.ingest_source({"s": ["b"], "r": ["2"]}, name="d", subject_col="s", record_col="r")
+        # Readers are never blocked by the writer.
+        assert store.impact(["a"]).records == 1
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    store.ingest_source({"s": ["b"], "r": ["2"]}, name="d", subject_col="s", record_col="r")
+    assert store.impact(["b"]).records == 1
+
+
+def test_appending_day_by_day_matches_brute_force(store):
+    rng = np.random.default_rng(0)
+    owner: dict[str, str] = {}
+    versions: dict[str, set] = {}
+    counter = 0
+    current: list[str] = []
+    for day in range(12):
+        keep = [r for r in current if rng.random() < 0.9]
+        new = [f"r{counter + i}" for i in range(int(rng.integers(1, 60)))]
+        counter += len(new)
+        for r in new:  # new records of known and new subjects
+            owner[r] = f"s{int(rng.integers(0, 40 + 5 * day))}"
+        current = keep + new
+        info = store.ingest_source({"s": [owner[r] for r in current], "r": current}, name="events",
+                                   subject_col="s", record_col="r")
+        versions[info.id] = set(current)
+        sample = [r for r in current if rng.random() < 0.3] or current[:1]
+        info = store.ingest_dataset({"r": sample}, name="sample", parents=[info.id], kind="sample", record_col="r")
+        versions[info.id] = set(sample)
+    with store.read() as con:
+        n_segments = con.execute("SELECT count(*) FROM subject_segments").fetchall()[0][0]
+    assert n_segments <= 5  # merged as it grows, not one per ingest
+    subjects = sorted(set(owner.values()))
+    for s in subjects + ["none"]:
+        mine = {r for r, o in owner.items() if o == s}
+        got = store.impact([s])
+        assert got.records == len(mine)
+        assert {d["id"]: d["records"] for d in got.datasets} == {
+            v: len(rs & mine) for v, rs in versions.items() if rs & mine}
+    batch = subjects[::3]
+    mine = {r for r, o in owner.items() if o in batch}
+    assert store.impact(batch).records == len(mine)
+
+
+def test_readers_see_new_generation(store):
+    store.ingest_source({"s": ["a"], "r": ["1"]}, name="d", subject_col="s", record_col="r")
+    reader = Store.open(store.root)
+    assert reader.impact(["a"]).records == 1
+    store.ingest_source({"s": ["a", "a"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
+    assert reader.impact(["a"]).records == 2
