@@ -1,0 +1,53 @@
+"""`expunge demo` builds a real store whose answers match the synthetic data it was built from."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pyarrow as pa
+from typer.testing import CliRunner
+
+from expunge import synth
+from expunge.cli import app
+from expunge.demo import N_CUSTOMERS
+from expunge.schemas import load_schema
+
+
+def test_demo_json_matches_source_data(tmp_path):
+    res = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    jsonschema.validate(doc, load_schema("impact.schema.json"))
+
+    tx1 = synth.transactions(3000, N_CUSTOMERS, seed=2)
+    tx2 = pa.concat_tables([tx1.slice(200), synth.transactions(1000, N_CUSTOMERS, seed=3, start=3000, day0=90)])
+    owners = synth.customers(N_CUSTOMERS, seed=1).column("customer_id").to_pylist()
+    count = {}
+    for c in tx2.column("customer_id").to_pylist():
+        count[c] = count.get(c, 0) + 1
+    subject = max(owners[-100:], key=lambda c: (count.get(c, 0), c))
+    mine1 = {t for c, t in zip(tx1.column("customer_id").to_pylist(), tx1.column("tx_id").to_pylist()) if c == subject}
+    mine2 = {t for c, t in zip(tx2.column("customer_id").to_pylist(), tx2.column("tx_id").to_pylist()) if c == subject}
+
+    assert doc["records"] == 1 + len(mine1 | mine2)
+    ds = {d["id"]: d for d in doc["datasets"]}
+    assert ds["transactions@1"]["records"] == len(mine1)
+    assert ds["transactions@2"]["records"] == len(mine2)
+    assert ds["customers@1"]["records"] == 1
+    # The aggregate holds one row per customer, built from the profile and all their transactions.
+    assert (ds["customer_features@1"]["rows"], ds["customer_features@1"]["records"]) == (1, 1 + len(mine2))
+    models = {m["id"]: m for m in doc["models"]}
+    assert models["churn@1"]["direct"] and models["churn@1"]["stage"] == "production"
+    # The student never trained on the customer: affected only through its teacher.
+    assert models["churn-student@1"]["path"] == [{"model": "churn-ft@1", "relation": "distill"}]
+    runs = {r["id"]: r for r in doc["runs"]}
+    assert "churn-distill-1" not in runs
+    assert len(runs["churn-sisa-1"]["shards"]) == 1  # sharded by subject: one shard to retrain
+
+
+def test_demo_prints_a_readable_table(tmp_path):
+    res = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for needle in ("asks to be forgotten", "Dataset versions", "Training runs", "Model versions", "churn-student@1"):
+        assert needle in res.output
