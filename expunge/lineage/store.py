@@ -110,7 +110,8 @@ class Store:
                 keys.write_key_file(kpath, secret)
         gen_name = "catalog-000001.duckdb"
         tmp = root / (gen_name + ".tmp")
-        con = duckdb.connect(str(tmp))
+        # Small blocks: the catalog is copied on every write, and most tables hold a few rows.
+        con = duckdb.connect(str(tmp), config={"default_block_size": "16384"})
         try:
             con.execute(C.DDL)
             con.executemany(
