@@ -131,3 +131,14 @@ def test_unsupported_file_and_missing_file(env):
                        "--store", st), "unsupported file type")
     expect_bad(st, run("ingest", "source", tmp / "nope.csv", "--name", "s", "--subject-col", "a", "--record-col",
                        "b", "--store", st), "no such file")
+
+
+def test_new_model_version_fine_tuned_from_its_previous_version(env):
+    st, tmp = env
+    for i in range(2):
+        m = {"models": [{"name": "a", "sha256": "0" * 64,
+                         "parents": [{"model": "a@1", "relation": "fine-tune"}] if i else []}]}
+        (tmp / "m.json").write_text(json.dumps(m))
+        res = run("track", "run", "--manifest", tmp / "m.json", "--store", st, "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["models"][0]["id"] == f"a@{i + 1}"

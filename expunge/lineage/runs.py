@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from expunge.errors import BadInput, SchemaError
+from expunge.errors import BadInput, SchemaError, UnknownReference
 from expunge.lineage import catalog as C
-from expunge.lineage.store import Store, Txn, _now, check_name
+from expunge.lineage.store import Store, Txn, _now, check_name, split_ref
 
 SCHEMA_NAME = "run_manifest.schema.json"
 
@@ -94,15 +94,25 @@ def record_run(store: Store, manifest: dict, *, base_dir: Path) -> dict:
     validate_manifest(manifest)
     run = manifest.get("run")
     models = manifest.get("models", [])
-    _check_model_cycles(models)
     facts = _facts_table(run, base_dir) if run else None
     with store.write() as txn:
         out: dict = {"run": None, "models": []}
         run_id = None
         if run is not None:
             run_id, out["run"] = _insert_run(txn, run, facts, base_dir)
-        for m in models:
-            out["models"].append(_insert_model(txn, m, run_id, base_dir))
+        for i, m in enumerate(models):
+            try:
+                out["models"].append(_insert_model(txn, m, run_id, base_dir))
+            except UnknownReference:
+                # Parents resolve against the store and the models listed before this one; a parent
+                # named later in the manifest is either a cycle or listed in the wrong order.
+                _check_model_cycles(models)
+                later = {x["name"] for x in models[i:]}
+                for p in m.get("parents", []):
+                    if split_ref(p["model"])[0] in later:
+                        raise BadInput(f"model {m['name']!r}: parent {p['model']!r} is defined later in the "
+                                       "manifest; list parents before the models derived from them") from None
+                raise
         return out
 
 
@@ -114,8 +124,8 @@ def _check_model_cycles(models: Sequence[dict]) -> None:
     for m in models:
         g.add_node(m["name"])
         for p in m.get("parents", []):
-            pname = p["model"].rpartition("@")[0] or p["model"]
-            if pname in names:
+            pname = split_ref(p["model"])[0]
+            if pname in names and pname != m["name"]:
                 g.add_edge(pname, m["name"])
     try:
         cycle = nx.find_cycle(g)
