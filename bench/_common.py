@@ -79,3 +79,17 @@ def percentile(values, q: float) -> float:
 
 def fmt_rate(n: float, secs: float) -> str:
     return f"{n / secs / 1e6:.2f}M/s" if secs > 0 else "n/a"
+
+
+def code_version() -> dict:
+    """The expunge checkout being measured (commit, and whether expunge/ has uncommitted changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "expunge"], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
+    except OSError:
+        return {"commit": None, "expunge_dirty": None}
+    return {"commit": commit or None, "expunge_dirty": bool(dirty)}

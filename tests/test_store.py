@@ -140,6 +140,17 @@ def test_appending_day_by_day_matches_brute_force(store):
     with store.read() as con:
         n_segments = con.execute("SELECT count(*) FROM subject_segments").fetchall()[0][0]
     assert n_segments <= 5  # merged as it grows, not one per ingest
+    # Merged-away segments are deleted once no kept generation can read them.
+    referenced = set()
+    for cat in store.root.glob("catalog-*.duckdb"):
+        import duckdb
+
+        con = duckdb.connect(str(cat), read_only=True)
+        for table, col in (("dataset_versions", "bitmap_file"), ("record_segments", "ids_file"),
+                           ("subject_segments", "file"), ("retired_files", "file")):
+            referenced |= {f for (f,) in con.execute(f"SELECT {col} FROM {table}").fetchall()}
+        con.close()
+    assert set(os.listdir(store.data_dir)) == referenced
     subjects = sorted(set(owner.values()))
     for s in subjects + ["none"]:
         mine = {r for r, o in owner.items() if o == s}

@@ -63,6 +63,7 @@ CREATE TABLE models(
     artifact_path VARCHAR, sha256 VARCHAR, run_id INTEGER, stage VARCHAR NOT NULL,
     created_at TIMESTAMP, UNIQUE(name, version_no));
 CREATE TABLE model_parents(model_id INTEGER, parent_model_id INTEGER, relation VARCHAR);
+CREATE TABLE retired_files(file VARCHAR, since_gen INTEGER);
 """
 
 SUBSET_KINDS = ("filter", "sample", "split", "select")
@@ -82,4 +83,5 @@ FILE_COLUMNS = (
     ("runs", "facts_file"),
     ("runs", "facts_index_file"),
     ("run_inputs", "subset_file"),
+    ("retired_files", "file"),
 )

@@ -101,6 +101,7 @@ def add_subject_segment(txn: Txn, hashes: np.ndarray, ords: np.ndarray) -> None:
         txn.con.execute(
             f"DELETE FROM subject_segments WHERE segment_id IN ({','.join(str(s) for s, _ in merge)})"
         )
+        txn.retire([f for _, f in merge])
     data, ns, nr = build_segment_bytes(hashes, ords)
     name = txn.write_bytes(".seg", data)
     txn.con.execute(

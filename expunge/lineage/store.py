@@ -186,12 +186,16 @@ class Store:
             tmp = self.root / (new_gen + ".tmp")
             # A crashed writer may have left its catalog copy and, worse, that copy's WAL, which
             # DuckDB would replay into ours: remove both before starting.
+            crashed = False
             for stale in self.root.glob("catalog-*.duckdb.tmp*"):
                 stale.unlink()
-            self._collect_garbage(gen)
+                crashed = True
+            if crashed:
+                self._collect_garbage(gen)
             shutil.copyfile(self.root / gen, tmp)
             con = duckdb.connect(str(tmp))
-            txn = Txn(self, con)
+            self._drop_retired(con, num - 1)
+            txn = Txn(self, con, num)
             try:
                 yield txn
                 con.execute("CHECKPOINT")
@@ -216,6 +220,14 @@ class Store:
         for p in self.root.glob("catalog-*.duckdb*"):
             if p.name not in keep:
                 p.unlink(missing_ok=True)
+
+    def _drop_retired(self, con: duckdb.DuckDBPyConnection, current: int) -> None:
+        """Delete files retired at least two generations ago: no kept generation references them."""
+        rows = con.execute("SELECT file FROM retired_files WHERE since_gen <= ?", [current - 1]).fetchall()
+        for (f,) in rows:
+            self.data_path(f).unlink(missing_ok=True)
+        if rows:
+            con.execute("DELETE FROM retired_files WHERE since_gen <= ?", [current - 1])
 
     def _collect_garbage(self, gen: str) -> None:
         """Remove data files left by a writer that crashed before switching generations.
@@ -321,10 +333,16 @@ class Store:
 class Txn:
     """The inside of one write: a catalog connection plus the new data files it wrote."""
 
-    def __init__(self, store: Store, con: duckdb.DuckDBPyConnection):
+    def __init__(self, store: Store, con: duckdb.DuckDBPyConnection, generation: int = 0):
         self.store = store
         self.con = con
+        self.generation = generation
         self.new_files: list[str] = []
+
+    def retire(self, files: Sequence[str]) -> None:
+        """Files this write stops referencing; deleted once no kept generation can read them."""
+        for f in files:
+            self.con.execute("INSERT INTO retired_files VALUES (?, ?)", [f, self.generation])
 
     def new_name(self, suffix: str) -> str:
         name = f"{uuid.uuid4().hex}{suffix}"
