@@ -169,3 +169,18 @@ def test_readers_see_new_generation(store):
     assert reader.impact(["a"]).records == 1
     store.ingest_source({"s": ["a", "a"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
     assert reader.impact(["a"]).records == 2
+
+
+def test_record_runs_is_all_or_nothing(store):
+    store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
+    ok = {"run": {"name": "r1", "inputs": [{"dataset": "d"}]}, "models": [{"name": "m", "sha256": "0" * 64}]}
+    bad = {"run": {"name": "r2", "inputs": [{"dataset": "nope"}]}}
+    from expunge.errors import UnknownReference
+
+    with pytest.raises(UnknownReference):
+        store.record_runs([ok, bad])
+    assert store.stats()["runs"] == 0 and store.impact(["a"]).runs == []
+    res = store.record_runs([ok, {"run": {"name": "r2", "inputs": [{"dataset": "d", "rows": ["2"]}]}}])
+    assert [r["run"]["id"] for r in res] == ["r1", "r2"]
+    assert [r["id"] for r in store.impact(["a"]).runs] == ["r1"]
+    assert [r["id"] for r in store.impact(["b"]).runs] == ["r1", "r2"]

@@ -91,29 +91,38 @@ def _int_column(table, name: str) -> np.ndarray:
 
 
 def record_run(store: Store, manifest: dict, *, base_dir: Path) -> dict:
-    validate_manifest(manifest)
-    run = manifest.get("run")
-    models = manifest.get("models", [])
-    facts = _facts_table(run, base_dir) if run else None
+    return record_runs(store, [manifest], base_dir=base_dir)[0]
+
+
+def record_runs(store: Store, manifests: Sequence[dict], *, base_dir: Path) -> list[dict]:
+    """Record several manifests in one write: all of them, or (on any error) none."""
+    prepared = []
+    for manifest in manifests:
+        validate_manifest(manifest)
+        run = manifest.get("run")
+        prepared.append((run, manifest.get("models", []), _facts_table(run, base_dir) if run else None))
+    results = []
     with store.write() as txn:
-        out: dict = {"run": None, "models": []}
-        run_id = None
-        if run is not None:
-            run_id, out["run"] = _insert_run(txn, run, facts, base_dir)
-        for i, m in enumerate(models):
-            try:
-                out["models"].append(_insert_model(txn, m, run_id, base_dir))
-            except UnknownReference:
-                # Parents resolve against the store and the models listed before this one; a parent
-                # named later in the manifest is either a cycle or listed in the wrong order.
-                _check_model_cycles(models)
-                later = {x["name"] for x in models[i:]}
-                for p in m.get("parents", []):
-                    if split_ref(p["model"])[0] in later:
-                        raise BadInput(f"model {m['name']!r}: parent {p['model']!r} is defined later in the "
-                                       "manifest; list parents before the models derived from them") from None
-                raise
-        return out
+        for run, models, facts in prepared:
+            out: dict = {"run": None, "models": []}
+            run_id = None
+            if run is not None:
+                run_id, out["run"] = _insert_run(txn, run, facts, base_dir)
+            for i, m in enumerate(models):
+                try:
+                    out["models"].append(_insert_model(txn, m, run_id, base_dir))
+                except UnknownReference:
+                    # Parents resolve against the store and the models listed before this one; a parent
+                    # named later in the manifest is either a cycle or listed in the wrong order.
+                    _check_model_cycles(models)
+                    later = {x["name"] for x in models[i:]}
+                    for p in m.get("parents", []):
+                        if split_ref(p["model"])[0] in later:
+                            raise BadInput(f"model {m['name']!r}: parent {p['model']!r} is defined later in the "
+                                           "manifest; list parents before the models derived from them") from None
+                    raise
+            results.append(out)
+    return results
 
 
 def _check_model_cycles(models: Sequence[dict]) -> None:

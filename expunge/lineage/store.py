@@ -287,6 +287,12 @@ class Store:
 
         return record_run(self, manifest, base_dir=Path(base_dir) if base_dir else Path.cwd())
 
+    def record_runs(self, manifests: Sequence[dict], *, base_dir: str | os.PathLike | None = None) -> list[dict]:
+        """Record many manifests in one atomic write (e.g. importing a run history)."""
+        from expunge.lineage.runs import record_runs
+
+        return record_runs(self, manifests, base_dir=Path(base_dir) if base_dir else Path.cwd())
+
     def track_run(self, name: str, **kwargs):
         """`with store.track_run("train-1", inputs=[...], trainer="pkg.mod:fn") as run:` …"""
         from expunge.lineage.runs import RunTracker
