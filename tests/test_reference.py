@@ -189,6 +189,14 @@ def test_impact_matches_reference(tmp_path_factory, case):
     store = Store.init(tmp_path_factory.mktemp("s") / "store")
     ref = Reference()
     apply_ops(ops, store, ref)
-    for q in queries:
-        check(store, ref, q)
-    check(store, ref, sorted({s for q in queries for s in q}))  # one batch of all
+    from expunge.lineage import impact
+
+    limit = impact.MASK_LIMIT
+    try:
+        for mask_limit in (limit, 0):  # the bit-mask path (small queries) and the roaring path (batches)
+            impact.MASK_LIMIT = mask_limit
+            for q in queries:
+                check(store, ref, q)
+            check(store, ref, sorted({s for q in queries for s in q}))  # one batch of all
+    finally:
+        impact.MASK_LIMIT = limit

@@ -60,7 +60,8 @@ class Segment:
             self.off = np.zeros(1, np.uint64)
             self.ords = np.zeros(0, np.uint32)
             return
-        mm = np.memmap(path, dtype=np.uint8, mode="r")
+        # A plain ndarray view of the mapping: np.memmap's Python-level indexing is slow on hot paths.
+        mm = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
         self.hi = mm[pos : pos + 8 * ns].view(np.uint64)
         pos += 8 * ns
         self.lo = mm[pos : pos + 8 * ns].view(np.uint64)
