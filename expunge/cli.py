@@ -31,6 +31,8 @@ app.add_typer(track_app, name="track")
 StoreOpt = typer.Option(
     None, "--store", envvar="EXPUNGE_STORE", help="Store directory (default ./.expunge).", show_default=False
 )
+TABLE_LIMIT = 25
+STAGE_ORDER = {"production": 0, "staging": 1, "dev": 2, "archived": 3, "superseded": 4}
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document valid against its schema in schemas/.")
 
 
@@ -204,7 +206,9 @@ def _read_subjects(subject: List[str], subjects_file: Optional[Path]) -> List[st
 @_guard
 def impact(
     subject: List[str] = typer.Option([], "--subject", help="Raw subject id (repeatable)."),
-    subjects_file: Optional[Path] = typer.Option(None, "--subjects-file", help="File with one subject id per line."),
+    subjects_file: Optional[Path] = typer.Option(
+        None, "--subjects-file", help="File with one subject id per line ('-' for stdin)."),
+    show_all: bool = typer.Option(False, "--all", help=f"Show every row, not the first {TABLE_LIMIT} per table."),
     store: Optional[Path] = StoreOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -217,10 +221,16 @@ def impact(
     if json_out:
         _emit_json(result.to_dict())
     else:
-        render_impact(result)
+        render_impact(result, limit=None if show_all else TABLE_LIMIT)
 
 
-def render_impact(result, console=None) -> None:
+
+def _more(console, shown: int, total: int, what: str) -> None:
+    if total > shown:
+        console.print(f"… and {total - shown:,} more {what} (--all shows every row, --json gives the document)")
+
+
+def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None:
     console = console or _console()
     if result.empty:
         n = result.requested
@@ -231,21 +241,29 @@ def render_impact(result, console=None) -> None:
         return
     from rich.table import Table
 
+    stages: dict[str, int] = {}
+    for m in result.models:
+        stages[m["stage"]] = stages.get(m["stage"], 0) + 1
+    by_stage = ", ".join(f"{n:,} {st}" for st, n in sorted(stages.items(), key=lambda x: STAGE_ORDER.get(x[0], 9)))
     console.print(
         f"[bold]{result.found}[/] of {result.requested} subject(s) found: [bold]{result.records:,}[/] record(s) in "
-        f"{len(result.datasets)} dataset version(s), {len(result.runs)} run(s), {len(result.models)} model version(s)."
+        f"{len(result.datasets):,} dataset version(s), {len(result.runs):,} run(s), {len(result.models):,} model "
+        f"version(s)" + (f" ({by_stage})." if by_stage else ".")
     )
     t = Table(title="Dataset versions", title_justify="left")
     for col in ("version", "kind", "parents", "records", "rows"):
         t.add_column(col, justify="right" if col in ("records", "rows") else "left")
-    for d in result.datasets:
+    datasets = sorted(result.datasets, key=lambda d: -d["records"])[:limit]
+    for d in datasets:
         t.add_row(d["id"], d["kind"], ", ".join(d["parents"]) or "—", f"{d['records']:,}", f"{d['rows']:,}")
     console.print(t)
+    _more(console, len(datasets), len(result.datasets), "dataset versions")
     if result.runs:
         t = Table(title="Training runs", title_justify="left")
         for col in ("run", "records", "inputs", "shards (first slice)", "clean checkpoint"):
             t.add_column(col, justify="right" if col == "records" else "left")
-        for r in result.runs:
+        runs = sorted(result.runs, key=lambda r: -r["records"])[:limit]
+        for r in runs:
             inputs = ", ".join(f"{i['dataset']} ({i['role']}: {i['records']:,})" for i in r["inputs"] if i["records"])
             shards = ", ".join(
                 f"{s['shard']}" + (f" ({s['first_slice']})" if s["first_slice"] is not None else "")
@@ -260,17 +278,21 @@ def render_impact(result, console=None) -> None:
                 ck = f"step {fs['last_clean_step']:,}"
             t.add_row(r["id"], f"{r['records']:,}", inputs, shards, ck)
         console.print(t)
+        _more(console, len(runs), len(result.runs), "runs")
     if result.models:
         t = Table(title="Model versions", title_justify="left")
         for col in ("model", "stage", "run", "how affected"):
             t.add_column(col)
-        for m in result.models:
+        models = sorted(result.models, key=lambda m: (STAGE_ORDER.get(m["stage"], 9), m["name"], m["version"]))
+        models = models[:limit]
+        for m in models:
             how = "trained on the records" if m["direct"] else " → ".join(
                 f"{p['model']} ({p['relation']})" for p in m["path"]
             )
             stage = f"[bold red]{m['stage']}[/]" if m["stage"] == "production" else m["stage"]
             t.add_row(m["id"], stage, m["run"] or "—", how)
         console.print(t)
+        _more(console, len(models), len(result.models), "model versions")
 
 
 @app.command()
