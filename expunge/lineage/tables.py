@@ -111,8 +111,8 @@ def id_lists(table: pa.Table, column: str, what: str) -> tuple[pa.Array, pa.Arra
 
 
 def first_duplicate(arr: pa.Array) -> str | None:
-    counts = pc.value_counts(arr)
-    if len(counts) == len(arr):
+    if len(pc.unique(arr)) == len(arr):  # the fast check; find the culprit only when there is one
         return None
+    counts = pc.value_counts(arr)
     dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
     return dup[0]["values"].as_py()
