@@ -82,14 +82,25 @@ def fmt_rate(n: float, secs: float) -> str:
 
 
 def code_version() -> dict:
-    """The expunge checkout being measured (commit, and whether expunge/ has uncommitted changes)."""
+    """The expunge code being measured: where it was imported from, its commit, uncommitted changes.
+
+    A snapshot directory (e.g. `git archive HEAD expunge | tar -x -C DIR` put first on PYTHONPATH,
+    to pin a commit while the tree changes) carries its commit in DIR/COMMIT.
+    """
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    import expunge
+
+    root = Path(expunge.__file__).resolve().parent.parent
+    out = {"path": str(root), "commit": None, "expunge_dirty": None}
+    if (root / "COMMIT").exists():
+        out.update(commit=(root / "COMMIT").read_text().strip(), expunge_dirty=False)
+        return out
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "expunge"], cwd=root, capture_output=True,
                                text=True).stdout.strip()
     except OSError:
-        return {"commit": None, "expunge_dirty": None}
-    return {"commit": commit or None, "expunge_dirty": bool(dirty)}
+        return out
+    out.update(commit=commit or None, expunge_dirty=bool(dirty))
+    return out

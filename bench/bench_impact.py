@@ -113,11 +113,12 @@ def bench_cli(store_dir: Path, subjects: list[str], runs: int, rng) -> dict:
     exe = Path(sys.executable).parent / "expunge"
     cmd0 = [str(exe)] if exe.exists() else [sys.executable, "-m", "expunge.cli"]
     env = dict(os.environ)
+    cwd = store_dir.parent  # not the repo root: `-m`/`-c` put the cwd first on sys.path
     walls = []
     for sid in rng.choice(subjects, size=runs, replace=len(subjects) < runs):
         cmd = cmd0 + ["impact", "--store", str(store_dir), "--subject", str(sid), "--json"]
         t = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
         walls.append(time.perf_counter() - t)
         if p.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
@@ -128,7 +129,7 @@ def bench_cli(store_dir: Path, subjects: list[str], runs: int, rng) -> dict:
     cmd = [sys.executable, "-X", "importtime", "-m", "expunge.cli", "impact", "--store", str(store_dir),
            "--subject", sid, "--json"]
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     importtime_wall = time.perf_counter() - t
     mods = []
     for line in p.stderr.splitlines():
@@ -145,10 +146,10 @@ def bench_cli(store_dir: Path, subjects: list[str], runs: int, rng) -> dict:
     top = sorted((m for m in mods if m[2] == 1), key=lambda m: -m[1])[:12]  # top-level imports by cumulative time
     # Startup without the query: interpreter + imports of the CLI module only.
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import expunge.cli"], check=True, env=env)
+    subprocess.run([sys.executable, "-c", "import expunge.cli"], check=True, env=env, cwd=cwd)
     import_only = time.perf_counter() - t
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
+    subprocess.run([sys.executable, "-c", "pass"], check=True, env=env, cwd=cwd)
     bare = time.perf_counter() - t
     return {
         "command": " ".join(cmd0 + ["impact", "--store", str(store_dir), "--subject", "<id>", "--json"]),

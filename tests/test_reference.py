@@ -45,8 +45,7 @@ class Reference:
             if facts and train:
                 for sh in sorted({a for rec in train for a, _, _ in facts[rec]}):
                     in_shard = {rec for rec in train if any(a == sh for a, _, _ in facts[rec])}
-                    # Shard and slice are indexed separately: the first slice holding any of the shard's records.
-                    first_slice = min(b for rec in in_shard for _, b, _ in facts[rec])
+                    first_slice = min(b for rec in in_shard for a, b, _ in facts[rec] if a == sh)
                     shards[sh] = (len(in_shard), first_slice)
                 steps = r["ckpt_steps"]
                 if steps:

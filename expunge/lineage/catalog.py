@@ -31,7 +31,7 @@ CREATE TABLE dataset_versions(
     record_dataset_id INTEGER,        -- for row_space 'records': the source dataset whose records are the rows
     n_rows BIGINT NOT NULL, n_records BIGINT NOT NULL,
     bitmap_file VARCHAR NOT NULL,     -- roaring bitmap of the source record ordinals it holds
-    rows_file VARCHAR,                -- row_space 'rows': Parquet (row_id, ords list)
+    rows_file VARCHAR,                -- row_space 'rows': Parquet of the row ids
     rowmap_file VARCHAR,              -- row_space 'rows': (ordinal, row) pairs sorted by ordinal
     origin VARCHAR, created_at TIMESTAMP,
     UNIQUE(dataset_id, version_no));
@@ -48,9 +48,8 @@ CREATE TABLE runs(
     wall_seconds DOUBLE, cpu_seconds DOUBLE, gpu_seconds DOUBLE,
     started_at TIMESTAMP, ended_at TIMESTAMP,
     n_shards INTEGER, n_slices INTEGER,
-    facts_file VARCHAR,               -- Parquet (ord, shard, slice, first_step) of the training records
-    facts_index_file VARCHAR,         -- concatenated roaring bitmaps per shard / slice / checkpoint interval
-    facts_index JSON,
+    facts_file VARCHAR,               -- per training record: shard, slice, clean checkpoints (lineage/facts.py)
+    facts_index JSON,                 -- the code table of facts_file and the clean checkpoint steps
     extra JSON, created_at TIMESTAMP);
 CREATE TABLE run_inputs(
     run_id INTEGER, position INTEGER, version_id INTEGER, role VARCHAR,
@@ -81,7 +80,6 @@ FILE_COLUMNS = (
     ("record_segments", "ids_file"),
     ("subject_segments", "file"),
     ("runs", "facts_file"),
-    ("runs", "facts_index_file"),
     ("run_inputs", "subset_file"),
     ("retired_files", "file"),
 )

@@ -74,7 +74,7 @@ class ImpactEngine:
             self.v_parents[vindex[vid]].append(self.v_label[vindex[pid]])
 
         runs = con.execute(
-            "SELECT run_id, name, trainer, model_family, facts_index_file, facts_index FROM runs ORDER BY name"
+            "SELECT run_id, name, trainer, model_family, facts_file, facts_index FROM runs ORDER BY name"
         ).fetchall()
         rindex = {r[0]: i for i, r in enumerate(runs)}
         self.r_name = [r[1] for r in runs]
@@ -259,46 +259,13 @@ class ImpactEngine:
                     train_sets[int(r)] = train[0] if len(train) == 1 else BitMap.union(*train)
         return e_count, r_count, train_sets
 
-    def _load_facts(self, r: int) -> dict:
+    def _facts(self, r: int, rq: BitMap) -> tuple[list[dict], dict | None]:
         facts = self.r_facts.get(r)
         if facts is None:
-            index = self.r_facts_index[r]
-            with open(self.store.data_path(self.r_facts_file[r]), "rb") as fh:
-                blob = fh.read()
-            facts = {}
-            for kind in ("shard", "slice", "clean"):
-                entries = sorted((int(k), v) for k, v in index.get(kind, {}).items())
-                facts[kind] = [(k, FrozenBitMap.deserialize(blob[o : o + n])) for k, (o, n) in entries]
-            steps = index.get("clean_steps", {})
-            facts["steps"] = [steps[str(i)] for i in range(len(steps))]
-            self.r_facts[r] = facts
-        return facts
+            from expunge.lineage.facts import RunFacts
 
-    def _facts(self, r: int, rq: BitMap) -> tuple[list[dict], dict | None]:
-        facts = self._load_facts(r)
-        shards = []
-        for key, sbm in facts["shard"]:
-            if not sbm.intersection_cardinality(rq):
-                continue
-            sh = sbm & rq
-            first_slice = None
-            for skey, slbm in facts["slice"]:
-                if slbm.intersection_cardinality(sh):
-                    first_slice = skey
-                    break
-            shards.append({"shard": key, "records": len(sh), "first_slice": first_slice})
-        first_seen = None
-        if facts["clean"]:
-            steps = facts["steps"]
-            for k, cbm in facts["clean"]:
-                if cbm.intersection_cardinality(rq):
-                    first_seen = {
-                        "clean_checkpoints": k,
-                        "last_clean_step": steps[k - 1] if k >= 1 else None,
-                        "first_dirty_step": steps[k] if k < len(steps) else None,
-                    }
-                    break
-        return shards, first_seen
+            facts = self.r_facts[r] = RunFacts(self.store.data_path(self.r_facts_file[r]), self.r_facts_index[r])
+        return facts.lookup(rq)
 
     def _models(self, hit_r: np.ndarray):
         """Affected models: produced by a hit run, or derived (transitively) from an affected one.

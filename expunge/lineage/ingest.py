@@ -41,7 +41,7 @@ def lookup_record_ordinals(txn: Txn, dataset_id: int, ids: pa.Array, with_owner:
     """
     n = len(ids)
     out = np.full(n, -1, dtype=np.int64)
-    owner = np.zeros(n, dtype=np.uint32)
+    owner = np.zeros(n, dtype=np.uint16)
     segs = _record_ids_of_dataset(txn, dataset_id)
     if not segs or n == 0:
         return (out, owner) if with_owner else out
@@ -60,7 +60,7 @@ def lookup_record_ordinals(txn: Txn, dataset_id: int, ids: pa.Array, with_owner:
     pos = res["pos"].astype(np.int64)
     out[pos] = res["ord"].astype(np.int64)
     if with_owner:
-        owner[pos] = res["owner"].astype(np.uint32)
+        owner[pos] = res["owner"].astype(np.uint16)
         return out, owner
     return out
 
@@ -185,7 +185,7 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
         ords[new_idx] = np.arange(start, start + n_new, dtype=np.uint32)
         if n_new:
             ids_table = pa.table({"record_id": rids.take(pa.array(new_idx)),
-                                  "owner": pa.array(fp[new_idx], pa.uint32())})
+                                  "owner": pa.array(fp[new_idx], pa.uint16())})
             ids_file = txn.write_parquet(ids_table, ".ids.parquet")
             txn.con.execute(
                 "INSERT INTO record_segments VALUES (?, ?, ?, ?, ?)",
@@ -241,9 +241,12 @@ def resolve_rows(txn: Txn, parent: dict, ids: pa.Array, what: str) -> tuple[np.n
         raise BadInput(
             f"{what}: {int((row_of < 0).sum())} id(s) are not rows of {parent['label']}, e.g. {ids[bad].as_py()!r}"
         )
-    lists = rows.column("ords").combine_chunks()
-    offsets = lists.offsets.to_numpy()
-    flat = lists.values.to_numpy()
+    # Row → records, from the (ordinal, row) map sorted by ordinal: regroup by row.
+    rowmap = np.load(txn.store.data_path(parent["rowmap_file"]))
+    by_row = np.argsort(rowmap[1], kind="stable")
+    flat = rowmap[0][by_row]
+    offsets = np.zeros(rows.num_rows + 1, np.int64)
+    np.cumsum(np.bincount(rowmap[1], minlength=rows.num_rows), out=offsets[1:])
     starts, ends = offsets[row_of], offsets[row_of + 1]
     counts = ends - starts
     total = int(counts.sum())
@@ -259,7 +262,7 @@ def _parent_rows(txn: Txn, parent: dict) -> pa.Table:
 
 
 def _write_composite(txn: Txn, row_ids: pa.Array, pos: np.ndarray, ords: np.ndarray) -> tuple[str, str, Any]:
-    """Store rows (row_id, ords) and the ordinal-sorted (ord, row) map; return files and bitmap."""
+    """Store the row ids and the ordinal-sorted (ord, row) map; return the files and the bitmap."""
     n = len(row_ids)
     order = np.lexsort((ords, pos))
     pos_s, ords_s = pos[order], ords[order]
@@ -268,11 +271,7 @@ def _write_composite(txn: Txn, row_ids: pa.Array, pos: np.ndarray, ords: np.ndar
         keep = np.ones(pos_s.size, dtype=bool)
         keep[1:] = (pos_s[1:] != pos_s[:-1]) | (ords_s[1:] != ords_s[:-1])
         pos_s, ords_s = pos_s[keep], ords_s[keep]
-    counts = np.bincount(pos_s, minlength=n)
-    offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ords_s, type=pa.uint32()))
-    rows_file = txn.write_parquet(pa.table({"row_id": row_ids, "ords": lists}), ".rows.parquet")
+    rows_file = txn.write_parquet(pa.table({"row_id": row_ids}), ".rows.parquet")
     by_ord = np.lexsort((pos_s, ords_s))
     rowmap = np.empty((2, pos_s.size), dtype=np.uint32)
     rowmap[0] = ords_s[by_ord]

@@ -190,7 +190,7 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
             train_sets.append((pv, bm))
         input_rows.append([run_id, pos, pv["version_id"], role, subset_file, n_rows, len(bm)])
 
-    facts_file = index_file = index = None
+    facts_file = index = None
     n_shards, n_slices = run.get("shards"), run.get("slices")
     if facts is not None and facts.num_rows:
         if not train_sets:
@@ -227,31 +227,23 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
             raise BadInput(f"run {name!r} facts: shard ≥ shards ({n_shards})")
         if n_slices is not None and (slice_ >= n_slices).any():
             raise BadInput(f"run {name!r} facts: slice ≥ slices ({n_slices})")
-        import pyarrow as pa
+        from expunge.lineage.facts import clean_counts, encode
 
-        order = np.argsort(ords, kind="stable")
-        facts_file = txn.write_parquet(
-            pa.table({
-                "ord": pa.array(ords[order], pa.uint32()),
-                "shard": pa.array(shard[order], pa.int32()),
-                "slice": pa.array(slice_[order], pa.int32()),
-                "first_step": pa.array(first[order], pa.int64()),
-            }),
-            ".facts.parquet",
-        )
         ckpt_steps = sorted(
             {int(c["step"]) for c in run.get("checkpoints", []) if c.get("shard") is None and "step" in c}
         )
-        index_file, index = _write_facts_index(txn, ords, shard, slice_, first, ckpt_steps)
+        data, index = encode(ords, shard, slice_, clean_counts(first, ckpt_steps))
+        index["clean_steps"] = ckpt_steps
+        facts_file = txn.write_bytes(".facts", data)
 
     cost = run.get("cost", {})
     txn.con.execute(
-        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run_id, name, run.get("trainer"), json.dumps(run.get("config", {}), sort_keys=True),
          run.get("code_version"), run.get("seed"), run.get("model_family"),
          cost.get("wall_seconds"), cost.get("cpu_seconds"), cost.get("gpu_seconds"),
          _ts(run.get("started_at")), _ts(run.get("ended_at")), n_shards, n_slices,
-         facts_file, index_file, json.dumps(index) if index else None,
+         facts_file, json.dumps(index) if index else None,
          json.dumps(run.get("extra", {}), sort_keys=True), _now()],
     )
     for row in input_rows:
@@ -263,38 +255,6 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
             [run_id, pos, c["step"], path, sha, c.get("shard"), c.get("slice")],
         )
     return run_id, {"id": name, "inputs": len(input_rows), "checkpoints": len(run.get("checkpoints", []))}
-
-
-def _write_facts_index(txn: Txn, ords, shard, slice_, first, ckpt_steps) -> tuple[str, dict]:
-    """Roaring bitmaps per shard, per slice, and per count of clean checkpoints, in one file."""
-    from pyroaring import BitMap
-
-    parts: list[bytes] = []
-    index: dict[str, dict[str, list[int]]] = {"shard": {}, "slice": {}, "clean": {}}
-    offset = 0
-
-    def add(kind: str, key: int, sel: np.ndarray) -> None:
-        nonlocal offset
-        bm = BitMap(ords[sel])
-        bm.run_optimize()
-        data = bm.serialize()
-        index[kind][str(key)] = [offset, len(data)]
-        parts.append(data)
-        offset += len(data)
-
-    for s in np.unique(shard[shard >= 0]):
-        add("shard", int(s), shard == s)
-    for s in np.unique(slice_[slice_ >= 0]):
-        add("slice", int(s), slice_ == s)
-    has_step = first >= 0
-    if ckpt_steps and has_step.any():
-        # A checkpoint taken after `step` optimizer steps is clean for a record first consumed at step t ≥ step.
-        clean = np.searchsorted(np.asarray(ckpt_steps), first, side="right")
-        for k in np.unique(clean[has_step]):
-            add("clean", int(k), has_step & (clean == k))
-        index["clean_steps"] = {str(i): s for i, s in enumerate(ckpt_steps)}  # type: ignore[assignment]
-    name = txn.write_bytes(".facts.roar", b"".join(parts))
-    return name, index
 
 
 def _artifact(path: str | None, sha: str | None, base: Path, what: str) -> tuple[str | None, str | None]:

@@ -5,22 +5,14 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Record ids of one source ingest; ordinal = record_segments.ord_start + row number.
-# `owner`: 32 bits of the record's subject hash, to refuse a later version that moves it to another subject.
+# `owner`: 16 bits of the record's subject hash, to refuse a later version that moves it to another subject.
 RECORD_IDS = pa.schema([
     pa.field("record_id", pa.string(), nullable=False),
-    pa.field("owner", pa.uint32(), nullable=False),
+    pa.field("owner", pa.uint16(), nullable=False),
 ])
 
-# Rows of a composed version (join, aggregate, augment): its row ids and the source records of each.
-COMPOSED_ROWS = pa.schema([
-    pa.field("row_id", pa.string(), nullable=False),
-    pa.field("ords", pa.list_(pa.uint32()), nullable=False),
-])
+# Row ids of a composed version (join, aggregate, augment), in row order. Which records each row was
+# built from is the version's rowmap: a (2, n) uint32 .npy of (ordinal, row) pairs sorted by ordinal.
+COMPOSED_ROWS = pa.schema([pa.field("row_id", pa.string(), nullable=False)])
 
-# Unlearning facts of a run's training records, sorted by ordinal; -1 = not recorded.
-RUN_FACTS = pa.schema([
-    pa.field("ord", pa.uint32(), nullable=False),
-    pa.field("shard", pa.int32(), nullable=False),
-    pa.field("slice", pa.int32(), nullable=False),
-    pa.field("first_step", pa.int64(), nullable=False),
-])
+# Run facts are a binary file (roaring bitmap + one code per record): see expunge/lineage/facts.py.
