@@ -41,6 +41,7 @@ def expect_bad(st, res, needle):
 CASES = {
     "missing column": (["cid", "other"], [["a", "9"]], "missing column"),
     "duplicate record": (["cid", "rid"], [["a", "7"], ["b", "7"]], "duplicate record id '7'"),
+    "duplicate known record": (["cid", "rid"], [["a", "1"], ["a", "1"]], "duplicate record id '1'"),
     "null subject": (["cid", "rid"], [["a", "7"], ["", "8"]], "null in row 1"),
     "moved record": (["cid", "rid"], [["b", "1"]], "different subject"),
 }

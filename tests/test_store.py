@@ -184,3 +184,14 @@ def test_record_runs_is_all_or_nothing(store):
     assert [r["run"]["id"] for r in res] == ["r1", "r2"]
     assert [r["id"] for r in store.impact(["a"]).runs] == ["r1"]
     assert [r["id"] for r in store.impact(["b"]).runs] == ["r1", "r2"]
+
+
+def test_bulk_subject_hashing_matches_one_by_one(store, monkeypatch):
+    monkeypatch.setattr(type(store.hasher), "BULK", 3)
+    subjects = pa.array([f"s{i % 7}" for i in range(40)] + ["0042", "42", " 42"])
+    first = store.hasher.hash_column(subjects)           # misses, then cached
+    again = store.hasher.hash_column(subjects)           # all from the cache
+    expected = np.array([[int.from_bytes(store.hasher.digest(s)[:8], "big"),
+                          int.from_bytes(store.hasher.digest(s)[8:], "big")] for s in subjects.to_pylist()],
+                        dtype=np.uint64)
+    assert (first == expected).all() and (again == expected).all()

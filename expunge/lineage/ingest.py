@@ -91,11 +91,14 @@ def add_subject_segment(txn: Txn, hashes: np.ndarray, ords: np.ndarray) -> None:
         else:
             break
     if merge:
-        parts_h, parts_o = [hashes], [np.asarray(ords, dtype=np.uint32)]
-        for _, f in merge:
+        # Oldest first: older segments hold smaller ordinals, so sorted runs stay sorted when merged.
+        parts_h, parts_o = [], []
+        for _, f in reversed(merge):
             h, o = Segment(txn.store.data_path(f)).expand()
             parts_h.append(h)
             parts_o.append(o)
+        parts_h.append(hashes)
+        parts_o.append(np.asarray(ords, dtype=np.uint32))
         hashes = np.concatenate(parts_h)
         ords = np.concatenate(parts_o)
         txn.con.execute(
@@ -148,15 +151,8 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
     require_columns(table, [subject_col, record_col], what)
     rids = id_column(table, record_col, what)
     subs = id_column(table, subject_col, what)
-    dup = first_duplicate(rids)
-    if dup is not None:
-        raise BadInput(f"{what}: duplicate record id {dup!r} in column {record_col!r}")
     n = len(rids)
-    # Hash each distinct subject once.
-    enc = pc.dictionary_encode(subs)
-    codes = enc.indices.to_numpy(zero_copy_only=False)
-    uniq_hashes = store.hasher.hash_many(enc.dictionary.to_pylist())
-    hashes = uniq_hashes[codes] if n else np.zeros((0, 2), np.uint64)
+    hashes = store.hasher.hash_column(subs)
 
     with store.write() as txn:
         dataset_id = txn.dataset_id(name, create=True)
@@ -167,6 +163,10 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
             raise BadInput(f"dataset {name!r} is a derived dataset; a source version needs another name")
         existing, owner = lookup_record_ordinals(txn, dataset_id, rids, with_owner=True)
         known = existing >= 0
+        # Duplicate ids: known ones join to the same ordinal; only the (few) new ids need a unique check.
+        if len(_bitmap_from(existing[known])) != int(known.sum()) or (
+                (~known).any() and first_duplicate(rids.filter(pa.array(~known))) is not None):
+            raise BadInput(f"{what}: duplicate record id {first_duplicate(rids)!r} in column {record_col!r}")
         fp = owner_fingerprint(hashes)
         moved = known & (owner != fp)
         if moved.any():

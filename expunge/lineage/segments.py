@@ -27,8 +27,16 @@ def build_segment_bytes(hashes: np.ndarray, ords: np.ndarray) -> tuple[bytes, in
     hi = np.ascontiguousarray(hashes[:, 0], dtype=np.uint64)
     lo = np.ascontiguousarray(hashes[:, 1], dtype=np.uint64)
     ords = np.asarray(ords, dtype=np.uint32)
-    order = np.lexsort((ords, lo, hi))
+    # A stable sort on `hi` merges already-sorted runs in linear time (merging segments); it is the
+    # full order unless two subjects share `hi` or ordinals within a subject come out of order.
+    order = np.argsort(hi, kind="stable")
     hi, lo, ords = hi[order], lo[order], ords[order]
+    if hi.size > 1:
+        same = hi[1:] == hi[:-1]
+        bad = same & ((lo[1:] < lo[:-1]) | ((lo[1:] == lo[:-1]) & (ords[1:] <= ords[:-1])))
+        if bad.any():
+            order = np.lexsort((ords, lo, hi))
+            hi, lo, ords = hi[order], lo[order], ords[order]
     n = hi.size
     if n:
         new = np.empty(n, dtype=bool)
