@@ -195,3 +195,24 @@ def test_bulk_subject_hashing_matches_one_by_one(store, monkeypatch):
                           int.from_bytes(store.hasher.digest(s)[8:], "big")] for s in subjects.to_pylist()],
                         dtype=np.uint64)
     assert (first == expected).all() and (again == expected).all()
+
+
+def test_bulk_ingest_path_matches_small_path(tmp_path, monkeypatch):
+    """The large-version path (one DuckDB query for digests and known records) gives the same store answers."""
+    rows = [(f"r{i}", f"s{i % 13}") for i in range(300)]
+    answers = []
+    for bulk in (10**9, 5):
+        st = Store.init(tmp_path / f"b{bulk}")
+        monkeypatch.setattr(type(st.hasher), "BULK", bulk)
+        st.ingest_source({"s": [s for _, s in rows[:200]], "r": [r for r, _ in rows[:200]]}, name="d",
+                         subject_col="s", record_col="r")
+        st.ingest_source({"s": [s for _, s in rows[100:]], "r": [r for r, _ in rows[100:]]}, name="d",
+                         subject_col="s", record_col="r")
+        with pytest.raises(Exception, match="different subject"):
+            st.ingest_source({"s": ["s1"] * 20, "r": [f"r{i}" for i in range(20)]}, name="d",
+                             subject_col="s", record_col="r")
+        with pytest.raises(Exception, match="duplicate record id 'r5'"):
+            st.ingest_source({"s": ["s5"] * 10, "r": ["r5"] * 10}, name="d", subject_col="s", record_col="r")
+        answers.append([(d["id"], d["records"]) for s in ("s0", "s7", "s12") for d in st.impact([s]).datasets])
+    assert answers[0] == answers[1]
+    assert sum(n for _, n in answers[0]) > 0

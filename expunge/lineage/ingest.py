@@ -65,6 +65,47 @@ def lookup_record_ordinals(txn: Txn, dataset_id: int, ids: pa.Array, with_owner:
     return out
 
 
+def _bulk_lookup(txn: Txn, hasher, dataset_id: int, rids: pa.Array, subs: pa.Array):
+    """Subject hashes and known-record facts for a large source version, in one DuckDB query.
+
+    Runs in the hasher's in-memory connection (which holds the digest cache and never spills to
+    disk), joining the rows with both the cache and the dataset's record ids.
+    """
+    n = len(rids)
+    con = hasher.bulk_connection()
+    segs = _record_ids_of_dataset(txn, dataset_id)
+    ids_sql = " UNION ALL ".join(
+        f"SELECT record_id AS rid, owner, (file_row_number + {start})::BIGINT AS ord "
+        f"FROM read_parquet('{path}', file_row_number = true)"
+        for path, start in segs
+    ) or "SELECT NULL::VARCHAR AS rid, NULL::USMALLINT AS owner, NULL::BIGINT AS ord WHERE false"
+    con.register("_q", pa.table({"rid": rids, "s": subs, "pos": pa.array(np.arange(n, dtype=np.int64))}))
+    try:
+        res = con.sql(
+            f"""SELECT q.pos, coalesce(k.ord, -1) AS ord, coalesce(k.owner, 0) AS owner,
+                       c.hi IS NULL AS miss, coalesce(c.hi, 0) AS hi, coalesce(c.lo, 0) AS lo
+                FROM _q q LEFT JOIN ({ids_sql}) k ON q.rid = k.rid LEFT JOIN cache c ON c.s = q.s"""
+        ).fetchnumpy()
+    finally:
+        con.unregister("_q")
+    pos = res["pos"].astype(np.int64)
+    if pos.size != n:
+        raise BadInput(f"duplicate record ids in dataset {dataset_id} (store corrupted?)")
+    existing = np.empty(n, np.int64)
+    owner = np.empty(n, np.uint16)
+    hashes = np.empty((n, 2), np.uint64)
+    existing[pos] = res["ord"].astype(np.int64)
+    owner[pos] = res["owner"].astype(np.uint16)
+    hashes[pos, 0] = res["hi"].astype(np.uint64)
+    hashes[pos, 1] = res["lo"].astype(np.uint64)
+    miss = np.zeros(n, bool)
+    miss[pos] = res["miss"].astype(bool)
+    if miss.any():
+        idx = np.flatnonzero(miss)
+        hashes[idx] = hasher.hash_column(subs.take(pa.array(idx)))
+    return hashes, existing, owner
+
+
 def bitmap_array(bm) -> np.ndarray:
     return np.frombuffer(bm.to_array(), dtype=np.uint32)
 
@@ -152,7 +193,6 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
     rids = id_column(table, record_col, what)
     subs = id_column(table, subject_col, what)
     n = len(rids)
-    hashes = store.hasher.hash_column(subs)
 
     with store.write() as txn:
         dataset_id = txn.dataset_id(name, create=True)
@@ -161,7 +201,11 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
         ).fetchall()
         if kinds and kinds[0][0] != "source":
             raise BadInput(f"dataset {name!r} is a derived dataset; a source version needs another name")
-        existing, owner = lookup_record_ordinals(txn, dataset_id, rids, with_owner=True)
+        if n >= store.hasher.BULK:
+            hashes, existing, owner = _bulk_lookup(txn, store.hasher, dataset_id, rids, subs)
+        else:
+            hashes = store.hasher.hash_column(subs)
+            existing, owner = lookup_record_ordinals(txn, dataset_id, rids, with_owner=True)
         known = existing >= 0
         # Duplicate ids: known ones join to the same ordinal; only the (few) new ids need a unique check.
         if len(_bitmap_from(existing[known])) != int(known.sum()) or (

@@ -120,7 +120,7 @@ class SubjectHasher:
         uniq, codes = enc.dictionary, enc.indices.to_numpy(zero_copy_only=False)
         if len(uniq) < self.BULK:
             return self.hash_many(uniq.to_pylist())[codes] if len(arr) else np.zeros((0, 2), np.uint64)
-        con = self._bulk_cache()
+        con = self.bulk_connection()
         n = len(uniq)
         out = np.zeros((n, 2), np.uint64)
         con.register("_u", pa.table({"s": uniq, "i": pa.array(np.arange(n, dtype=np.int64))}))
@@ -147,7 +147,8 @@ class SubjectHasher:
             con.unregister("_u")
         return out[codes]
 
-    def _bulk_cache(self):
+    def bulk_connection(self):
+        """The in-memory DuckDB connection holding the digest cache (table `cache(s, hi, lo)`)."""
         con = getattr(self, "_bulk_con", None)
         if con is None:
             import duckdb
