@@ -31,6 +31,7 @@ import json
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,7 @@ class Gen:
         self.mem_rows = 0
         self.api_rows = {"source": 0, "derived": 0}
         self.api_records = {"source": 0, "derived": 0}
+        self.max_call_rss = {"above_start_mb": 0.0}
 
     # ------------------------------------------------------------ setup
 
@@ -186,6 +188,19 @@ class Gen:
             pa.schema([("version_id", pa.int32()), ("row_idx", pa.int32()), ("record_ord", pa.uint32())]),
             compression="zstd",
         )
+
+    @contextmanager
+    def mem_probe(self, what: str, rows: int):
+        """Track how far an API call pushes the process's peak RSS above the RSS it started with.
+
+        Only calls that raise the high-water mark are seen; the largest one always is.
+        """
+        before, hwm = current_rss_mb(), peak_rss_mb()
+        yield
+        after = peak_rss_mb()
+        if after > hwm and after - before > self.max_call_rss["above_start_mb"]:
+            self.max_call_rss = {"above_start_mb": after - before, "call": what, "rows": rows,
+                                 "start_rss_mb": before, "peak_rss_mb": after, "version_no": len(self.versions) + 1}
 
     # ------------------------------------------------------------ owners of new records
 
@@ -270,7 +285,7 @@ class Gen:
                 "subject_id": self.subjects.take(pa.array(ds.owner[members])),
                 "record_id": ds.rids(members),
             })
-        with self.api("ingest_source"):
+        with self.api("ingest_source"), self.mem_probe("ingest_source", len(table)):
             info = self.store.ingest_source(table, name=ds.name, subject_col="subject_id", record_col="record_id")
         if info.new_records != m:
             raise AssertionError(f"{info.id}: {info.new_records} new records, expected {m}")
@@ -287,7 +302,7 @@ class Gen:
     # ------------------------------------------------------------ derived versions
 
     def _ingest_derived(self, table, *, name, parents, kind, v: Version, **kw) -> Version:
-        with self.api("ingest_dataset"):
+        with self.api("ingest_dataset"), self.mem_probe(f"ingest_dataset {kind}", len(table)):
             info = self.store.ingest_dataset(table, name=name, parents=parents, kind=kind, **kw)
         self.api_rows["derived"] += info.rows
         self.api_records["derived"] += info.records
@@ -740,6 +755,7 @@ def main(argv=None) -> int:
         "runs_per_s": g.cfg["runs"] / api["record_run"],
         "peak_rss_mb": {"after_setup": rss0, "after_datasets": rss_datasets, "after_runs": rss_runs,
                         "end": peak_rss_mb()},
+        "ingest_call_peak": g.max_call_rss,
     }
     man = g.write_manifest(timings)
     c = man["counts"]
@@ -763,6 +779,11 @@ def main(argv=None) -> int:
     r = timings["peak_rss_mb"]
     print(f"peak RSS: {r['end']:.0f} MiB (after setup {r['after_setup']:.0f}, after datasets "
           f"{r['after_datasets']:.0f}, after runs {r['after_runs']:.0f}); includes the generator's own arrays")
+    m = timings["ingest_call_peak"]
+    if m.get("call"):
+        print(f"          the ingest call that set the peak ({m['call']}, {m['rows']:,} rows, version "
+              f"#{m['version_no']}) went {m['above_start_mb']:.0f} MiB above its starting RSS "
+              f"({m['start_rss_mb']:.0f} → {m['peak_rss_mb']:.0f} MiB)")
     print(f"manifest: {out / 'manifest.json'}")
     return 0
 

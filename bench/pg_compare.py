@@ -113,6 +113,14 @@ desc_models(model_id, depth, path) AS (
     UNION ALL
     SELECT p.model_id, d.depth + 1, d.path || p.parent_model_id
     FROM desc_models d JOIN model_parents p ON p.parent_model_id = d.model_id),
+inp_json AS MATERIALIZED (
+    SELECT run_id, json_agg(json_build_object('dataset', label, 'role', role, 'records', records)
+                            ORDER BY position) AS inputs
+    FROM inp GROUP BY run_id),
+shard_json AS MATERIALIZED (
+    SELECT run_id, json_agg(json_build_object('shard', shard, 'records', records, 'first_slice', first_slice)
+                            ORDER BY shard) AS shards
+    FROM shards GROUP BY run_id),
 best AS MATERIALIZED (
     SELECT DISTINCT ON (model_id) model_id, depth, path FROM desc_models ORDER BY model_id, depth)
 SELECT json_build_object(
@@ -123,16 +131,10 @@ SELECT json_build_object(
                     'rows', coalesce(dsrows.rows, ds.records)) ORDER BY v.dataset, v.version_no), '[]')
                  FROM ds JOIN versions v USING (version_id) LEFT JOIN dsrows USING (version_id)),
     'runs', (SELECT coalesce(json_agg(json_build_object(
-                'id', ru.name, 'records', h.records, 'model_family', ru.model_family,
-                'inputs', (SELECT json_agg(json_build_object('dataset', i.label, 'role', i.role,
-                                                              'records', i.records) ORDER BY i.position)
-                           FROM inp i WHERE i.run_id = h.run_id),
-                'shards', (SELECT coalesce(json_agg(json_build_object('shard', s.shard, 'records', s.records,
-                                                                       'first_slice', s.first_slice)
-                                                    ORDER BY s.shard), '[]')
-                           FROM shards s WHERE s.run_id = h.run_id),
-                'clean_checkpoints', (SELECT c.k FROM clean c WHERE c.run_id = h.run_id)) ORDER BY ru.name), '[]')
-             FROM run_hit h JOIN runs ru USING (run_id)),
+                'id', ru.name, 'records', h.records, 'model_family', ru.model_family, 'inputs', ij.inputs,
+                'shards', coalesce(sj.shards, '[]'), 'clean_checkpoints', c.k) ORDER BY ru.name), '[]')
+             FROM run_hit h JOIN runs ru USING (run_id) JOIN inp_json ij USING (run_id)
+             LEFT JOIN shard_json sj USING (run_id) LEFT JOIN clean c USING (run_id)),
     'models', (SELECT coalesce(json_agg(json_build_object(
                   'id', m.label, 'stage', m.stage, 'direct', b.depth = 0,
                   'path', (SELECT array_agg(pm.label ORDER BY o) FROM unnest(b.path) WITH ORDINALITY AS u(pid, o)

@@ -216,3 +216,22 @@ def test_bulk_ingest_path_matches_small_path(tmp_path, monkeypatch):
         answers.append([(d["id"], d["records"]) for s in ("s0", "s7", "s12") for d in st.impact([s]).datasets])
     assert answers[0] == answers[1]
     assert sum(n for _, n in answers[0]) > 0
+
+
+def test_rows_of_versions_and_exclusion(store):
+    store.ingest_source({"s": ["a", "b", "c", "a"], "r": ["r1", "r2", "r3", "r4"]}, name="d",
+                        subject_col="s", record_col="r")
+    store.ingest_source({"s": ["a", "c", "d"], "r": ["r4", "r3", "r5"]}, name="d", subject_col="s", record_col="r")
+    store.ingest_dataset({"r": ["r3", "r4"]}, name="f", parents=["d@2"], kind="filter", record_col="r")
+    store.ingest_dataset({"row": ["x", "y"], "src": [["r4", "r5"], ["r3"]]}, name="j", parents=["d@2"],
+                         kind="join", sources={"d@2": "src"}, row_col="row")
+    assert sorted(store.rows("d@1").row_ids.to_pylist()) == ["r1", "r2", "r3", "r4"]
+    assert sorted(store.rows("d").row_ids.to_pylist()) == ["r3", "r4", "r5"]
+    f = store.rows("f@1")
+    assert sorted(f.row_ids.to_pylist()) == ["r3", "r4"]
+    j = store.rows("j@1")
+    assert j.row_ids.to_pylist() == ["x", "y"]
+    a_records = store.records_of_subjects(["a"])
+    assert len(a_records) == 2  # r1, r4
+    assert j.keep_mask(a_records).tolist() == [False, True]  # row x was built from r4
+    assert sorted(np.asarray(f.row_ids)[f.keep_mask(a_records)].tolist()) == ["r3"]

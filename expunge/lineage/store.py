@@ -171,6 +171,22 @@ class Store:
     def data_path(self, name: str) -> Path:
         return self.data_dir / name
 
+    @contextmanager
+    def view(self) -> Iterator["CatalogView"]:
+        """Read-only lookups (versions, models) over the live catalog generation."""
+        with self.read() as con:
+            yield CatalogView(self, con)
+
+    def rows(self, version: str):
+        """The rows of a dataset version and the source records each was built from."""
+        from expunge.lineage.rows import version_rows
+
+        return version_rows(self, version)
+
+    def records_of_subjects(self, subjects: Sequence[str]) -> np.ndarray:
+        """Sorted record ordinals of the given raw subject ids."""
+        return self.engine().records_of(self.hasher.hash_many(list(dict.fromkeys(subjects))))[0]
+
     # ---------------------------------------------------------------- writing
 
     @contextmanager
@@ -336,12 +352,59 @@ class Store:
             }
 
 
-class Txn:
+class CatalogView:
+    """Lookups over one catalog connection (read-only, or a write transaction's)."""
+
+    def __init__(self, store: Store, con: duckdb.DuckDBPyConnection):
+        self.store = store
+        self.con = con
+
+    def execute(self, sql: str, params: Sequence = ()):
+        return self.con.execute(sql, params)
+
+    def one(self, sql: str, params: Sequence = ()) -> Any:
+        rows = self.con.execute(sql, params).fetchall()
+        return rows[0][0] if rows else None
+
+    def resolve_version(self, ref: str) -> dict:
+        name, ver = split_ref(ref)
+        sql = """SELECT v.version_id, d.name, v.version_no, v.kind, v.row_space, v.record_dataset_id,
+                        v.n_rows, v.n_records, v.bitmap_file, v.rows_file, v.rowmap_file, v.dataset_id
+                 FROM dataset_versions v JOIN datasets d USING (dataset_id) WHERE d.name = ?"""
+        if ver is None:
+            row = _first(self.con.execute(sql + " ORDER BY v.version_no DESC LIMIT 1", [name]).fetchall())
+        else:
+            row = _first(self.con.execute(sql + " AND v.version_no = ?", [name, ver]).fetchall())
+        if row is None:
+            raise UnknownReference(f"unknown dataset version {ref!r}")
+        keys_ = ("version_id", "dataset", "version_no", "kind", "row_space", "record_dataset_id",
+                 "n_rows", "n_records", "bitmap_file", "rows_file", "rowmap_file", "dataset_id")
+        d = dict(zip(keys_, row))
+        d["label"] = f"{d['dataset']}@{d['version_no']}"
+        return d
+
+    def resolve_model(self, ref: str) -> dict:
+        name, ver = split_ref(ref)
+        sql = "SELECT model_id, name, version_no FROM models WHERE name = ?"
+        if ver is None:
+            row = _first(self.con.execute(sql + " ORDER BY version_no DESC LIMIT 1", [name]).fetchall())
+        else:
+            row = _first(self.con.execute(sql + " AND version_no = ?", [name, ver]).fetchall())
+        if row is None:
+            raise UnknownReference(f"unknown model version {ref!r}")
+        return {"model_id": row[0], "name": row[1], "version_no": row[2], "label": f"{row[1]}@{row[2]}"}
+
+    def load_bitmap(self, name: str):
+        from pyroaring import BitMap
+
+        return BitMap.deserialize(self.store.data_path(name).read_bytes())
+
+
+class Txn(CatalogView):
     """The inside of one write: a catalog connection plus the new data files it wrote."""
 
     def __init__(self, store: Store, con: duckdb.DuckDBPyConnection, generation: int = 0):
-        self.store = store
-        self.con = con
+        super().__init__(store, con)
         self.generation = generation
         self.new_files: list[str] = []
 
@@ -374,10 +437,6 @@ class Txn:
 
     # ----- catalog helpers
 
-    def one(self, sql: str, params: Sequence = ()) -> Any:
-        rows = self.con.execute(sql, params).fetchall()
-        return rows[0][0] if rows else None
-
     def next_id(self, table: str, col: str) -> int:
         return int(self.one(f"SELECT coalesce(max({col}), 0) + 1 FROM {table}"))
 
@@ -387,34 +446,6 @@ class Txn:
     def set_meta(self, key: str, value: str) -> None:
         self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
-    def resolve_version(self, ref: str) -> dict:
-        name, ver = split_ref(ref)
-        sql = """SELECT v.version_id, d.name, v.version_no, v.kind, v.row_space, v.record_dataset_id,
-                        v.n_rows, v.n_records, v.bitmap_file, v.rows_file, v.rowmap_file, v.dataset_id
-                 FROM dataset_versions v JOIN datasets d USING (dataset_id) WHERE d.name = ?"""
-        if ver is None:
-            row = _first(self.con.execute(sql + " ORDER BY v.version_no DESC LIMIT 1", [name]).fetchall())
-        else:
-            row = _first(self.con.execute(sql + " AND v.version_no = ?", [name, ver]).fetchall())
-        if row is None:
-            raise UnknownReference(f"unknown dataset version {ref!r}")
-        keys_ = ("version_id", "dataset", "version_no", "kind", "row_space", "record_dataset_id",
-                 "n_rows", "n_records", "bitmap_file", "rows_file", "rowmap_file", "dataset_id")
-        d = dict(zip(keys_, row))
-        d["label"] = f"{d['dataset']}@{d['version_no']}"
-        return d
-
-    def resolve_model(self, ref: str) -> dict:
-        name, ver = split_ref(ref)
-        sql = "SELECT model_id, name, version_no FROM models WHERE name = ?"
-        if ver is None:
-            row = _first(self.con.execute(sql + " ORDER BY version_no DESC LIMIT 1", [name]).fetchall())
-        else:
-            row = _first(self.con.execute(sql + " AND version_no = ?", [name, ver]).fetchall())
-        if row is None:
-            raise UnknownReference(f"unknown model version {ref!r}")
-        return {"model_id": row[0], "name": row[1], "version_no": row[2], "label": f"{row[1]}@{row[2]}"}
-
     def dataset_id(self, name: str, create: bool) -> int:
         did = self.one("SELECT dataset_id FROM datasets WHERE name = ?", [name])
         if did is None:
@@ -423,11 +454,6 @@ class Txn:
             did = self.next_id("datasets", "dataset_id")
             self.con.execute("INSERT INTO datasets VALUES (?, ?, ?)", [did, name, _now()])
         return int(did)
-
-    def load_bitmap(self, name: str):
-        from pyroaring import BitMap
-
-        return BitMap.deserialize(self.store.data_path(name).read_bytes())
 
     def save_bitmap(self, bm) -> str:
         bm.run_optimize()
