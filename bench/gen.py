@@ -157,6 +157,7 @@ class Gen:
         self.api_rows = {"source": 0, "derived": 0}
         self.api_records = {"source": 0, "derived": 0}
         self.max_call_rss = {"above_start_mb": 0.0}
+        self.reopen = False
 
     # ------------------------------------------------------------ setup
 
@@ -188,6 +189,12 @@ class Gen:
             pa.schema([("version_id", pa.int32()), ("row_idx", pa.int32()), ("record_ord", pa.uint32())]),
             compression="zstd",
         )
+
+    def maybe_reopen(self) -> None:
+        if self.reopen:
+            from expunge import Store
+
+            self.store = Store.open(self.store_dir)
 
     @contextmanager
     def mem_probe(self, what: str, rows: int):
@@ -285,6 +292,7 @@ class Gen:
                 "subject_id": self.subjects.take(pa.array(ds.owner[members])),
                 "record_id": ds.rids(members),
             })
+        self.maybe_reopen()
         with self.api("ingest_source"), self.mem_probe("ingest_source", len(table)):
             info = self.store.ingest_source(table, name=ds.name, subject_col="subject_id", record_col="record_id")
         if info.new_records != m:
@@ -302,6 +310,7 @@ class Gen:
     # ------------------------------------------------------------ derived versions
 
     def _ingest_derived(self, table, *, name, parents, kind, v: Version, **kw) -> Version:
+        self.maybe_reopen()
         with self.api("ingest_dataset"), self.mem_probe(f"ingest_dataset {kind}", len(table)):
             info = self.store.ingest_dataset(table, name=name, parents=parents, kind=kind, **kw)
         self.api_rows["derived"] += info.rows
@@ -664,6 +673,7 @@ class Gen:
             "kind": "expunge.bench.gen",
             "scale": self.scale,
             "seed": self.seed,
+            "reopen_per_ingest": self.reopen,
             "code": {"at_start": self.code_at_start, "at_end": code_version()},
             "config": self.cfg,
             "store": "store",
@@ -703,6 +713,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output directory (store/, raw/, manifest.json)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="remove --out first if it exists")
+    ap.add_argument("--reopen", action="store_true",
+                    help="open the store afresh for every ingest (as one process per ingest would: no warm "
+                         "in-process caches); the reopen itself is not timed")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     if out.exists() and any(out.iterdir()):
@@ -715,6 +728,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     code_at_start = code_version()
     g = Gen(args.scale, out, args.seed)
+    g.reopen = args.reopen
     g.code_at_start = code_at_start
     print(f"scale {args.scale}: {g.cfg}; expunge {code_at_start}", flush=True)
     g.setup()

@@ -1,0 +1,185 @@
+"""PyTorch capture: a Dataset over a dataset version, and a tracker that records a training run.
+
+Imported only when used (it imports torch).
+
+>>> ds = RecordDataset(store, "customers@2", "features.parquet", row_col="record_id",
+...                    feature_cols=["f0", "f1"], label_col="churned")            # doctest: +SKIP
+>>> with TrainingTracker(store, "churn-7", inputs=[{"dataset": "customers@2"}],
+...                      trainer="mypkg.train:main", config=cfg, seed=0) as tr:  # doctest: +SKIP
+...     for x, y, row_ids in DataLoader(ds, batch_size=64, shuffle=True):
+...         tr.consumed(row_ids)                 # the step at which each row was first seen
+...         ...                                  # forward, backward, optimizer.step()
+...     tr.checkpoint(model)                     # saved, hashed, recorded with its step
+...     tr.final_model(model, "churn", stage="staging")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from expunge.errors import BadInput
+from expunge.lineage.store import Store
+
+
+class RecordDataset(torch.utils.data.Dataset):
+    """The rows of one dataset version, with features and labels from a table, minus excluded records.
+
+    Yields `(features, label, row_id)`; `row_id` is the row's id in the version (for source and
+    subset versions, the record id). Rows built from an excluded record never reach a batch.
+    """
+
+    def __init__(self, store: Store, version: str, data: Any, *, row_col: str, feature_cols: Sequence[str],
+                 label_col: str, exclude_records: Iterable[int] | np.ndarray = (),
+                 exclude_subjects: Sequence[str] = (), rows: Sequence[str] | None = None):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from expunge.lineage.tables import id_column, read_table, require_columns
+
+        vrows = store.rows(version)
+        excluded = np.union1d(np.asarray(list(exclude_records), dtype=np.uint32),
+                              store.records_of_subjects(exclude_subjects) if exclude_subjects else
+                              np.zeros(0, np.uint32))
+        keep = vrows.keep_mask(excluded)
+        if rows is not None:
+            wanted = pa.array([str(r) for r in rows], pa.string())
+            keep &= pc.is_in(vrows.row_ids, value_set=wanted).to_numpy(zero_copy_only=False)
+        # Stable, store-defined order: sorted by row id, so a re-run sees the same order.
+        ids = vrows.row_ids.filter(pa.array(keep))
+        ids = ids.take(pc.sort_indices(ids))
+        self.version = vrows.version
+        self.excluded = excluded
+        table = read_table(data, [row_col])
+        require_columns(table, [row_col, *feature_cols, label_col], f"features for {version}")
+        pos = pc.index_in(ids, value_set=id_column(table, row_col, "features"))
+        if pos.null_count:
+            missing = ids.filter(pc.is_null(pos))[0].as_py()
+            raise BadInput(f"features for {version}: {pos.null_count} row(s) have no features, e.g. {missing!r}")
+        sel = table.take(pos)
+        self.row_ids: list[str] = ids.to_pylist()
+        x = np.column_stack([sel.column(c).to_numpy(zero_copy_only=False).astype(np.float32)
+                             for c in feature_cols]) if feature_cols else np.zeros((len(ids), 0), np.float32)
+        self.x = torch.from_numpy(np.ascontiguousarray(x))
+        self.y = torch.from_numpy(sel.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.row_ids)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], self.row_ids[i]
+
+
+def state_dict_bytes(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+class TrainingTracker:
+    """Records a training run into the store when its `with` block exits cleanly.
+
+    It keeps, per row, the optimizer step at which the row was first consumed (`consumed`),
+    the shard and slice of each row (`assign`), checkpoints (`checkpoint`) and the final model
+    versions (`final_model`); wall and CPU seconds are measured. Nothing is written if the
+    block raises.
+    """
+
+    def __init__(self, store: Store, name: str, *, inputs: Sequence[dict | str], out_dir: str | os.PathLike,
+                 trainer: str | None = None, config: dict | None = None, seed: int | None = None,
+                 code_version: str | None = None, model_family: str | None = None,
+                 shards: int | None = None, slices: int | None = None, extra: dict | None = None,
+                 facts_dataset: str | None = None):
+        from expunge.lineage.runs import RunTracker
+
+        self.store = store
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._run = RunTracker(store, name, inputs=inputs, trainer=trainer, config=config, seed=seed,
+                               code_version=code_version, model_family=model_family, shards=shards, slices=slices,
+                               extra=extra)
+        if facts_dataset:
+            self._run.run["facts_dataset"] = facts_dataset
+        self.name = name
+        self.step = 0
+        self._first: dict[str, int] = {}
+        self._shard: dict[str, int] = {}
+        self._slice: dict[str, int] = {}
+        self.overhead_seconds = 0.0
+
+    # -- during training
+
+    def consumed(self, row_ids: Sequence[str], *, step: int | None = None) -> None:
+        """Rows in the batch about to be applied at `step` (default: the tracker's counter, then +1)."""
+        t0 = time.perf_counter()
+        s = self.step if step is None else int(step)
+        first = self._first
+        for r in row_ids:
+            if r not in first:
+                first[r] = s
+        if step is None:
+            self.step += 1
+        else:
+            self.step = max(self.step, s + 1)
+        self.overhead_seconds += time.perf_counter() - t0
+
+    def assign(self, row_ids: Sequence[str], *, shard: int | None = None, slice: int | None = None) -> None:  # noqa: A002
+        for r in row_ids:
+            if shard is not None:
+                self._shard[r] = int(shard)
+            if slice is not None:
+                self._slice[r] = int(slice)
+
+    def checkpoint(self, model: torch.nn.Module, *, step: int | None = None, shard: int | None = None,
+                   slice: int | None = None, tag: str | None = None, **meta: Any) -> Path:  # noqa: A002
+        """Save `{"model": state_dict, "step": step, **meta}` after `step` optimizer steps (default: the
+        steps so far) and record it as a checkpoint of the run."""
+        s = self.step if step is None else int(step)
+        name = tag or (f"ckpt-step{s}" + (f"-shard{shard}" if shard is not None else "") +
+                       (f"-slice{slice}" if slice is not None else ""))
+        path = self.out_dir / f"{name}.pt"
+        _atomic_save({"model": state_dict_bytes(model), "step": s, **meta}, path)
+        self._run.add_checkpoint(s, path, shard=shard, slice=slice)
+        return path
+
+    def final_model(self, model: torch.nn.Module, name: str, *, stage: str = "dev",
+                    parents: Sequence[dict] = (), filename: str = "model.pt", **meta: Any) -> Path:
+        """Save `{"model": state_dict, "step": steps, **meta}` and register it as a model version."""
+        path = self.out_dir / filename
+        _atomic_save({"model": state_dict_bytes(model), "step": self.step, **meta}, path)
+        self._run.add_model(name, path, stage=stage, parents=parents)
+        return path
+
+    def add_device_seconds(self, seconds: float) -> None:
+        self._run.add_device_seconds(seconds)
+
+    # -- recording
+
+    @property
+    def result(self) -> dict | None:
+        return self._run.result
+
+    def __enter__(self) -> "TrainingTracker":
+        self._run.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            rows = sorted(set(self._first) | set(self._shard) | set(self._slice))
+            if rows:
+                self._run.set_facts(
+                    rows,
+                    shard=[self._shard.get(r, -1) for r in rows] if self._shard else None,
+                    slice=[self._slice.get(r, -1) for r in rows] if self._slice else None,
+                    first_step=[self._first.get(r, -1) for r in rows] if self._first else None,
+                )
+        self._run.__exit__(exc_type, exc, tb)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,87 @@
+"""Re-running a recorded run through its trainer entry point (the trainer contract).
+
+The new run gets the recorded config, seed and inputs, minus the excluded records,
+optionally starting from a checkpoint or a model's weights, and is recorded as a run
+of its own (so its lineage, manifest and model version are in the store).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from expunge.errors import BadInput
+from expunge.lineage.store import Store
+from expunge.orchestrator.trainers import TrainRequest, load_trainer
+
+
+def recorded_request(store: Store, run: str) -> dict:
+    """What a run recorded: trainer, config, seed, inputs (with row subsets), and its model version."""
+    from expunge.lineage.rows import record_ids
+
+    with store.view() as view:
+        row = view.execute(
+            """SELECT run_id, trainer, config, seed, code_version, model_family FROM runs WHERE name = ?""", [run]
+        ).fetchall()
+        if not row:
+            raise BadInput(f"unknown run {run!r}")
+        run_id, trainer, config, seed, code_version, family = row[0]
+        if not trainer:
+            raise BadInput(f"run {run!r} recorded no trainer entry point; it cannot be re-run")
+        inputs = []
+        for vid, role, subset in view.execute(
+            """SELECT version_id, role, subset_file FROM run_inputs WHERE run_id = ? ORDER BY position""", [run_id]
+        ).fetchall():
+            label, space, rec_ds = view.execute(
+                """SELECT d.name || '@' || v.version_no, v.row_space, v.record_dataset_id
+                   FROM dataset_versions v JOIN datasets d USING (dataset_id) WHERE v.version_id = ?""", [vid]
+            ).fetchall()[0]
+            entry: dict = {"dataset": label, "role": role}
+            if subset is not None:
+                if space != "records":
+                    raise BadInput(f"run {run!r} used a row subset of the composed dataset {label}; re-running "
+                                   "it needs its row ids, which the store keeps only as records")
+                ords = np.frombuffer(view.load_bitmap(subset).to_array(), np.uint32)
+                entry["rows"] = record_ids(store, view, rec_ds, ords).to_pylist()
+            inputs.append(entry)
+        models = view.execute(
+            """SELECT m.name, m.stage, m.model_id FROM models m WHERE m.run_id = ? ORDER BY m.model_id""", [run_id]
+        ).fetchall()
+        parents = []
+        if models:
+            parents = [
+                {"model": f"{n}@{v}", "relation": rel}
+                for n, v, rel in view.execute(
+                    """SELECT pm.name, pm.version_no, p.relation FROM model_parents p
+                       JOIN models pm ON pm.model_id = p.parent_model_id WHERE p.model_id = ?""", [models[0][2]]
+                ).fetchall()
+            ]
+    return {
+        "trainer": trainer, "config": json.loads(config) if config else {}, "seed": seed or 0,
+        "code_version": code_version, "model_family": family, "inputs": inputs,
+        "model_name": models[0][0] if models else run, "stage": models[0][1] if models else "dev",
+        "parents": parents,
+    }
+
+
+def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
+          exclude_subjects: Sequence[str] = (), exclude_records: np.ndarray | None = None,
+          start_checkpoint: str | Path | None = None, init_model: str | Path | None = None,
+          shard: int | None = None, stage: str | None = None) -> dict:
+    """Call the run's trainer again; returns the new run's `record_run` result."""
+    rec = recorded_request(store, run)
+    excluded = np.zeros(0, np.uint32) if exclude_records is None else np.asarray(exclude_records, np.uint32)
+    if exclude_subjects:
+        excluded = np.union1d(excluded, store.records_of_subjects(exclude_subjects)).astype(np.uint32)
+    req = TrainRequest(
+        store=store, run_name=new_name, inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
+        out_dir=Path(out_dir), trainer=rec["trainer"], model_name=rec["model_name"],
+        stage=stage or rec["stage"], parents=rec["parents"], exclude_records=excluded,
+        start_checkpoint=Path(start_checkpoint) if start_checkpoint else None,
+        init_model=Path(init_model) if init_model else None, shard=shard,
+        code_version=rec["code_version"], model_family=rec["model_family"],
+    )
+    return load_trainer(rec["trainer"])(req)

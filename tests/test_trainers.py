@@ -1,0 +1,93 @@
+"""The trainer contract: recorded runs re-run to the same model; exclusions never reach a batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from expunge import synth  # noqa: E402
+from expunge.lineage.torch import TrainingTracker  # noqa: E402
+from expunge.orchestrator.rerun import rerun  # noqa: E402
+from expunge.orchestrator.trainers import TrainRequest  # noqa: E402
+from expunge.orchestrator.trainers import mlp  # noqa: E402
+
+N = 600
+
+
+@pytest.fixture
+def trained(store, tmp_path):
+    table = synth.customers(N, seed=3)
+    pq.write_table(table, tmp_path / "features.parquet")
+    store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
+    cfg = {"features": str(tmp_path / "features.parquet"), "row_col": "record_id",
+           "feature_cols": [f"f{j}" for j in range(8)], "label_col": "churned", "epochs": 3, "batch_size": 32}
+    req = TrainRequest(store=store, run_name="mlp-1", inputs=[{"dataset": "customers@1", "role": "train"}],
+                       config=cfg, seed=5, out_dir=tmp_path / "mlp-1", trainer=mlp.ENTRY_POINT,
+                       model_name="churn", stage="staging", model_family="mlp")
+    result = mlp.train(req)
+    return store, tmp_path, table, result
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path)["model"]
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_run_is_recorded_with_its_facts(trained):
+    store, tmp, table, result = trained
+    assert result["models"][0]["id"] == "churn@1"
+    subject = table.column("customer_id")[0].as_py()
+    imp = store.impact([subject])
+    (run,) = imp.runs
+    assert run["id"] == "mlp-1" and run["trainer"] == mlp.ENTRY_POINT
+    # Three epoch checkpoints; a row's first step is in epoch 1, so no checkpoint is clean for it.
+    assert run["first_seen"]["clean_checkpoints"] == 0
+    with store.read() as con:
+        steps = [s for (s,) in con.execute("SELECT step FROM checkpoints ORDER BY step").fetchall()]
+    per_epoch = -(-N // 32)
+    assert steps == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+
+
+def test_rerun_without_exclusions_reproduces_the_model(trained):
+    store, tmp, _, result = trained
+    again = rerun(store, "mlp-1", new_name="mlp-1-again", out_dir=tmp / "again")
+    assert same(weights(tmp / "mlp-1" / "model.pt"), weights(tmp / "again" / "model.pt"))
+    assert again["models"][0]["id"] == "churn@2"
+
+
+def test_replay_from_a_checkpoint_reproduces_the_model(trained):
+    store, tmp, _, _ = trained
+    rerun(store, "mlp-1", new_name="mlp-1-replay", out_dir=tmp / "replay",
+          start_checkpoint=tmp / "mlp-1" / "epoch2.pt")
+    assert same(weights(tmp / "mlp-1" / "model.pt"), weights(tmp / "replay" / "model.pt"))
+
+
+def test_excluded_records_never_reach_a_batch(trained, monkeypatch):
+    store, tmp, table, _ = trained
+    owners = table.column("customer_id").to_pylist()
+    gone = owners[:5]
+    gone_records = set(table.column("record_id").to_pylist()[:5])
+    seen: list[str] = []
+    real = TrainingTracker.consumed
+
+    def spy(self, row_ids, **kw):
+        seen.extend(row_ids)
+        return real(self, row_ids, **kw)
+
+    monkeypatch.setattr(TrainingTracker, "consumed", spy)
+    rerun(store, "mlp-1", new_name="mlp-1-forget", out_dir=tmp / "forget", exclude_subjects=gone)
+    assert seen and not (set(seen) & gone_records)
+    assert len(set(seen)) == N - 5
+    # The new run's recorded manifest holds none of their records; the old one still does.
+    assert [r["id"] for r in store.impact(gone).runs] == ["mlp-1"]
+    assert {r["id"] for r in store.impact(owners[5:6]).runs} == {"mlp-1", "mlp-1-forget"}
+    # And it is a different model from the original.
+    assert not same(weights(tmp / "mlp-1" / "model.pt"), weights(tmp / "forget" / "model.pt"))
