@@ -26,6 +26,20 @@ class VersionRows:
     def __len__(self) -> int:
         return len(self.row_ids)
 
+    def first_ords(self) -> np.ndarray:
+        """The smallest record ordinal of each row (-1 for a row built from no record)."""
+        out = np.full(len(self), -1, np.int64)
+        has = np.diff(self.offsets) > 0
+        out[has] = np.minimum.reduceat(self.ords.astype(np.int64), self.offsets[:-1][has]) if has.any() else 0
+        return out
+
+    def last_ords(self) -> np.ndarray:
+        """The largest (newest) record ordinal of each row (-1 for a row built from no record)."""
+        out = np.full(len(self), -1, np.int64)
+        has = np.diff(self.offsets) > 0
+        out[has] = np.maximum.reduceat(self.ords.astype(np.int64), self.offsets[:-1][has]) if has.any() else 0
+        return out
+
     def keep_mask(self, excluded_ords) -> np.ndarray:
         """Rows that hold none of the excluded record ordinals."""
         excluded = np.asarray(sorted(excluded_ords) if not isinstance(excluded_ords, np.ndarray) else excluded_ords,
@@ -39,28 +53,28 @@ class VersionRows:
         return keep
 
 
-def record_ids(store: Store, txn_or_con, dataset_id: int, ords: np.ndarray) -> pa.Array:
-    """Record ids of the given ordinals (all of one source dataset), in the same order."""
+def record_values(store: Store, view, ords: np.ndarray, column: str = "record_id") -> pa.Array:
+    """A column of the record-id tables (`record_id`, or `owner`: 16 bits of the subject hash) for the
+    given record ordinals, in the same order."""
     import pyarrow.parquet as pq
 
-    segs = txn_or_con.execute(
-        "SELECT ord_start, n, ids_file FROM record_segments WHERE dataset_id = ? ORDER BY ord_start", [dataset_id]
-    ).fetchall()
+    segs = view.execute("SELECT ord_start, n, ids_file FROM record_segments ORDER BY ord_start").fetchall()
     if not segs or len(ords) == 0:
-        return pa.array([], pa.string())
+        return pa.array([], pa.string() if column == "record_id" else pa.uint16())
     starts = np.array([s for s, _, _ in segs], np.int64)
     sizes = np.array([n for _, n, _ in segs], np.int64)
     seg = np.searchsorted(starts, ords.astype(np.int64), side="right") - 1
-    needed = np.unique(seg)
-    parts, base, remap = [], 0, {}
-    for i in needed.tolist():
-        parts.append(pq.read_table(store.data_path(segs[i][2]), columns=["record_id"]).column(0).combine_chunks())
+    parts, base, remap = [], 0, np.zeros(len(segs), np.int64)
+    for i in np.unique(seg).tolist():
+        parts.append(pq.read_table(store.data_path(segs[i][2]), columns=[column]).column(0).combine_chunks())
         remap[i] = base
         base += int(sizes[i])
-    flat = pa.concat_arrays(parts)
-    local = ords.astype(np.int64) - starts[seg]
-    bases = np.array([remap[i] for i in seg.tolist()], np.int64) if seg.size else np.zeros(0, np.int64)
-    return flat.take(pa.array(bases + local))
+    return pa.concat_arrays(parts).take(pa.array(remap[seg] + ords.astype(np.int64) - starts[seg]))
+
+
+def record_ids(store: Store, view, dataset_id: int, ords: np.ndarray) -> pa.Array:
+    """Record ids of the given ordinals, in the same order."""
+    return record_values(store, view, ords, "record_id")
 
 
 def version_rows(store: Store, ref: str) -> VersionRows:

@@ -62,6 +62,10 @@ class RecordDataset(torch.utils.data.Dataset):
             missing = ids.filter(pc.is_null(pos))[0].as_py()
             raise BadInput(f"features for {version}: {pos.null_count} row(s) have no features, e.g. {missing!r}")
         sel = table.take(pos)
+        order = pc.index_in(ids, value_set=vrows.row_ids).to_numpy(zero_copy_only=False)
+        self._store = store
+        self.first_ords = vrows.first_ords()[order]   # per row: oldest and newest source record
+        self.last_ords = vrows.last_ords()[order]
         self.row_ids: list[str] = ids.to_pylist()
         x = np.column_stack([sel.column(c).to_numpy(zero_copy_only=False).astype(np.float32)
                              for c in feature_cols]) if feature_cols else np.zeros((len(ids), 0), np.float32)
@@ -70,6 +74,15 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.row_ids)
+
+    def owner_keys(self) -> np.ndarray:
+        """Per row, 16 bits of the keyed hash of the subject owning its oldest record: all rows of one
+        subject share it, so sharding on it puts a subject in one shard (and reveals no raw id)."""
+        from expunge.lineage.rows import record_values
+
+        with self._store.view() as view:
+            vals = record_values(self._store, view, np.maximum(self.first_ords, 0).astype(np.uint32), "owner")
+        return vals.to_numpy(zero_copy_only=False).astype(np.int64)
 
     def __getitem__(self, i: int):
         return self.x[i], self.y[i], self.row_ids[i]
@@ -133,6 +146,11 @@ class TrainingTracker:
             if slice is not None:
                 self._slice[r] = int(slice)
 
+    def assign_many(self, row_ids: Sequence[str], shards: Sequence[int], slices: Sequence[int] | None = None) -> None:
+        self._shard.update(zip(row_ids, (int(x) for x in shards)))
+        if slices is not None:
+            self._slice.update(zip(row_ids, (int(x) for x in slices)))
+
     def checkpoint(self, model: torch.nn.Module, *, step: int | None = None, shard: int | None = None,
                    slice: int | None = None, tag: str | None = None, **meta: Any) -> Path:  # noqa: A002
         """Save `{"model": state_dict, "step": step, **meta}` after `step` optimizer steps (default: the
@@ -141,7 +159,8 @@ class TrainingTracker:
         name = tag or (f"ckpt-step{s}" + (f"-shard{shard}" if shard is not None else "") +
                        (f"-slice{slice}" if slice is not None else ""))
         path = self.out_dir / f"{name}.pt"
-        _atomic_save({"model": state_dict_bytes(model), "step": s, **meta}, path)
+        where = {k: v for k, v in (("shard", shard), ("slice", slice)) if v is not None}
+        _atomic_save({"model": state_dict_bytes(model), "step": s, **where, **meta}, path)
         self._run.add_checkpoint(s, path, shard=shard, slice=slice)
         return path
 
