@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from expunge import synth
+from expunge import __version__, synth
 from expunge.lineage.store import Store
+from expunge.orchestrator.trainers import TrainRequest, logreg_certified, mlp, sisa
+from expunge.orchestrator.trainers.derived import DISTILL, distill, finetune
 
 N_CUSTOMERS = 400
 SHARDS, SLICES = 4, 3
-
-
-def _artifact(path: Path, payload: dict) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, sort_keys=True))
-    return str(path)
 
 
 def build_demo(root: Path) -> tuple[Store, str]:
@@ -61,70 +57,46 @@ def build_demo(root: Path) -> tuple[Store, str]:
                          kind="aggregate", sources={"customers@1": "profile", "transactions@2": "txs"},
                          row_col="row_id")
 
-    # Churn model: SISA-style, sharded by keyed subject hash, newer customers in later slices.
-    hashes = store.hasher.hash_many(owners)
-    shard = (hashes[:, 1] % SHARDS).astype(int)
-    slice_ = (np.arange(N_CUSTOMERS) * SLICES // N_CUSTOMERS).astype(int)
-    first_step = slice_ * 10 + rng.integers(0, 10, N_CUSTOMERS)
-    run = {
-        "name": "churn-sisa-1", "trainer": "expunge.orchestrator.trainers.sisa:train",
-        "config": {"shards": SHARDS, "slices": SLICES, "epochs": 5}, "code_version": "demo", "seed": 7,
-        "model_family": "sisa-mlp", "inputs": [{"dataset": "customer_features@1", "role": "train"}],
-        "cost": {"wall_seconds": 5400.0, "cpu_seconds": 20000.0},
-        "shards": SHARDS, "slices": SLICES,
-        "facts": {"rows": feats.column("row_id").to_pylist(), "shard": shard.tolist(), "slice": slice_.tolist(),
-                  "first_step": first_step.tolist()},
-        "checkpoints": [
-            {"step": (sl + 1) * 10, "shard": sh, "slice": sl,
-             "path": _artifact(art / f"churn-sisa-1/shard{sh}-slice{sl}.json", {"shard": sh, "slice": sl})}
-            for sh in range(SHARDS) for sl in range(SLICES)
-        ],
-    }
-    store.record_run({"run": run, "models": [
-        {"name": "churn", "stage": "production", "path": _artifact(art / "churn-1.json", {"model": "churn@1"})},
-    ]})
+    # Features the trainers read (the store keeps lineage, not feature values).
+    feat_cols = [f"f{j}" for j in range(8)]
+    cust_file, feat_file, tx_file = root / "customers.parquet", root / "customer_features.parquet", root / "tx.parquet"
+    pq.write_table(cust, cust_file)
+    pq.write_table(pa.table({"row_id": feats.column("row_id"), **{c: cust.column(c) for c in feat_cols},
+                             "churned": cust.column("churned")}), feat_file)
+    pq.write_table(tx2.select(["tx_id", "amount", "day", "fraud"]), tx_file)
+    churn_cfg = {"row_col": "row_id", "feature_cols": feat_cols, "label_col": "churned", "epochs": 6,
+                 "batch_size": 32, "lr": 0.1}
 
-    # Fine-tune on the newest customers' profiles, then distil a student from it on other customers.
-    recent = prof[-100:]
-    store.record_run({
-        "run": {"name": "churn-finetune-1", "trainer": "expunge.orchestrator.trainers.mlp:train",
-                "config": {"epochs": 2, "lr": 1e-3}, "model_family": "mlp",
-                "inputs": [{"dataset": "customers@1", "role": "train", "rows": recent}],
-                "cost": {"wall_seconds": 600.0}},
-        "models": [{"name": "churn-ft", "stage": "staging",
-                    "path": _artifact(art / "churn-ft-1.json", {"model": "churn-ft@1"}),
-                    "parents": [{"model": "churn@1", "relation": "fine-tune"}]}],
-    })
-    store.record_run({
-        "run": {"name": "churn-distill-1", "trainer": "expunge.orchestrator.trainers.mlp:distill",
-                "model_family": "mlp", "inputs": [{"dataset": "customers@1", "role": "train", "rows": prof[:50]}],
-                "cost": {"wall_seconds": 300.0}},
-        "models": [{"name": "churn-student", "stage": "dev",
-                    "path": _artifact(art / "churn-student-1.json", {"model": "churn-student@1"}),
-                    "parents": [{"model": "churn-ft@1", "relation": "distill"}]}],
-    })
+    def request(trainer, run, inputs, config, model, stage, family, seed=7, parents=()):
+        return TrainRequest(store=store, run_name=run, inputs=inputs, config=config, seed=seed, out_dir=art / run,
+                            trainer=trainer, model_name=model, stage=stage, parents=list(parents),
+                            model_family=family, code_version=f"expunge {__version__}")
 
-    # Fraud model with checkpoints every 100 steps and each record's first-consumed step.
-    train_ids = large.filter(pa.array(is_train)).column("tx_id").to_pylist()
-    steps = np.arange(len(train_ids)) // 8  # batch of 8, one pass in order
-    store.record_run({
-        "run": {"name": "fraud-train-1", "trainer": "expunge.orchestrator.trainers.mlp:train",
-                "config": {"epochs": 3, "batch_size": 8}, "seed": 11, "model_family": "mlp",
-                "inputs": [{"dataset": "tx_train@1", "role": "train"}, {"dataset": "tx_test@1", "role": "eval"}],
-                "cost": {"wall_seconds": 1800.0, "gpu_seconds": 1500.0},
-                "facts": {"rows": train_ids, "first_step": steps.tolist()},
-                "checkpoints": [{"step": s, "path": _artifact(art / f"fraud-train-1/step{s}.json", {"step": s})}
-                                for s in (100, 200, 300)]},
-        "models": [{"name": "fraud", "stage": "production",
-                    "path": _artifact(art / "fraud-1.json", {"model": "fraud@1"})}],
-    })
-    # An old model trained before transactions existed.
-    store.record_run({
-        "run": {"name": "legacy-churn", "trainer": "legacy.train:main", "model_family": "logreg",
-                "inputs": [{"dataset": "customers@1", "role": "train"}], "cost": {"wall_seconds": 120.0}},
-        "models": [{"name": "churn-legacy", "stage": "archived",
-                    "path": _artifact(art / "churn-legacy-1.json", {"model": "churn-legacy@1"})}],
-    })
+    # Churn model: SISA, sharded by keyed subject hash, newer customers in later slices.
+    sisa.train(request(sisa.ENTRY_POINT, "churn-sisa-1", [{"dataset": "customer_features@1", "role": "train"}],
+                       {**churn_cfg, "features": str(feat_file), "shards": SHARDS, "slices": SLICES},
+                       "churn", "production", "sisa-mlp"))
+    # A plain MLP on the profiles, fine-tuned on the newest customers, then distilled into a student
+    # on the oldest ones (the student never sees the newest customers: affected only via its teacher).
+    prof_cfg = {**churn_cfg, "features": str(cust_file), "row_col": "record_id"}
+    mlp.train(request(mlp.ENTRY_POINT, "churn-mlp-1", [{"dataset": "customers@1", "role": "train"}], prof_cfg,
+                      "churn-mlp", "staging", "mlp"))
+    finetune(store, "churn-mlp@1", run_name="churn-finetune-1", dataset="customers@1", rows=prof[-100:],
+             config={"epochs": 2, "lr": 0.02}, seed=8, out_dir=art / "churn-finetune-1", model_name="churn-ft",
+             stage="staging")
+    distill(request(DISTILL, "churn-distill-1", [{"dataset": "customers@1", "role": "train", "rows": prof[:50]}],
+                    {**prof_cfg, "teacher": "churn-ft@1", "epochs": 3}, "churn-student", "dev", "mlp",
+                    parents=[{"model": "churn-ft@1", "relation": "distill"}]))
+    # Fraud model: an MLP with a checkpoint per epoch and each transaction's first-consumed step.
+    mlp.train(request(mlp.ENTRY_POINT, "fraud-train-1",
+                      [{"dataset": "tx_train@1", "role": "train"}, {"dataset": "tx_test@1", "role": "eval"}],
+                      {"features": str(tx_file), "row_col": "tx_id", "feature_cols": ["amount", "day"],
+                       "label_col": "fraud", "epochs": 3, "batch_size": 64, "lr": 0.001}, "fraud", "production",
+                      "mlp", seed=11))
+    # A certified-removal logistic regression on the profiles (ready for Newton-step removal).
+    logreg_certified.train(request(logreg_certified.ENTRY_POINT, "churn-certified-1",
+                                   [{"dataset": "customers@1", "role": "train"}], {**prof_cfg, "lam": 1e-3},
+                                   "churn-certified", "archived", logreg_certified.FAMILY))
 
     # Show a customer among the newest (fine-tuned on), with the most transactions.
     candidates = owners[-100:]
