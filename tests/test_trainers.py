@@ -78,9 +78,9 @@ def test_excluded_records_never_reach_a_batch(trained, monkeypatch):
     seen: list[str] = []
     real = TrainingTracker.consumed
 
-    def spy(self, row_ids, **kw):
-        seen.extend(row_ids)
-        return real(self, row_ids, **kw)
+    def spy(self, rows, **kw):
+        seen.extend(r if isinstance(r, str) else self._bound.row_ids[int(r)] for r in rows)
+        return real(self, rows, **kw)
 
     monkeypatch.setattr(TrainingTracker, "consumed", spy)
     rerun(store, "mlp-1", new_name="mlp-1-forget", out_dir=tmp / "forget", exclude_subjects=gone)
@@ -116,7 +116,8 @@ def test_sisa_records_what_each_constituent_trained_on(sisa_run, monkeypatch):
     events: list = []
     real_consumed, real_ckpt = TrainingTracker.consumed, TrainingTracker.checkpoint
     monkeypatch.setattr(TrainingTracker, "consumed",
-                        lambda self, ids, **kw: (events.append(("rows", list(ids))), real_consumed(self, ids, **kw)))
+                        lambda self, ids, **kw: (events.append(("rows", [self._bound.row_ids[int(i)] for i in ids])),
+                                                 real_consumed(self, ids, **kw)))
     monkeypatch.setattr(TrainingTracker, "checkpoint",
                         lambda self, m, **kw: (events.append(("ckpt", kw["shard"], kw["slice"])),
                                                real_ckpt(self, m, **kw))[1])

@@ -94,13 +94,21 @@ def record_run(store: Store, manifest: dict, *, base_dir: Path) -> dict:
     return record_runs(store, [manifest], base_dir=base_dir)[0]
 
 
-def record_runs(store: Store, manifests: Sequence[dict], *, base_dir: Path) -> list[dict]:
-    """Record several manifests in one write: all of them, or (on any error) none."""
+def record_runs(store: Store, manifests: Sequence[dict], *, base_dir: Path, facts_tables: Sequence = ()) -> list[dict]:
+    """Record several manifests in one write: all of them, or (on any error) none.
+
+    `facts_tables` (Python API only) gives a run's facts as an Arrow table (row_id, shard, slice,
+    first_step) instead of JSON lists in the manifest.
+    """
     prepared = []
-    for manifest in manifests:
+    for i, manifest in enumerate(manifests):
         validate_manifest(manifest)
         run = manifest.get("run")
-        prepared.append((run, manifest.get("models", []), _facts_table(run, base_dir) if run else None))
+        given = facts_tables[i] if i < len(facts_tables) else None
+        if given is not None and run is not None and ("facts" in run or "facts_file" in run):
+            raise BadInput("give a run's facts once: in the manifest or as a table")
+        facts = given if given is not None else (_facts_table(run, base_dir) if run else None)
+        prepared.append((run, manifest.get("models", []), facts))
     results = []
     with store.write() as txn:
         for run, models, facts in prepared:
@@ -328,6 +336,21 @@ class RunTracker:
             if v is not None:
                 self._facts[k] = [None if x is None or int(x) < 0 else int(x) for x in v]
 
+    def set_facts_table(self, rows: Sequence[str], *, shard=None, slice=None, first_step=None) -> None:  # noqa: A002
+        """Like `set_facts`, kept as Arrow columns (no per-row JSON validation) for large runs."""
+        import pyarrow as pa
+
+        n = len(rows)
+
+        def col(v):
+            if v is None:
+                return pa.nulls(n, pa.int64())
+            a = np.asarray(v, dtype=np.int64)
+            return pa.array(a, mask=a < 0)
+
+        self._facts_arrow = pa.table({"row_id": pa.array(rows, pa.string()), "shard": col(shard),
+                                      "slice": col(slice), "first_step": col(first_step)})
+
     def add_checkpoint(self, step: int, path: str | os.PathLike, *, sha256: str | None = None,
                        shard: int | None = None, slice: int | None = None) -> None:  # noqa: A002
         c: dict[str, Any] = {"step": int(step), "path": str(path)}
@@ -364,4 +387,6 @@ class RunTracker:
         self.run["cost"] = cost
         if self._facts is not None:
             self.run["facts"] = self._facts
-        self.result = self.store.record_run({"run": self.run, "models": self.models})
+        facts = getattr(self, "_facts_arrow", None)
+        self.result = record_runs(self.store, [{"run": self.run, "models": self.models}], base_dir=Path.cwd(),
+                                  facts_tables=[facts])[0]

@@ -89,7 +89,7 @@ class RecordDataset(torch.utils.data.Dataset):
 
 
 def state_dict_bytes(model: torch.nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 class TrainingTracker:
@@ -118,6 +118,8 @@ class TrainingTracker:
             self._run.run["facts_dataset"] = facts_dataset
         self.name = name
         self.step = 0
+        self._bound: RecordDataset | None = None
+        self._first_idx: np.ndarray | None = None
         self._first: dict[str, int] = {}
         self._shard: dict[str, int] = {}
         self._slice: dict[str, int] = {}
@@ -125,14 +127,44 @@ class TrainingTracker:
 
     # -- during training
 
-    def consumed(self, row_ids: Sequence[str], *, step: int | None = None) -> None:
-        """Rows in the batch about to be applied at `step` (default: the tracker's counter, then +1)."""
+    def bind(self, dataset: "RecordDataset") -> "TrainingTracker":
+        """Let `consumed` take row positions of `dataset` (a tensor or array): the cheap path."""
+        self._bound = dataset
+        self._first_idx = np.full(len(dataset), -1, np.int64)
+        self._pending: list = []
+        self._pending_rows = 0
+        return self
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        idx = np.concatenate([np.asarray(r, dtype=np.int64) for _, r in self._pending])
+        steps = np.concatenate([np.full(len(r), s, np.int64) for s, r in self._pending])
+        fresh = self._first_idx[idx] < 0
+        idx, steps = idx[fresh][::-1], steps[fresh][::-1]
+        self._first_idx[idx] = steps  # repeated rows: the last write, i.e. the earliest step, wins
+        self._pending, self._pending_rows = [], 0
+
+    def consumed(self, rows, *, step: int | None = None) -> None:
+        """Rows in the batch about to be applied at `step` (default: the tracker's counter, then +1).
+
+        `rows` are row ids, or (after `bind`) row positions in the bound dataset.
+        """
         t0 = time.perf_counter()
         s = self.step if step is None else int(step)
-        first = self._first
-        for r in row_ids:
-            if r not in first:
-                first[r] = s
+        if self._first_idx is not None and (isinstance(rows, (torch.Tensor, np.ndarray)) or
+                                            (len(rows) and not isinstance(rows[0], str))):
+            # Keep the batch; fold batches into first steps now and then (vectorised, and steps only
+            # grow, so the first occurrence of a row is its first step).
+            self._pending.append((s, rows))
+            self._pending_rows += len(rows)
+            if self._pending_rows >= 65536:
+                self._fold()
+        else:
+            first = self._first
+            for r in rows:
+                if r not in first:
+                    first[r] = s
         if step is None:
             self.step += 1
         else:
@@ -187,9 +219,14 @@ class TrainingTracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            if self._first_idx is not None:
+                self._fold()
+                seen = np.flatnonzero(self._first_idx >= 0)
+                self._first.update(zip((self._bound.row_ids[i] for i in seen.tolist()),
+                                       self._first_idx[seen].tolist()))
             rows = sorted(set(self._first) | set(self._shard) | set(self._slice))
             if rows:
-                self._run.set_facts(
+                self._run.set_facts_table(
                     rows,
                     shard=[self._shard.get(r, -1) for r in rows] if self._shard else None,
                     slice=[self._slice.get(r, -1) for r in rows] if self._slice else None,

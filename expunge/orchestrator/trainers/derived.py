@@ -80,10 +80,10 @@ def distill(req: TrainRequest) -> dict:
     gen = req.generator()
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
     parents = req.parents or [{"model": model_record(req.store, c["teacher"])["id"], "relation": "distill"}]
-    with req.tracker(inputs=[req.input_manifest(ds)] + others) as tr:
+    with req.tracker(inputs=[req.input_manifest(ds)] + others).bind(ds) as tr:
         for epoch in range(c.get("epochs", 5)):
             for idx in torch.randperm(len(ds), generator=gen).split(c.get("batch_size", 64)):
-                tr.consumed([ds.row_ids[i] for i in idx.tolist()])
+                tr.consumed(idx)
                 opt.zero_grad()
                 logp = torch.log_softmax(student(ds.x[idx]) / t, -1)
                 nn.functional.kl_div(logp, soft[idx], reduction="batchmean").backward()

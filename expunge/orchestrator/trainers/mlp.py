@@ -47,14 +47,14 @@ def train(req: TrainRequest) -> dict:
     epochs = c.get("epochs", 5)
     gen = req.generator()
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
-    with req.tracker(inputs=[req.input_manifest(ds)] + others) as tr:
+    with req.tracker(inputs=[req.input_manifest(ds)] + others).bind(ds) as tr:
         tr.step = start_step
         for epoch in range(epochs):
             perm = torch.randperm(len(ds), generator=gen)
             if epoch < start_epoch:
                 continue  # already in the checkpoint; the permutation is drawn to keep later ones equal
             for idx in perm.split(batch):
-                tr.consumed([ds.row_ids[i] for i in idx.tolist()])
+                tr.consumed(idx)
                 opt.zero_grad()
                 loss_fn(model(ds.x[idx]), ds.y[idx]).backward()
                 opt.step()

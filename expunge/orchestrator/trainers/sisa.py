@@ -88,7 +88,7 @@ def train(req: TrainRequest) -> dict:
     loss_fn = nn.CrossEntropyLoss()
     batch, e_stage = c.get("batch_size", 64), stage_epochs(c.get("epochs", 5), R)
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
-    with req.tracker(inputs=[req.input_manifest(ds)] + others, shards=S, slices=R) as tr:
+    with req.tracker(inputs=[req.input_manifest(ds)] + others, shards=S, slices=R).bind(ds) as tr:
         tr.assign_many(ds.row_ids, shard, slice_)
         for s in todo:
             member = model.members[s]
@@ -110,7 +110,7 @@ def train(req: TrainRequest) -> dict:
                     if r < start:
                         continue  # in the checkpoint; drawn to keep later permutations equal
                     for idx in perm.split(batch):
-                        tr.consumed([ds.row_ids[i] for i in idx.tolist()])
+                        tr.consumed(idx)
                         opt.zero_grad()
                         loss_fn(member(ds.x[idx]), ds.y[idx]).backward()
                         opt.step()
