@@ -235,3 +235,17 @@ def test_rows_of_versions_and_exclusion(store):
     assert len(a_records) == 2  # r1, r4
     assert j.keep_mask(a_records).tolist() == [False, True]  # row x was built from r4
     assert sorted(np.asarray(f.row_ids)[f.keep_mask(a_records)].tolist()) == ["r3"]
+
+
+def test_store_of_another_format_is_refused(store):
+    import duckdb
+
+    from expunge.errors import StoreNotFound
+
+    # Rewrite the live catalog as if an older expunge had made it.
+    path = store.root / store.generation()
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'format'")
+    con.close()
+    with pytest.raises(StoreNotFound, match="has format 1; this expunge reads format 2"):
+        Store.open(store.root)

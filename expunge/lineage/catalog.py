@@ -14,7 +14,8 @@ previous generation whole and readable, and readers never wait on a writer.
 
 from __future__ import annotations
 
-FORMAT = 1
+# Bumped whenever the catalog tables or the data files change shape; a store of another format is refused.
+FORMAT = 2
 CURRENT = "CURRENT"
 MARKER = "STORE"
 LOCK = "lock"

@@ -140,7 +140,13 @@ class Store:
         secret = keys.load_secret(root)
         st = cls(root, secret)
         with st.read() as con:
-            fp = con.execute("SELECT value FROM meta WHERE key='key_fingerprint'").fetchall()[0][0]
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format") != str(C.FORMAT):
+            raise StoreNotFound(
+                f"the store at {root} has format {meta.get('format')}; this expunge reads format {C.FORMAT} "
+                "(re-create it with this version, or use the expunge that made it)"
+            )
+        fp = meta.get("key_fingerprint")
         if fp != keys.fingerprint(secret):
             raise SecretMismatch(f"the subject-hash secret does not belong to the store at {root}")
         return st
