@@ -55,6 +55,7 @@ def test_end_to_end_json(cli_store, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output) == {"id": "cust@1", "dataset": "cust", "version": 1, "kind": "source",
                                       "rows": 4, "records": 4, "new_records": 4}
+    jsonschema.validate(json.loads(res.output), load_schema("version.schema.json"))
     filt = write_csv(tmp_path / "f.csv", ["rid"], [["r1"], ["r2"]])
     res = invoke("ingest", "dataset", filt, "--name", "f", "--parent", "cust", "--kind", "filter",
                  "--record-col", "rid", "--store", cli_store)
@@ -76,6 +77,7 @@ def test_end_to_end_json(cli_store, tmp_path):
     import hashlib
 
     assert json.loads(res.output)["models"][0]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    jsonschema.validate(json.loads(res.output), load_schema("track.schema.json"))
     child = {"models": [{"name": "clf-ft", "sha256": "a" * 64, "stage": "staging",
                          "parents": [{"model": "clf@1", "relation": "fine-tune"}]}]}
     (tmp_path / "child.json").write_text(json.dumps(child))
