@@ -249,3 +249,30 @@ def test_store_of_another_format_is_refused(store):
     con.close()
     with pytest.raises(StoreNotFound, match="has format 1; this expunge reads format 2"):
         Store.open(store.root)
+
+
+def test_segment_merge_equals_building_from_all_records():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from expunge.lineage import segments as seglib
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=60),
+           st.lists(st.integers(1, 20), min_size=1, max_size=4))
+    def check(owners, cuts):
+        # Records in ordinal order; small hash ranges force shared `hi` halves and repeated subjects.
+        hashes = np.array(owners, dtype=np.uint64).reshape(-1, 2)
+        ords = np.arange(len(owners), dtype=np.uint32)
+        bounds = sorted({min(c, len(owners)) for c in np.cumsum(cuts)} | {len(owners)})
+        parts, lo = [], 0
+        for b in bounds:
+            if b > lo:
+                parts.append(seglib.from_records(hashes[lo:b], ords[lo:b]))
+                lo = b
+        merged = seglib.merge(parts)
+        whole = seglib.from_records(hashes, ords)
+        for a, b in zip(merged, whole):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+
+    check()

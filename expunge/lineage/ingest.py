@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 from expunge.errors import BadInput
 from expunge.lineage import catalog as C
 from expunge.lineage.keys import owner_fingerprint
-from expunge.lineage.segments import Segment, build_segment_bytes
+from expunge.lineage import segments as seglib
+from expunge.lineage.segments import Segment
 from expunge.lineage.store import MERGE_FACTOR, Store, Txn, VersionInfo, _now, check_name
 from expunge.lineage.tables import first_duplicate, id_column, id_lists, read_table, require_columns
 
@@ -131,23 +132,17 @@ def add_subject_segment(txn: Txn, hashes: np.ndarray, ords: np.ndarray) -> None:
             size += n
         else:
             break
+    part = seglib.from_records(hashes, ords)
     if merge:
-        # Oldest first: older segments hold smaller ordinals, so sorted runs stay sorted when merged.
-        parts_h, parts_o = [], []
-        for _, f in reversed(merge):
-            h, o = Segment(txn.store.data_path(f)).expand()
-            parts_h.append(h)
-            parts_o.append(o)
-        parts_h.append(hashes)
-        parts_o.append(np.asarray(ords, dtype=np.uint32))
-        hashes = np.concatenate(parts_h)
-        ords = np.concatenate(parts_o)
+        # Oldest first: older segments hold smaller ordinals, so each subject's blocks stay sorted.
+        part = seglib.merge([Segment(txn.store.data_path(f)).arrays() for _, f in reversed(merge)] + [part])
         txn.con.execute(
             f"DELETE FROM subject_segments WHERE segment_id IN ({','.join(str(s) for s, _ in merge)})"
         )
         txn.retire([f for _, f in merge])
-    data, ns, nr = build_segment_bytes(hashes, ords)
-    name = txn.write_bytes(".seg", data)
+    name = txn.new_name(".seg")
+    with open(txn.store.data_path(name), "wb") as fh:
+        ns, nr = seglib.write(fh, *part)
     txn.con.execute(
         "INSERT INTO subject_segments VALUES (?, ?, ?, ?)",
         [txn.next_id("subject_segments", "segment_id"), name, ns, nr],

@@ -19,39 +19,60 @@ MAGIC = b"EXPSEG01"
 _HEADER = struct.Struct("<8sQQ")
 
 
-def build_segment_bytes(hashes: np.ndarray, ords: np.ndarray) -> tuple[bytes, int, int]:
-    """Build a segment from per-record (hi, lo) hashes and record ordinals.
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
 
-    Returns the file contents, the number of subjects and the number of records.
-    """
+
+def from_records(hashes: np.ndarray, ords: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(hi, lo, off, ords) segment arrays from per-record (hi, lo) hashes and record ordinals."""
     hi = np.ascontiguousarray(hashes[:, 0], dtype=np.uint64)
     lo = np.ascontiguousarray(hashes[:, 1], dtype=np.uint64)
     ords = np.asarray(ords, dtype=np.uint32)
-    # A stable sort on `hi` merges already-sorted runs in linear time (merging segments); it is the
-    # full order unless two subjects share `hi` or ordinals within a subject come out of order.
-    order = np.argsort(hi, kind="stable")
+    order = np.lexsort((ords, lo, hi))
     hi, lo, ords = hi[order], lo[order], ords[order]
-    if hi.size > 1:
-        same = hi[1:] == hi[:-1]
-        bad = same & ((lo[1:] < lo[:-1]) | ((lo[1:] == lo[:-1]) & (ords[1:] <= ords[:-1])))
-        if bad.any():
-            order = np.lexsort((ords, lo, hi))
-            hi, lo, ords = hi[order], lo[order], ords[order]
     n = hi.size
+    new = np.ones(n, dtype=bool)
     if n:
-        new = np.empty(n, dtype=bool)
-        new[0] = True
         new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
-        starts = np.flatnonzero(new)
-    else:
-        starts = np.zeros(0, dtype=np.int64)
-    u_hi, u_lo = hi[starts], lo[starts]
-    off = np.empty(starts.size + 1, dtype=np.uint64)
-    off[:-1] = starts
-    off[-1] = n
-    header = _HEADER.pack(MAGIC, starts.size, n)
-    data = b"".join([header, u_hi.tobytes(), u_lo.tobytes(), off.tobytes(), ords.tobytes()])
-    return data, int(starts.size), int(n)
+    starts = np.flatnonzero(new)
+    off = np.append(starts, n).astype(np.uint64)
+    return hi[starts], lo[starts], off, ords
+
+
+def merge(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Merge segments given oldest first (older segments hold smaller ordinals).
+
+    Works on subject entries (about one per subject per segment), not on records: the records
+    are gathered once, each subject's blocks in segment order, which keeps them sorted.
+    """
+    his = np.concatenate([p[0] for p in parts])
+    los = np.concatenate([p[1] for p in parts])
+    counts = np.concatenate([np.diff(p[2].astype(np.int64)) for p in parts])
+    bases = np.cumsum([0] + [len(p[3]) for p in parts[:-1]])
+    starts = np.concatenate([p[2][:-1].astype(np.int64) + b for p, b in zip(parts, bases)])
+    order = np.lexsort((np.arange(his.size), los, his))
+    his, los, counts, starts = his[order], los[order], counts[order], starts[order]
+    all_ords = np.concatenate([np.asarray(p[3]) for p in parts])
+    ords = all_ords[_ranges(starts, counts)]
+    new = np.ones(his.size, dtype=bool)
+    if his.size:
+        new[1:] = (his[1:] != his[:-1]) | (los[1:] != los[:-1])
+    first = np.flatnonzero(new)
+    sizes = np.add.reduceat(counts, first) if first.size else np.zeros(0, np.int64)
+    off = np.zeros(first.size + 1, np.uint64)
+    np.cumsum(sizes, out=off[1:])
+    return his[first], los[first], off, ords
+
+
+def write(fh, hi: np.ndarray, lo: np.ndarray, off: np.ndarray, ords: np.ndarray) -> tuple[int, int]:
+    """Write a segment file; returns (subjects, records)."""
+    fh.write(_HEADER.pack(MAGIC, hi.size, ords.size))
+    for arr, dtype in ((hi, np.uint64), (lo, np.uint64), (off, np.uint64), (ords, np.uint32)):
+        fh.write(np.ascontiguousarray(arr, dtype=dtype).data)
+    return int(hi.size), int(ords.size)
 
 
 class Segment:
@@ -114,10 +135,6 @@ class Segment:
         shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
         return np.asarray(self.ords[np.arange(total, dtype=np.int64) + shift])
 
-    def expand(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-record (hashes (n, 2), ords) arrays, for merging."""
-        counts = np.diff(self.off.astype(np.int64))
-        hashes = np.empty((self.n_records, 2), dtype=np.uint64)
-        hashes[:, 0] = np.repeat(np.asarray(self.hi), counts)
-        hashes[:, 1] = np.repeat(np.asarray(self.lo), counts)
-        return hashes, np.asarray(self.ords)
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """(hi, lo, off, ords), for merging."""
+        return self.hi, self.lo, self.off, self.ords
