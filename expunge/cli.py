@@ -25,8 +25,12 @@ app = typer.Typer(
 )
 ingest_app = typer.Typer(help="Capture dataset versions.", no_args_is_help=True)
 track_app = typer.Typer(help="Capture training runs and model versions.", no_args_is_help=True)
+request_app = typer.Typer(help="Erasure requests.", no_args_is_help=True)
+policy_app = typer.Typer(help="The erasure policy.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(track_app, name="track")
+app.add_typer(request_app, name="request")
+app.add_typer(policy_app, name="policy")
 
 StoreOpt = typer.Option(
     None, "--store", envvar="EXPUNGE_STORE", help="Store directory (default ./.expunge).", show_default=False
@@ -293,6 +297,119 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
             t.add_row(m["id"], stage, m["run"] or "—", how)
         console.print(t)
         _more(console, len(models), len(result.models), "model versions")
+
+
+PolicyOpt = typer.Option(None, "--policy", help="Policy TOML file (default: the one shipped with expunge).")
+
+
+@request_app.command("create")
+@_guard
+def request_create(
+    subject: List[str] = typer.Option([], "--subject", help="Raw subject id (repeatable)."),
+    subjects_file: Optional[Path] = typer.Option(None, "--subjects-file", help="One subject id per line."),
+    category: Optional[str] = typer.Option(None, "--category", help="Data category (policy decides the rules)."),
+    deadline: Optional[int] = typer.Option(None, "--deadline", help="Days until the deadline (default: policy's)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Free text kept with the request."),
+    policy: Optional[Path] = PolicyOpt,
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Record an erasure request (subject ids are hashed on the way in).
+
+    Example: expunge request create --subject cust-0042 --category marketing --reason "unsubscribe"
+    """
+    from expunge.orchestrator import requests as rq
+    from expunge.orchestrator.policy import load_policy
+
+    r = rq.create(_open(store), _read_subjects(subject, subjects_file), category=category, deadline_days=deadline,
+                  reason=reason, policy=load_policy(policy))
+    if json_out:
+        _emit_json(r.to_dict())
+    else:
+        typer.echo(f"Recorded {r.id}: {r.subjects} subject(s), category {r.category}, "
+                   f"deadline {r.deadline_at:%Y-%m-%d %H:%M} UTC")
+
+
+@request_app.command("list")
+@_guard
+def request_list(
+    status: Optional[str] = typer.Option(None, "--status", help="Only requests with this status."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """List erasure requests.
+
+    Example: expunge request list --status received
+    """
+    from expunge.orchestrator import requests as rq
+
+    reqs = rq.list_requests(_open(store), status)
+    if json_out:
+        _emit_json({"requests": [r.to_dict() for r in reqs]})
+        return
+    if not reqs:
+        typer.echo("No erasure requests.")
+        return
+    from rich.table import Table
+
+    t = Table(title="Erasure requests", title_justify="left")
+    for col in ("request", "status", "category", "subjects", "received", "deadline"):
+        t.add_column(col)
+    for r in reqs:
+        t.add_row(r.id, r.status, r.category, str(r.subjects), f"{r.received_at:%Y-%m-%d}", f"{r.deadline_at:%Y-%m-%d}")
+    _console().print(t)
+
+
+@request_app.command("show")
+@_guard
+def request_show(
+    request_id: str = typer.Argument(..., help="Request id, e.g. req-000001."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Show one erasure request.
+
+    Example: expunge request show req-000001 --json
+    """
+    from expunge.orchestrator import requests as rq
+
+    r = rq.get(_open(store), request_id)
+    if json_out:
+        _emit_json(r.to_dict())
+    else:
+        for k, v in r.to_dict().items():
+            typer.echo(f"{k:12} {v}")
+
+
+@policy_app.command("show")
+@_guard
+def policy_show(policy: Optional[Path] = PolicyOpt, json_out: bool = JsonOpt) -> None:
+    """Show the policy in force (categories, guarantees, deadlines, approval, cost rates, overrides).
+
+    Example: expunge policy show --policy policy.toml
+    """
+    from expunge.orchestrator.policy import load_policy
+
+    p = load_policy(policy)
+    if json_out:
+        _emit_json(p.to_dict())
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"Policy: {p.source}. Default category: {p.default_category}. Retiring models "
+                  f"{'allowed' if p.allow_retire else 'not allowed'}. Approval: "
+                  f"{f'{p.approvers} approver(s)' if p.approval_required else 'not required'}.")
+    t = Table(title="Categories", title_justify="left")
+    for col in ("category", "weakest guarantee", "deadline (days)"):
+        t.add_column(col)
+    for name, c in sorted(p.categories.items()):
+        t.add_row(name, c.weakest_guarantee, str(c.deadline_days))
+    console.print(t)
+    console.print(f"Approximate unlearning must keep the MIA AUC gap ≤ {p.max_mia_auc_gap} and the accuracy "
+                  f"drop ≤ {p.max_accuracy_drop}. Costs: {p.cpu_hour}/CPU-hour, {p.gpu_hour}/GPU-hour.")
+    for name, m in sorted(p.models.items()):
+        console.print(f"Model {name}: never retire={m.never_retire}, always retrain={m.always_retrain}")
 
 
 @app.command()

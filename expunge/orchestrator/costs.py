@@ -1,0 +1,89 @@
+"""Cost estimates of unlearning actions: pure functions of recorded run costs and lineage facts.
+
+Each returns an `Estimate` (compute seconds, and the reasons in words). Work inside a run is
+measured in optimizer steps, read from its checkpoints: a stage that took k of the run's N
+steps is priced at k/N of the run's recorded seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    reasons: list[str] = field(default_factory=list)
+
+    def dollars(self, rate_per_hour: float) -> float:
+        return self.seconds / 3600.0 * rate_per_hour
+
+
+def full_retrain(run_seconds: float, n_records: int, n_removed: int) -> Estimate:
+    """Retrain from scratch on what remains: the run's cost × the remaining fraction."""
+    if n_records <= 0:
+        return Estimate(run_seconds, ["no record count: the whole run"])
+    frac = max(n_records - n_removed, 0) / n_records
+    return Estimate(run_seconds * frac,
+                    [f"run took {run_seconds:,.0f} s on {n_records:,} records; {frac:.1%} remain"])
+
+
+def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], affected: dict[int, int]) -> Estimate:
+    """Retrain each affected shard from its first affected slice.
+
+    `stage_steps[(shard, slice)]` is the number of optimizer steps of that stage (from the slice
+    checkpoints), `affected[shard]` the first slice holding erased records.
+    """
+    total = sum(stage_steps.values())
+    if total <= 0:
+        raise ValueError("no stage steps recorded")
+    steps = sum(n for (s, r), n in stage_steps.items() if s in affected and r >= affected[s])
+    shards = ", ".join(f"{s} from slice {r}" for s, r in sorted(affected.items()))
+    return Estimate(run_seconds * steps / total,
+                    [f"shard(s) {shards}: {steps:,} of {total:,} steps of a {run_seconds:,.0f} s run"])
+
+
+def checkpoint_replay(run_seconds: float, total_steps: int, clean_step: int) -> Estimate:
+    """Resume from the last checkpoint before the records were first consumed."""
+    if total_steps <= 0:
+        raise ValueError("no steps recorded")
+    frac = max(total_steps - clean_step, 0) / total_steps
+    return Estimate(run_seconds * frac,
+                    [f"replay from step {clean_step:,} of {total_steps:,}: {frac:.0%} of a {run_seconds:,.0f} s run"])
+
+
+def clean_ancestor(later_run_seconds: list[float], ancestor: str) -> Estimate:
+    """Restart from the newest ancestor model that never saw the records; re-apply the later runs."""
+    return Estimate(sum(later_run_seconds),
+                    [f"re-apply {len(later_run_seconds)} run(s) after clean ancestor {ancestor}: "
+                     f"{sum(later_run_seconds):,.0f} s"])
+
+
+def certified_removal(run_seconds: float, n_retained: int, dim: int, iterations: int) -> Estimate:
+    """A Newton step: the Hessian on the retained data (n·d² work) and a d×d solve.
+
+    Calibrated on the run: full-batch training did `iterations` gradient passes (n·d each).
+    """
+    iterations = max(iterations, 1)
+    per_pass = run_seconds / iterations  # one n·d pass
+    seconds = per_pass * dim + per_pass * dim * dim / max(n_retained, 1)
+    return Estimate(seconds, [f"Hessian on {n_retained:,} retained records × {dim} features "
+                              f"(≈ {dim} gradient passes of a {iterations}-pass run)"])
+
+
+def approximate(run_seconds: float, epochs: int, n_records: int, n_forget: int, retain_sample: int,
+                unlearn_epochs: int = 2) -> Estimate:
+    """A few epochs over the forget set and a sample of retained data (NegGrad+, SCRUB)."""
+    epochs = max(epochs, 1)
+    per_record_epoch = run_seconds / (epochs * max(n_records, 1))
+    work = unlearn_epochs * (n_forget + retain_sample)
+    return Estimate(per_record_epoch * work,
+                    [f"{unlearn_epochs} epoch(s) over {n_forget:,} forget + {retain_sample:,} retained records"])
+
+
+def retire() -> Estimate:
+    return Estimate(0.0, ["no compute; the model is withdrawn (its utility is lost)"])
+
+
+def no_action() -> Estimate:
+    return Estimate(0.0, ["the records never reached training"])
