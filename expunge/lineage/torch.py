@@ -16,7 +16,6 @@ Imported only when used (it imports torch).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -123,7 +122,6 @@ class TrainingTracker:
         self._first: dict[str, int] = {}
         self._shard: dict[str, int] = {}
         self._slice: dict[str, int] = {}
-        self.overhead_seconds = 0.0
 
     # -- during training
 
@@ -132,34 +130,44 @@ class TrainingTracker:
         self._bound = dataset
         self._first_idx = np.full(len(dataset), -1, np.int64)
         self._pending: list = []
+        self._pending_steps: list[int] = []
         self._pending_rows = 0
         return self
 
     def _fold(self) -> None:
         if not self._pending:
             return
-        idx = np.concatenate([np.asarray(r, dtype=np.int64) for _, r in self._pending])
-        steps = np.concatenate([np.full(len(r), s, np.int64) for s, r in self._pending])
+        idx = torch.cat([p.reshape(-1).to(torch.int64) for p in self._pending]).numpy()
+        steps = np.repeat(np.asarray(self._pending_steps, np.int64), [p.numel() for p in self._pending])
         fresh = self._first_idx[idx] < 0
         idx, steps = idx[fresh][::-1], steps[fresh][::-1]
         self._first_idx[idx] = steps  # repeated rows: the last write, i.e. the earliest step, wins
-        self._pending, self._pending_rows = [], 0
+        self._pending, self._pending_steps, self._pending_rows = [], [], 0
 
     def consumed(self, rows, *, step: int | None = None) -> None:
         """Rows in the batch about to be applied at `step` (default: the tracker's counter, then +1).
 
         `rows` are row ids, or (after `bind`) row positions in the bound dataset.
         """
-        t0 = time.perf_counter()
         s = self.step if step is None else int(step)
-        if self._first_idx is not None and (isinstance(rows, (torch.Tensor, np.ndarray)) or
-                                            (len(rows) and not isinstance(rows[0], str))):
-            # Keep the batch; fold batches into first steps now and then (vectorised, and steps only
-            # grow, so the first occurrence of a row is its first step).
-            self._pending.append((s, rows))
-            self._pending_rows += len(rows)
-            if self._pending_rows >= 65536:
+        if self._first_idx is not None and isinstance(rows, torch.Tensor):
+            # The hot path: keep the batch, fold batches into first steps now and then (vectorised;
+            # steps only grow, so a row's first occurrence is its first step).
+            self._pending.append(rows)
+            self._pending_steps.append(s)
+            self._pending_rows += rows.shape[0]
+            if self._pending_rows >= 262144:
                 self._fold()
+            if step is None:
+                self.step += 1
+            else:
+                self.step = max(self.step, s + 1)
+            return
+        if self._first_idx is not None and (isinstance(rows, np.ndarray) or
+                                            (len(rows) and not isinstance(rows[0], str))):
+            self._pending.append(torch.as_tensor(np.asarray(rows, dtype=np.int64)))
+            self._pending_steps.append(s)
+            self._pending_rows += len(rows)
         else:
             first = self._first
             for r in rows:
@@ -169,7 +177,6 @@ class TrainingTracker:
             self.step += 1
         else:
             self.step = max(self.step, s + 1)
-        self.overhead_seconds += time.perf_counter() - t0
 
     def assign(self, row_ids: Sequence[str], *, shard: int | None = None, slice: int | None = None) -> None:  # noqa: A002
         for r in row_ids:
