@@ -412,6 +412,87 @@ def policy_show(policy: Optional[Path] = PolicyOpt, json_out: bool = JsonOpt) ->
         console.print(f"Model {name}: never retire={m.never_retire}, always retrain={m.always_retrain}")
 
 
+@app.command("plan")
+@_guard
+def plan_cmd(
+    args: List[str] = typer.Argument(..., help="REQUEST... | show PLAN | approve PLAN"),
+    by: Optional[str] = typer.Option(None, "--by", help="approve: who approves."),
+    policy: Optional[Path] = PolicyOpt,
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Plan erasure requests (cheapest admissible action per affected model), show or approve a plan.
+
+    expunge plan REQUEST... [--policy F]   make and save a plan (exit 4 if a model has no admissible action)
+    expunge plan show PLAN                 show a saved plan (id or a prefix of 8+ characters)
+    expunge plan approve PLAN --by NAME    record an approval; a plan changed after it was made is refused
+
+    Example: expunge plan req-000001 req-000002 --json
+    """
+    from expunge.orchestrator import planner
+    from expunge.orchestrator.policy import load_policy
+
+    st = _open(store)
+    if args[0] in ("show", "approve"):
+        if len(args) != 2:
+            raise BadInput(f"usage: expunge plan {args[0]} PLAN" + (" --by NAME" if args[0] == "approve" else ""))
+        if args[0] == "approve":
+            if not by:
+                raise BadInput("expunge plan approve needs --by NAME")
+            doc = planner.approve(st, args[1], by)
+        else:
+            doc = planner.load_plan(st, args[1])
+    else:
+        doc = planner.make_plan(st, args, load_policy(policy))
+        planner.save_plan(st, doc)
+        doc = planner.load_plan(st, doc["id"])
+    if json_out:
+        _emit_json(doc)
+    else:
+        render_plan(doc)
+    if doc["blocked"]:
+        raise planner.NoAdmissibleAction(
+            f"no admissible action for {', '.join(doc['blocked'])} (see the plan for the rules that block it)")
+
+
+def _secs(x: float) -> str:
+    return f"{x:,.1f} s" if x < 3600 else f"{x / 3600:,.2f} h"
+
+
+def render_plan(doc: dict, console=None) -> None:
+    from rich.table import Table
+
+    console = console or _console()
+    console.print(f"Plan [bold]{doc['id'][:16]}[/] for {', '.join(doc['requests'])}: {doc['records']:,} record(s) of "
+                  f"{doc['subjects']['found']} subject(s); policy {doc['policy']['source']}.")
+    t = Table(title="Actions", title_justify="left")
+    for col in ("model", "stage", "records", "action", "guarantee", "est. time", "est. cost", "deadline",
+                "runner-up (why it lost)"):
+        t.add_column(col)
+    for i in doc["items"]:
+        c = i["chosen"]
+        ru = i["runner_up"]
+        ru_txt = f"{ru['action']} ({ru['why_not']})" if ru else "—"
+        if c is None:
+            t.add_row(i["model"], i["stage"], f"{i['records']:,}", "[bold red]none admissible[/]", "—", "—", "—",
+                      i["deadline"][:10], "; ".join(i["blocked_by"]))
+        else:
+            t.add_row(i["model"], i["stage"], f"{i['records']:,}", c["action"], c["guarantee"], _secs(c["seconds"]),
+                      f"{c['cost']:.4f}", i["deadline"][:10], ru_txt)
+    console.print(t)
+    tot, every = doc["total"], doc["retrain_everything"]
+    console.print(f"Total: {_secs(tot['seconds'])} ({tot['cost']:.4f}) against {_secs(every['seconds'])} "
+                  f"({every['cost']:.4f}) to retrain everything affected.")
+    if "batching" in doc:
+        b = doc["batching"]
+        verdict = "saves" if b["saving_seconds"] >= 0 else "costs"
+        console.print(f"Batching {verdict} {_secs(abs(b['saving_seconds']))} against planning each request alone "
+                      f"({_secs(b['alone_seconds'])}).")
+    appr = doc.get("approvals", [])
+    need = doc["approval"]["approvers"] if doc["approval"]["required"] else 0
+    console.print(f"Approvals: {len(appr)} of {need} needed" + (f" ({', '.join(a['by'] for a in appr)})" if appr else ""))
+
+
 @app.command()
 @_guard
 def demo(

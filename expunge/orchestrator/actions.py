@@ -1,0 +1,226 @@
+"""The action catalogue: one class per unlearning action behind one interface.
+
+An action says whether it applies to a model and these records (and if not, why), the guarantee
+it gives, and its estimated cost with reasons. Execution and verification come with the
+executor. The planner only talks to this interface; `ACTIONS` is the registry by name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from expunge.orchestrator import costs
+from expunge.orchestrator.costs import Estimate
+from expunge.orchestrator.policy import Policy
+
+TORCH_FAMILIES = ("mlp", "sisa-mlp")
+STAGE_VALUE = {"production": 10.0, "staging": 2.0, "dev": 0.5, "archived": 0.1, "superseded": 0.0}
+
+
+@dataclass
+class ModelFacts:
+    """What the store knows about one affected model, gathered by the planner."""
+
+    model: str
+    name: str
+    stage: str
+    direct: bool
+    records: int                         # erased records its producing run consumed (0 if indirect)
+    train_records: int                   # erased records among the run's training rows
+    run: str | None = None
+    trainer: str | None = None
+    family: str | None = None
+    run_seconds: float = 0.0
+    run_device: str = "cpu"
+    run_records: int = 0                 # records the run trained on
+    total_steps: int = 0
+    clean_step: int | None = None        # newest checkpoint step before the records were first seen
+    has_checkpoints: bool = False
+    stage_steps: dict = field(default_factory=dict)   # SISA: (shard, slice) → steps
+    affected_shards: dict = field(default_factory=dict)  # SISA: shard → first affected slice
+    certificate: dict | None = None      # certified-removal facts of the run
+    budget_spent: float = 0.0
+    dim: int = 0
+    iterations: int = 1
+    epochs: int = 1
+    clean_ancestor: str | None = None    # newest ancestor that never saw the records
+    rederive_seconds: float | None = None  # runs to re-apply after that ancestor
+    affected_parents: list = field(default_factory=list)
+    parent_guarantee: str | None = "exact"  # weakest guarantee among its affected parents' actions
+
+
+class Action(ABC):
+    """Base class. Subclasses set `name` and `guarantee` and implement `check` and `estimate`."""
+
+    name = ""
+    guarantee = "exact"
+
+    @abstractmethod
+    def check(self, f: ModelFacts, policy: Policy) -> str | None:
+        """None when applicable, else the reason it is not."""
+
+    @abstractmethod
+    def estimate(self, f: ModelFacts, policy: Policy) -> Estimate:
+        """Estimated compute, with its reasons."""
+
+    def guarantee_for(self, f: ModelFacts) -> str:
+        return self.guarantee
+
+
+class NoAction(Action):
+    name = "no_action"
+
+    def check(self, f, policy):
+        if f.direct and f.train_records == 0:
+            return None
+        return "the records reached training" if f.direct else "derived from an affected model"
+
+    def estimate(self, f, policy):
+        return costs.no_action()
+
+
+class FullRetrain(Action):
+    name = "full_retrain"
+
+    def check(self, f, policy):
+        if not f.run:
+            return "no producing run recorded"
+        if not f.direct:
+            return "its run did not see the records: re-derive it from its unlearned parent instead"
+        return None if f.trainer else "no recorded trainer entry point"
+
+    def estimate(self, f, policy):
+        return costs.full_retrain(f.run_seconds, f.run_records, f.train_records)
+
+
+class SisaShardRetrain(Action):
+    name = "sisa_shard_retrain"
+
+    def check(self, f, policy):
+        if not f.trainer:
+            return "no recorded trainer entry point"
+        if not f.stage_steps or not f.affected_shards:
+            return "no shard/slice facts and slice checkpoints recorded"
+        return None
+
+    def estimate(self, f, policy):
+        return costs.sisa_shards(f.run_seconds, f.stage_steps, f.affected_shards)
+
+
+class CheckpointReplay(Action):
+    name = "checkpoint_replay"
+
+    def check(self, f, policy):
+        if not f.trainer:
+            return "no recorded trainer entry point"
+        if not f.has_checkpoints:
+            return "no checkpoints recorded"
+        if f.clean_step is None:
+            return "every checkpoint already saw the records"
+        return None
+
+    def estimate(self, f, policy):
+        return costs.checkpoint_replay(f.run_seconds, f.total_steps, f.clean_step)
+
+
+class CleanAncestorReplay(Action):
+    name = "clean_ancestor_replay"
+
+    def check(self, f, policy):
+        if f.clean_ancestor is None:
+            return "no ancestor model that never saw the records"
+        return None if f.rederive_seconds is not None else "a later run has no recorded trainer"
+
+    def estimate(self, f, policy):
+        return costs.clean_ancestor([f.rederive_seconds or 0.0], f.clean_ancestor)
+
+
+class Rederive(Action):
+    """Re-run this model's own run on its parent's unlearned version (same guarantee as the parent's)."""
+
+    name = "rederive_from_parent"
+
+    def check(self, f, policy):
+        if f.direct:
+            return "it trained on the records itself"
+        if f.parent_guarantee is None:
+            return "a parent has no admissible action to re-derive from"
+        return None if f.trainer else "no recorded trainer entry point"
+
+    def guarantee_for(self, f):
+        return f.parent_guarantee or "exact"
+
+    def estimate(self, f, policy):
+        return Estimate(f.run_seconds, [f"re-run its own {f.run_seconds:,.0f} s run on the unlearned parent"])
+
+
+class CertifiedRemoval(Action):
+    name = "certified_removal"
+    guarantee = "certified"
+
+    def check(self, f, policy):
+        if not f.certificate:
+            return "not trained for certified removal (no λ, σ recorded)"
+        need = self.consumption(f)
+        left = f.certificate["removal_budget"] - f.budget_spent
+        if need > left:
+            return f"removal budget spent: needs {need:.3g}, {max(left, 0):.3g} left"
+        return None
+
+    @staticmethod
+    def consumption(f: ModelFacts) -> float:
+        """Worst-case gradient residual of removing k records one by one (Guo et al., Thm 1, ‖x‖ ≤ 1)."""
+        lam, gamma = f.certificate["lam"], f.certificate.get("gamma", 0.25)
+        n, k = f.run_records, f.train_records
+        return sum(4 * gamma / (lam ** 2 * max(n - i, 1)) for i in range(1, k + 1))
+
+    def estimate(self, f, policy):
+        return costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations)
+
+
+class ApproximateUnlearning(Action):
+    """NegGrad+ / SCRUB: a few epochs on the forget set and a sample of retained data."""
+
+    name = "approximate_unlearning"
+    guarantee = "approximate"
+    RETAIN_SAMPLE = 10
+
+    def check(self, f, policy):
+        if f.family not in TORCH_FAMILIES:
+            return f"model family {f.family!r} is not a torch classifier expunge can unlearn"
+        if not f.direct:
+            return "derived from an affected model: its parent is unlearned first"
+        return None
+
+    def estimate(self, f, policy):
+        return costs.approximate(f.run_seconds, f.epochs, f.run_records, f.train_records,
+                                 min(f.run_records, self.RETAIN_SAMPLE * max(f.train_records, 1)))
+
+
+class Retire(Action):
+    name = "retire"
+
+    def check(self, f, policy):
+        if policy.model(f.name).never_retire:
+            return f"policy: model {f.name} must never be retired"
+        return None if policy.allow_retire else "policy: retiring models is not allowed"
+
+    def estimate(self, f, policy):
+        value = STAGE_VALUE.get(f.stage, 1.0)
+        base = costs.retire()
+        # The model's utility, priced as a multiple of what it cost to train, by stage.
+        return Estimate(f.run_seconds * value, base.reasons + [f"{f.stage} model valued at {value}× its training run"])
+
+
+ACTIONS: dict[str, Action] = {a.name: a for a in (
+    NoAction(), FullRetrain(), SisaShardRetrain(), CheckpointReplay(), CleanAncestorReplay(), Rederive(),
+    CertifiedRemoval(), ApproximateUnlearning(), Retire(),
+)}
+
+
+def action(name: str) -> Action:
+    try:
+        return ACTIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown action {name!r}; known: {', '.join(ACTIONS)}") from None

@@ -1,0 +1,308 @@
+"""The planner: for erasure requests, the cheapest admissible action for every affected model.
+
+It walks the affected models in topological order (a model derived from an affected model is
+affected), prices every action in the catalogue, keeps those the policy admits (guarantee at
+least the category's weakest allowed, done before the deadline, per-model overrides), picks the
+cheapest and says why each other candidate lost. A plan is a JSON document whose id is the
+SHA-256 of its canonical form; approving it records who, and a plan changed afterwards no
+longer matches its id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Sequence
+
+from expunge.errors import BadInput, ExpungeError, UnknownReference
+from expunge.lineage.store import Store, _now
+from expunge.orchestrator import requests as rq
+from expunge.orchestrator.actions import ACTIONS, ModelFacts
+from expunge.orchestrator.policy import GUARANTEES, Policy, stronger_or_equal
+
+DDL = """
+CREATE TABLE IF NOT EXISTS plans(plan_id VARCHAR PRIMARY KEY, doc JSON NOT NULL, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS plan_requests(plan_id VARCHAR, request_id VARCHAR);
+CREATE TABLE IF NOT EXISTS approvals(plan_id VARCHAR, approver VARCHAR, approved_at TIMESTAMP, plan_hash VARCHAR);
+"""
+
+
+class NoAdmissibleAction(ExpungeError):
+    exit_code = 4
+
+
+# ------------------------------------------------------------------ facts
+
+
+def gather(store: Store, impact) -> list[ModelFacts]:
+    """Facts for every affected model, parents before children."""
+    runs = {r["id"]: r for r in impact.runs}
+    models = impact.models
+    affected = {m["id"] for m in models}
+    if not models:
+        return []
+    with store.view() as view:
+        names = sorted({m["run"] for m in models if m["run"]})
+        runrows = {}
+        if names:
+            marks = ", ".join("?" for _ in names)
+            for name, rid, trainer, family, wall, gpu, config, extra in view.execute(
+                f"""SELECT name, run_id, trainer, model_family, coalesce(wall_seconds, 0), coalesce(gpu_seconds, 0),
+                           config, extra FROM runs WHERE name IN ({marks})""", names).fetchall():
+                runrows[name] = dict(rid=rid, trainer=trainer, family=family, wall=wall, gpu=gpu,
+                                     config=json.loads(config or "{}"), extra=json.loads(extra or "{}"))
+            ids = [r["rid"] for r in runrows.values()]
+            marks = ", ".join("?" for _ in ids)
+            for rid, n in view.execute(
+                f"""SELECT run_id, sum(n_records) FROM run_inputs WHERE role = 'train' AND run_id IN ({marks})
+                    GROUP BY run_id""", ids).fetchall():
+                for r in runrows.values():
+                    if r["rid"] == rid:
+                        r["n_train"] = int(n)
+            ckpts: dict[int, list] = {}
+            for rid, step, shard, slice_ in view.execute(
+                f"""SELECT run_id, step, shard, slice FROM checkpoints WHERE run_id IN ({marks})
+                    ORDER BY run_id, step, position""", ids).fetchall():
+                ckpts.setdefault(rid, []).append((step, shard, slice_))
+            for r in runrows.values():
+                r["ckpts"] = ckpts.get(r["rid"], [])
+        parents: dict[str, list[str]] = {}
+        for child, parent in view.execute(
+            """SELECT c.name || '@' || c.version_no, p.name || '@' || p.version_no FROM model_parents mp
+               JOIN models c ON c.model_id = mp.model_id JOIN models p ON p.model_id = mp.parent_model_id"""
+        ).fetchall():
+            parents.setdefault(child, []).append(parent)
+        model_run = dict(view.execute(
+            "SELECT m.name || '@' || m.version_no, r.name FROM models m LEFT JOIN runs r USING (run_id)").fetchall())
+        all_run_seconds = dict(view.execute(
+            "SELECT name, CASE WHEN trainer IS NULL THEN NULL ELSE coalesce(wall_seconds, 0) END FROM runs"
+        ).fetchall())
+
+    out = []
+    for m in sorted(models, key=lambda m: (len(m["path"]), m["name"], m["version"])):
+        run = runrows.get(m["run"]) if m["run"] else None
+        rimp = runs.get(m["run"]) if m["direct"] else None
+        f = ModelFacts(model=m["id"], name=m["name"], stage=m["stage"], direct=m["direct"], records=0,
+                       train_records=0, run=m["run"])
+        if run:
+            f.trainer, f.family = run["trainer"], run["family"]
+            f.run_seconds = float(run["wall"])
+            f.run_device = "gpu" if run["gpu"] else "cpu"
+            f.run_records = run.get("n_train", 0)
+            cfg = run["config"]
+            f.epochs = int(cfg.get("epochs", 1) or 1)
+            f.iterations = int(cfg.get("max_iter", 100) or 100)
+            f.dim = len(cfg.get("feature_cols", [])) + 1
+            f.certificate = run["extra"].get("certified_removal")
+            f.budget_spent = float(run["extra"].get("removal_budget_spent", 0.0))
+            plain = [c for c in run["ckpts"] if c[1] is None]
+            f.has_checkpoints = bool(plain)
+            steps = [c[0] for c in run["ckpts"]]
+            f.total_steps = max(steps) if steps else 0
+            sisa = [c for c in run["ckpts"] if c[1] is not None and c[2] is not None]
+            prev = 0
+            for step, shard, slice_ in sorted(sisa):
+                f.stage_steps[(shard, slice_)] = step - prev
+                prev = step
+        if rimp:
+            f.records = rimp["records"]
+            f.train_records = sum(i["records"] for i in rimp["inputs"] if i["role"] == "train")
+            f.affected_shards = {s["shard"]: s["first_slice"] for s in rimp["shards"] if s["first_slice"] is not None}
+            fs = rimp["first_seen"]
+            if fs is not None and fs["clean_checkpoints"] >= 1:
+                f.clean_step = fs["last_clean_step"]
+        f.affected_parents = sorted(p for p in parents.get(m["id"], []) if p in affected)
+        # The newest ancestor that never saw the records, following first parents.
+        chain, cur = [m["id"]], m["id"]
+        while parents.get(cur):
+            cur = sorted(parents[cur])[0]
+            if cur not in affected:
+                f.clean_ancestor = cur
+                secs = [all_run_seconds.get(model_run.get(x)) for x in chain]
+                f.rederive_seconds = None if any(s is None for s in secs) else float(sum(secs))
+                break
+            chain.append(cur)
+        out.append(f)
+    return out
+
+
+# ------------------------------------------------------------------ choosing
+
+
+def _rate(f: ModelFacts, policy: Policy) -> float:
+    return policy.gpu_hour if f.run_device == "gpu" else policy.cpu_hour
+
+
+def price(f: ModelFacts, policy: Policy, required: str, deadline: datetime, now: datetime) -> list[dict]:
+    """Every action, priced and judged, best first."""
+    rule = policy.model(f.name)
+    cands = []
+    for a in ACTIONS.values():
+        why = a.check(f, policy)
+        entry: dict = {"action": a.name, "guarantee": a.guarantee_for(f), "applicable": why is None}
+        if why is None:
+            est = a.estimate(f, policy)
+            entry.update(seconds=round(est.seconds, 3), cost=round(est.dollars(_rate(f, policy)), 6),
+                         reasons=est.reasons)
+            if not stronger_or_equal(entry["guarantee"], required):
+                why = f"guarantee {entry['guarantee']} is weaker than the {required} the policy requires"
+            elif rule.always_retrain and a.name != "full_retrain":
+                why = f"policy: model {f.name} must always be retrained"
+            elif now + timedelta(seconds=est.seconds) > deadline:
+                why = f"would finish after the deadline ({deadline:%Y-%m-%d %H:%M})"
+        entry["admissible"] = why is None
+        entry["why_not"] = why
+        cands.append(entry)
+    order = {g: i for i, g in enumerate(reversed(GUARANTEES))}
+    cands.sort(key=lambda c: (not c["admissible"], c.get("seconds", float("inf")), order[c["guarantee"]],
+                              c["action"]))
+    return cands
+
+
+def choose(facts: Sequence[ModelFacts], policy: Policy, required: str | dict[str, str],
+           deadline: datetime | dict[str, datetime], now: datetime) -> list[dict]:
+    """Pick per model; `required` and `deadline` may be per model (batched requests)."""
+    items = []
+    chosen_guarantee: dict[str, str] = {}
+    for f in facts:
+        req_g = required[f.model] if isinstance(required, dict) else required
+        dl = deadline[f.model] if isinstance(deadline, dict) else deadline
+        # Re-deriving from unlearned parents is as good as the weakest of their unlearning; a parent
+        # with no admissible action leaves nothing to re-derive from.
+        pg = [chosen_guarantee.get(p) for p in f.affected_parents]
+        f.parent_guarantee = (min(pg, key=GUARANTEES.index) if all(pg) else None) if pg else "exact"
+        cands = price(f, policy, req_g, dl, now)
+        best = cands[0] if cands[0]["admissible"] else None
+        runner = next((c for c in cands[1:] if c["applicable"]), None)
+        if best and runner:
+            if runner["admissible"]:
+                runner = {**runner, "why_not": f"costs {runner['seconds'] - best['seconds']:,.1f} s more"}
+        if best:
+            chosen_guarantee[f.model] = best["guarantee"]
+        items.append({
+            "model": f.model, "stage": f.stage, "direct": f.direct, "run": f.run, "records": f.records,
+            "required_guarantee": req_g, "deadline": dl.isoformat() + "Z",
+            "chosen": {k: best[k] for k in ("action", "guarantee", "seconds", "cost", "reasons")} if best else None,
+            "runner_up": ({k: runner.get(k) for k in ("action", "guarantee", "seconds", "cost", "why_not")}
+                          if runner else None),
+            "candidates": [{k: c.get(k) for k in ("action", "guarantee", "applicable", "admissible", "seconds",
+                                                  "cost", "why_not")} for c in cands],
+            "blocked_by": None if best else sorted({c["why_not"] for c in cands if c["why_not"]}),
+            "retrain_seconds": round(f.run_seconds, 3),
+            "retrain_cost": round(f.run_seconds / 3600 * _rate(f, policy), 6),
+        })
+    return items
+
+
+# ------------------------------------------------------------------ plans
+
+
+def canonical(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def plan_hash(doc: dict) -> str:
+    body = {k: v for k, v in doc.items() if k not in ("id", "approvals")}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: datetime | None = None) -> dict:
+    if not request_ids:
+        raise BadInput("plan which request(s)? give at least one request id")
+    now = now or _now()
+    reqs = [rq.get(store, r) for r in dict.fromkeys(request_ids)]
+    for r in reqs:
+        if r.status in ("executing", "verified", "closed"):
+            raise BadInput(f"request {r.id} is {r.status}; it cannot be planned again")
+    required = max((policy.category(r.category).weakest_guarantee for r in reqs), key=GUARANTEES.index)
+    deadline = min(r.deadline_at for r in reqs)
+    impact = store.impact_hashed(rq.subject_hashes(store, [r.id for r in reqs]))
+    # Batched: each model gets the strictest guarantee and the earliest deadline of the requests
+    # whose subjects actually touched it.
+    per_model_g: dict[str, str] = {}
+    per_model_d: dict[str, datetime] = {}
+    for r in reqs:
+        g = policy.category(r.category).weakest_guarantee
+        for m in (store.impact_hashed(rq.subject_hashes(store, [r.id])).models if len(reqs) > 1 else impact.models):
+            per_model_g[m["id"]] = max(per_model_g.get(m["id"], g), g, key=GUARANTEES.index)
+            per_model_d[m["id"]] = min(per_model_d.get(m["id"], r.deadline_at), r.deadline_at)
+    items = choose(gather(store, impact), policy, per_model_g, per_model_d, now)
+    total = sum(i["chosen"]["seconds"] for i in items if i["chosen"])
+    cost = sum(i["chosen"]["cost"] for i in items if i["chosen"])
+    doc = {
+        "kind": "expunge.plan", "schema_version": 1,
+        "requests": [r.id for r in reqs], "created_at": now.isoformat() + "Z",
+        "policy": {"source": policy.source, "sha256": hashlib.sha256(canonical(policy.to_dict())).hexdigest()},
+        "required_guarantee": required, "deadline": deadline.isoformat() + "Z",
+        "subjects": {"requested": impact.requested, "found": impact.found}, "records": impact.records,
+        "items": items,
+        "total": {"seconds": round(total, 3), "cost": round(cost, 6)},
+        "retrain_everything": {"seconds": round(sum(i["retrain_seconds"] for i in items), 3),
+                               "cost": round(sum(i["retrain_cost"] for i in items), 6)},
+        "blocked": [i["model"] for i in items if i["chosen"] is None],
+        "approval": {"required": policy.approval_required, "approvers": policy.approvers},
+    }
+    if len(reqs) > 1:
+        alone = [make_plan(store, [r.id], policy, now)["total"] for r in reqs]
+        doc["batching"] = {"alone_seconds": round(sum(a["seconds"] for a in alone), 3),
+                           "alone_cost": round(sum(a["cost"] for a in alone), 6),
+                           "saving_seconds": round(sum(a["seconds"] for a in alone) - total, 3)}
+    doc["id"] = plan_hash(doc)
+    return doc
+
+
+def save_plan(store: Store, doc: dict) -> str:
+    with store.write() as txn:
+        txn.con.execute(DDL)
+        txn.con.execute("DELETE FROM plans WHERE plan_id = ?", [doc["id"]])
+        txn.con.execute("INSERT INTO plans VALUES (?, ?, ?)", [doc["id"], json.dumps(doc, sort_keys=True), _now()])
+        for r in doc["requests"]:
+            txn.con.execute("INSERT INTO plan_requests VALUES (?, ?)", [doc["id"], r])
+            if not doc["blocked"]:
+                rq.set_status(txn, r, "planned")
+    return doc["id"]
+
+
+def _find(con, plan_id: str) -> tuple[str, dict]:
+    has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'plans'").fetchall()[0][0]
+    rows = [] if not has or len(plan_id) < 8 else con.execute(
+        "SELECT plan_id, doc FROM plans WHERE plan_id LIKE ? || '%'", [plan_id]).fetchall()
+    if len(rows) != 1:
+        raise UnknownReference(f"unknown plan {plan_id!r}" if not rows else f"plan id {plan_id!r} is ambiguous")
+    return rows[0][0], json.loads(rows[0][1])
+
+
+def load_plan(store: Store, plan_id: str) -> dict:
+    with store.read() as con:
+        pid, doc = _find(con, plan_id)
+        approvals = [] if not con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'approvals'").fetchall()[0][0] else \
+            con.execute("SELECT approver, approved_at, plan_hash FROM approvals WHERE plan_id = ? ORDER BY approved_at",
+                        [pid]).fetchall()
+    doc["approvals"] = [{"by": a, "at": t.isoformat() + "Z", "plan_sha256": h} for a, t, h in approvals]
+    return doc
+
+
+def approve(store: Store, plan_id: str, by: str) -> dict:
+    """Record an approval; refuse a plan whose content no longer matches its id."""
+    by = by.strip()
+    if not by:
+        raise BadInput("approve --by needs a name")
+    with store.write() as txn:
+        txn.con.execute(DDL)
+        pid, doc = _find(txn.con, plan_id)
+        if plan_hash(doc) != pid:
+            raise BadInput(f"plan {pid[:12]} was changed after it was made (its content no longer matches its id); "
+                           "make a new plan")
+        if doc["blocked"]:
+            raise BadInput(f"plan {pid[:12]} has models with no admissible action ({', '.join(doc['blocked'])}); "
+                           "it cannot be approved")
+        prev = {a for (a,) in txn.con.execute("SELECT approver FROM approvals WHERE plan_id = ?", [pid]).fetchall()}
+        if by in prev:
+            raise BadInput(f"{by} already approved plan {pid[:12]}")
+        txn.con.execute("INSERT INTO approvals VALUES (?, ?, ?, ?)", [pid, by, _now(), pid])
+        if len(prev) + 1 >= doc["approval"]["approvers"]:
+            for r in doc["requests"]:
+                rq.set_status(txn, r, "approved")
+    return load_plan(store, pid)
