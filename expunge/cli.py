@@ -456,7 +456,13 @@ def plan_cmd(
 
 
 def _secs(x: float) -> str:
+    if x < 1:
+        return f"{x * 1000:,.0f} ms"
     return f"{x:,.1f} s" if x < 3600 else f"{x / 3600:,.2f} h"
+
+
+def _money(x: float) -> str:
+    return f"{x:.3g}"
 
 
 def render_plan(doc: dict, console=None) -> None:
@@ -478,11 +484,11 @@ def render_plan(doc: dict, console=None) -> None:
                       i["deadline"][:10], "; ".join(i["blocked_by"]))
         else:
             t.add_row(i["model"], i["stage"], f"{i['records']:,}", c["action"], c["guarantee"], _secs(c["seconds"]),
-                      f"{c['cost']:.4f}", i["deadline"][:10], ru_txt)
+                      _money(c["cost"]), i["deadline"][:10], ru_txt)
     console.print(t)
     tot, every = doc["total"], doc["retrain_everything"]
-    console.print(f"Total: {_secs(tot['seconds'])} ({tot['cost']:.4f}) against {_secs(every['seconds'])} "
-                  f"({every['cost']:.4f}) to retrain everything affected.")
+    console.print(f"Total: {_secs(tot['seconds'])} (cost {_money(tot['cost'])}) against {_secs(every['seconds'])} "
+                  f"(cost {_money(every['cost'])}) to retrain everything affected.")
     if "batching" in doc:
         b = doc["batching"]
         verdict = "saves" if b["saving_seconds"] >= 0 else "costs"

@@ -104,6 +104,24 @@ def build_demo(root: Path) -> tuple[Store, str]:
     return store, subject
 
 
+def demo_plans(store: Store, subject: str) -> list[dict]:
+    """Two erasure requests of different categories, and their plans (saved in the store)."""
+    from expunge.orchestrator import requests as rq
+    from expunge.orchestrator.planner import make_plan, save_plan
+    from expunge.orchestrator.policy import load_policy
+
+    policy = load_policy(None)
+    other = synth.customer_ids(N_CUSTOMERS)[7]
+    plans = []
+    for who, category, reason in ((subject, "default", "GDPR art. 17 erasure request"),
+                                  (other, "marketing", "unsubscribed and asked to be forgotten")):
+        req = rq.create(store, [who], category=category, reason=reason, policy=policy)
+        doc = make_plan(store, [req.id], policy)
+        save_plan(store, doc)
+        plans.append(doc)
+    return plans
+
+
 def run_demo(directory: Path | None, json_out: bool = False) -> None:
     from rich.console import Console
 
@@ -126,6 +144,15 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
     )
     console.print(f"\nCustomer [bold]{subject}[/] asks to be forgotten. What did their records touch?\n")
     render_impact(result, console)
+    from expunge.cli import render_plan
+
+    plans = demo_plans(store, subject)
+    for doc, what in zip(plans, ("the default category (exact unlearning required)",
+                                 "the marketing category (approximate unlearning allowed)")):
+        console.print(f"\nAn erasure request under {what}, planned:\n")
+        render_plan(doc, console)
     console.print(
-        f"\nTry: expunge impact --store {store.root} --subject {subject} --json"
+        f"\nTry: expunge impact --store {store.root} --subject {subject} --json\n"
+        f"     expunge request list --store {store.root}\n"
+        f"     expunge plan approve {plans[0]['id'][:12]} --by you --store {store.root}"
     )

@@ -51,3 +51,35 @@ def test_demo_prints_a_readable_table(tmp_path):
     assert res.exit_code == 0, res.output
     for needle in ("asks to be forgotten", "Dataset versions", "Training runs", "Model versions", "churn-student@1"):
         assert needle in res.output
+
+
+def _shape(doc: dict) -> dict:
+    """The parts of a plan that do not depend on measured seconds or on time."""
+    return {
+        "requests": doc["requests"], "required_guarantee": doc["required_guarantee"], "records": doc["records"],
+        "blocked": doc["blocked"],
+        "items": [{"model": i["model"], "stage": i["stage"], "direct": i["direct"], "records": i["records"],
+                   "required": i["required_guarantee"],
+                   "action": i["chosen"]["action"] if i["chosen"] else None,
+                   "guarantee": i["chosen"]["guarantee"] if i["chosen"] else None,
+                   "runner_up": i["runner_up"]["action"] if i["runner_up"] else None} for i in doc["items"]],
+    }
+
+
+def test_demo_plans_match_golden_files(tmp_path):
+    import os
+    from pathlib import Path
+
+    from expunge.demo import build_demo, demo_plans
+    from expunge.orchestrator.planner import plan_hash
+
+    store, subject = build_demo(tmp_path)
+    plans = demo_plans(store, subject)
+    golden_dir = Path(__file__).parent / "golden"
+    for doc, name in zip(plans, ("demo_plan_default.json", "demo_plan_marketing.json")):
+        jsonschema.validate(doc, load_schema("plan.schema.json"))
+        assert doc["id"] == plan_hash(doc)
+        path = golden_dir / name
+        if os.environ.get("EXPUNGE_UPDATE_GOLDEN"):
+            path.write_text(json.dumps(_shape(doc), indent=2, sort_keys=True) + "\n")
+        assert _shape(doc) == json.loads(path.read_text()), f"{name} differs (EXPUNGE_UPDATE_GOLDEN=1 rewrites it)"

@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS approvals(plan_id VARCHAR, approver VARCHAR, approved
 """
 
 
+BATCH_EXACT = 50
+
+
 class NoAdmissibleAction(ExpungeError):
     exit_code = 4
 
@@ -146,7 +149,7 @@ def price(f: ModelFacts, policy: Policy, required: str, deadline: datetime, now:
             entry.update(seconds=round(est.seconds, 3), cost=round(est.dollars(_rate(f, policy)), 6),
                          reasons=est.reasons)
             if not stronger_or_equal(entry["guarantee"], required):
-                why = f"guarantee {entry['guarantee']} is weaker than the {required} the policy requires"
+                why = f"{entry['guarantee']} is weaker than the required {required}"
             elif rule.always_retrain and a.name != "full_retrain":
                 why = f"policy: model {f.name} must always be retrained"
             elif now + timedelta(seconds=est.seconds) > deadline:
@@ -220,13 +223,25 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
     impact = store.impact_hashed(rq.subject_hashes(store, [r.id for r in reqs]))
     # Batched: each model gets the strictest guarantee and the earliest deadline of the requests
     # whose subjects actually touched it.
+    # Up to BATCH_EXACT requests are looked at one by one; beyond, by category, with the category's
+    # earliest deadline (conservative: never later than the true one).
     per_model_g: dict[str, str] = {}
     per_model_d: dict[str, datetime] = {}
-    for r in reqs:
-        g = policy.category(r.category).weakest_guarantee
-        for m in (store.impact_hashed(rq.subject_hashes(store, [r.id])).models if len(reqs) > 1 else impact.models):
+    if len(reqs) == 1:
+        groups = [(reqs, impact)]
+    elif len(reqs) <= BATCH_EXACT:
+        groups = [([r], store.impact_hashed(rq.subject_hashes(store, [r.id]))) for r in reqs]
+    else:
+        by_cat: dict[str, list] = {}
+        for r in reqs:
+            by_cat.setdefault(r.category, []).append(r)
+        groups = [(rs, store.impact_hashed(rq.subject_hashes(store, [r.id for r in rs]))) for rs in by_cat.values()]
+    for rs, imp in groups:
+        g = max((policy.category(r.category).weakest_guarantee for r in rs), key=GUARANTEES.index)
+        d = min(r.deadline_at for r in rs)
+        for m in imp.models:
             per_model_g[m["id"]] = max(per_model_g.get(m["id"], g), g, key=GUARANTEES.index)
-            per_model_d[m["id"]] = min(per_model_d.get(m["id"], r.deadline_at), r.deadline_at)
+            per_model_d[m["id"]] = min(per_model_d.get(m["id"], d), d)
     items = choose(gather(store, impact), policy, per_model_g, per_model_d, now)
     total = sum(i["chosen"]["seconds"] for i in items if i["chosen"])
     cost = sum(i["chosen"]["cost"] for i in items if i["chosen"])
@@ -243,7 +258,7 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
         "blocked": [i["model"] for i in items if i["chosen"] is None],
         "approval": {"required": policy.approval_required, "approvers": policy.approvers},
     }
-    if len(reqs) > 1:
+    if 1 < len(reqs) <= BATCH_EXACT:
         alone = [make_plan(store, [r.id], policy, now)["total"] for r in reqs]
         doc["batching"] = {"alone_seconds": round(sum(a["seconds"] for a in alone), 3),
                            "alone_cost": round(sum(a["cost"] for a in alone), 6),
