@@ -445,7 +445,9 @@ def plan_cmd(
     else:
         doc = planner.make_plan(st, args, load_policy(policy))
         planner.save_plan(st, doc)
-        doc = planner.load_plan(st, doc["id"])
+        doc["approvals"] = []  # a new plan (a re-made identical one keeps its id and approvals)
+        if planner.plan_exists_with_approvals(st, doc["id"]):
+            doc = planner.load_plan(st, doc["id"])
     if json_out:
         _emit_json(doc)
     else:

@@ -57,12 +57,11 @@ def gather(store: Store, impact) -> list[ModelFacts]:
                                      config=json.loads(config or "{}"), extra=json.loads(extra or "{}"))
             ids = [r["rid"] for r in runrows.values()]
             marks = ", ".join("?" for _ in ids)
+            by_rid = {r["rid"]: r for r in runrows.values()}
             for rid, n in view.execute(
                 f"""SELECT run_id, sum(n_records) FROM run_inputs WHERE role = 'train' AND run_id IN ({marks})
                     GROUP BY run_id""", ids).fetchall():
-                for r in runrows.values():
-                    if r["rid"] == rid:
-                        r["n_train"] = int(n)
+                by_rid[rid]["n_train"] = int(n)
             ckpts: dict[int, list] = {}
             for rid, step, shard, slice_ in view.execute(
                 f"""SELECT run_id, step, shard, slice FROM checkpoints WHERE run_id IN ({marks})
@@ -214,7 +213,9 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
     if not request_ids:
         raise BadInput("plan which request(s)? give at least one request id")
     now = now or _now()
-    reqs = [rq.get(store, r) for r in dict.fromkeys(request_ids)]
+    wanted = list(dict.fromkeys(request_ids))
+    known = {r.id: r for r in rq.list_requests(store)} if len(wanted) > 1 else {}
+    reqs = [known[r] if r in known else rq.get(store, r) for r in wanted]
     for r in reqs:
         if r.status in ("executing", "verified", "closed"):
             raise BadInput(f"request {r.id} is {r.status}; it cannot be planned again")
@@ -272,10 +273,9 @@ def save_plan(store: Store, doc: dict) -> str:
         txn.con.execute(DDL)
         txn.con.execute("DELETE FROM plans WHERE plan_id = ?", [doc["id"]])
         txn.con.execute("INSERT INTO plans VALUES (?, ?, ?)", [doc["id"], json.dumps(doc, sort_keys=True), _now()])
-        for r in doc["requests"]:
-            txn.con.execute("INSERT INTO plan_requests VALUES (?, ?)", [doc["id"], r])
-            if not doc["blocked"]:
-                rq.set_status(txn, r, "planned")
+        txn.con.executemany("INSERT INTO plan_requests VALUES (?, ?)", [[doc["id"], r] for r in doc["requests"]])
+        if not doc["blocked"]:
+            rq.set_status_many(txn, doc["requests"], "planned")
     return doc["id"]
 
 
@@ -299,6 +299,11 @@ def load_plan(store: Store, plan_id: str) -> dict:
     return doc
 
 
+def plan_exists_with_approvals(store: Store, plan_id: str) -> bool:
+    with store.read() as con:
+        return bool(con.execute("SELECT count(*) FROM approvals WHERE plan_id = ?", [plan_id]).fetchall()[0][0])
+
+
 def approve(store: Store, plan_id: str, by: str) -> dict:
     """Record an approval; refuse a plan whose content no longer matches its id."""
     by = by.strip()
@@ -318,6 +323,5 @@ def approve(store: Store, plan_id: str, by: str) -> dict:
             raise BadInput(f"{by} already approved plan {pid[:12]}")
         txn.con.execute("INSERT INTO approvals VALUES (?, ?, ?, ?)", [pid, by, _now(), pid])
         if len(prev) + 1 >= doc["approval"]["approvers"]:
-            for r in doc["requests"]:
-                rq.set_status(txn, r, "approved")
+            rq.set_status_many(txn, doc["requests"], "approved")
     return load_plan(store, pid)

@@ -66,33 +66,54 @@ def _has_tables(con) -> bool:
 def create(store: Store, subjects: Sequence[str], *, category: str | None = None, deadline_days: int | None = None,
            reason: str | None = None, policy=None, now: datetime | None = None) -> Request:
     """Record a request. The deadline defaults to the policy's for the category."""
+    return create_many(store, [dict(subjects=subjects, category=category, deadline_days=deadline_days,
+                                    reason=reason)], policy=policy, now=now)[0]
+
+
+def create_many(store: Store, specs: Sequence[dict], *, policy=None, now: datetime | None = None) -> list[Request]:
+    """Record several requests in one write (each spec: subjects, category, deadline_days, reason)."""
+    import pyarrow as pa
+
     from expunge.orchestrator.policy import load_policy
 
-    subjects = list(dict.fromkeys(subjects))
-    if not subjects:
-        raise BadInput("a request needs at least one --subject")
     policy = policy or load_policy(None)
-    category = category or policy.default_category
-    rule = policy.category(category)
-    days = rule.deadline_days if deadline_days is None else deadline_days
-    if days <= 0:
-        raise BadInput(f"the deadline must be at least one day (got {days})")
     received = now or _now()
-    hashes = store.hasher.hash_many(subjects)
+    rows, his, los, owners = [], [], [], []
+    for spec in specs:
+        subjects = list(dict.fromkeys(spec.get("subjects") or []))
+        if not subjects:
+            raise BadInput("a request needs at least one --subject")
+        category = spec.get("category") or policy.default_category
+        days = spec.get("deadline_days")
+        days = policy.category(category).deadline_days if days is None else days
+        if days <= 0:
+            raise BadInput(f"the deadline must be at least one day (got {days})")
+        h = store.hasher.hash_many(subjects)
+        rows.append((category, spec.get("reason"), received + timedelta(days=days), len(subjects)))
+        his.append(h[:, 0])
+        los.append(h[:, 1])
+        owners.append(len(subjects))
     with store.write() as txn:
         ensure_tables(txn.con)
-        n = int(txn.one("SELECT count(*) FROM requests")) + 1
-        rid = f"req-{n:06d}"
-        txn.con.execute(
-            "INSERT INTO requests VALUES (?, ?, ?, ?, ?, 'received', ?, ?)",
-            [rid, received, received + timedelta(days=days), category, reason, len(subjects), received],
-        )
-        import pyarrow as pa
-
-        txn.con.register("_subj", pa.table({"hi": pa.array(hashes[:, 0]), "lo": pa.array(hashes[:, 1])}))
-        txn.con.execute("INSERT INTO request_subjects SELECT ?, hi, lo FROM _subj", [rid])
+        first = int(txn.one("SELECT count(*) FROM requests")) + 1
+        ids = [f"req-{first + i:06d}" for i in range(len(rows))]
+        txn.con.register("_req", pa.table({
+            "request_id": ids, "received_at": pa.array([received] * len(rows), pa.timestamp("us")),
+            "deadline_at": pa.array([r[2] for r in rows], pa.timestamp("us")),
+            "category": [r[0] for r in rows], "reason": pa.array([r[1] for r in rows], pa.string()),
+            "n_subjects": pa.array([r[3] for r in rows], pa.int32())}))
+        txn.con.execute("""INSERT INTO requests SELECT request_id, received_at, deadline_at, category, reason,
+                           'received', n_subjects, received_at FROM _req""")
+        txn.con.unregister("_req")
+        txn.con.register("_subj", pa.table({
+            "request_id": np.repeat(np.array(ids, dtype=object), owners).tolist(),
+            "hi": pa.array(np.concatenate(his)), "lo": pa.array(np.concatenate(los))}))
+        txn.con.execute("INSERT INTO request_subjects SELECT request_id, hi, lo FROM _subj")
         txn.con.unregister("_subj")
-    return get(store, rid)
+    if len(ids) == 1:
+        return [get(store, ids[0])]
+    wanted = set(ids)
+    return [r for r in list_requests(store) if r.id in wanted]
 
 
 def _row_to_request(row) -> Request:
@@ -120,13 +141,33 @@ def get(store: Store, request_id: str) -> Request:
 
 def subject_hashes(store: Store, request_ids: Sequence[str]) -> np.ndarray:
     """(n, 2) subject hashes of the given requests (deduplicated)."""
+    import pyarrow as pa
+
     with store.read() as con:
         if not _has_tables(con):
             raise UnknownReference(f"unknown request {request_ids[0]!r}")
-        rows = con.execute(
-            f"SELECT DISTINCT hi, lo FROM request_subjects WHERE request_id IN "
-            f"({', '.join('?' for _ in request_ids)})", list(request_ids)).fetchall()
-    return np.array(rows, dtype=np.uint64).reshape(-1, 2)
+        con.register("_ids", pa.table({"request_id": list(request_ids)}))
+        res = con.sql("SELECT DISTINCT hi, lo FROM request_subjects JOIN _ids USING (request_id)").fetchnumpy()
+    return np.column_stack([res["hi"].astype(np.uint64), res["lo"].astype(np.uint64)]).reshape(-1, 2)
+
+
+def set_status_many(txn, request_ids: Sequence[str], status: str) -> None:
+    """Move requests to `status`, all or none (each must allow the transition)."""
+    import pyarrow as pa
+
+    txn.con.register("_ids", pa.table({"request_id": list(request_ids)}))
+    try:
+        rows = txn.con.sql("SELECT request_id, status FROM requests JOIN _ids USING (request_id)").fetchall()
+        found = {r: st for r, st in rows}
+        for rid in request_ids:
+            if rid not in found:
+                raise UnknownReference(f"unknown request {rid!r}")
+            if status not in NEXT[found[rid]]:
+                raise BadInput(f"request {rid} is {found[rid]}; it cannot become {status}")
+        txn.con.execute("UPDATE requests SET status = ?, updated_at = ? WHERE request_id IN (SELECT request_id "
+                        "FROM _ids)", [status, _now()])
+    finally:
+        txn.con.unregister("_ids")
 
 
 def set_status(txn, request_id: str, status: str) -> None:

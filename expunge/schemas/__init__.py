@@ -12,6 +12,9 @@ def load_schema(name: str) -> dict:
     return json.loads(resources.files(__name__).joinpath(name).read_text())
 
 
-def dumps(doc: dict) -> str:
-    """Deterministic JSON: sorted keys, no NaN."""
-    return json.dumps(doc, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=2)
+def dumps(doc: dict, indent: int | None = None) -> str:
+    """Deterministic JSON: sorted keys, no NaN; compact by default (the C encoder: large plans and
+    impacts print in milliseconds; pipe through `jq` to read them)."""
+    if indent is None:
+        return json.dumps(doc, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=indent)
