@@ -136,7 +136,7 @@ def bench_cli(store_dir: Path, subjects: list[str], runs: int, rng) -> dict:
         if line.startswith("import time:") and "|" in line:
             parts = line[len("import time:"):].split("|")
             try:
-                self_us, cum_us = int(parts[0]), int(parts[1])
+                _self_us, cum_us = int(parts[0]), int(parts[1])
             except ValueError:
                 continue
             name = parts[2].rstrip()

@@ -782,8 +782,8 @@ def main(argv=None) -> int:
     print(f"TOTAL MEMBERSHIPS (sum of n_records over dataset versions): {mem:,}  "
           f"(source {c['memberships_source']:,}, derived {c['memberships_derived']:,}; rows ingested "
           f"{c['rows_ingested']:,})")
-    print(f"phases:  " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
-    print(f"api:     " + ", ".join(f"{k} {v:.1f}s/{g.api.n[k]} calls" for k, v in api.items())
+    print("phases:  " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+    print("api:     " + ", ".join(f"{k} {v:.1f}s/{g.api.n[k]} calls" for k, v in api.items())
           + f"; building input tables {timings['build_tables_s']:.1f}s")
     print(f"ingest:  {timings['memberships_per_s_api'] / 1e6:.2f}M membership rows/s inside ingest_source+ingest_dataset "
           f"(source {timings['memberships_per_s_source_api'] / 1e6:.2f}M/s, derived "

@@ -60,7 +60,7 @@ def test_end_to_end_json(cli_store, tmp_path):
     res = invoke("ingest", "dataset", filt, "--name", "f", "--parent", "cust", "--kind", "filter",
                  "--record-col", "rid", "--store", cli_store)
     assert res.exit_code == 0, res.output
-    agg = pq.write_table(pa.table({"fid": ["g1", "g2"], "src": [["r1", "r3"], ["r4"]]}), tmp_path / "agg.parquet")
+    pq.write_table(pa.table({"fid": ["g1", "g2"], "src": [["r1", "r3"], ["r4"]]}), tmp_path / "agg.parquet")
     res = invoke("ingest", "dataset", tmp_path / "agg.parquet", "--name", "agg", "--parent", "cust@1",
                  "--kind", "aggregate", "--source", "cust@1=src", "--row-col", "fid", "--store", cli_store)
     assert res.exit_code == 0, res.output

@@ -17,7 +17,6 @@ so the `expunge impact` process starts fast.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
 

@@ -13,7 +13,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from expunge.errors import BadInput
 from expunge.lineage import catalog as C
@@ -302,7 +301,6 @@ def _parent_rows(txn: Txn, parent: dict) -> pa.Table:
 
 def _write_composite(txn: Txn, row_ids: pa.Array, pos: np.ndarray, ords: np.ndarray) -> tuple[str, str, Any]:
     """Store the row ids and the ordinal-sorted (ord, row) map; return the files and the bitmap."""
-    n = len(row_ids)
     order = np.lexsort((ords, pos))
     pos_s, ords_s = pos[order], ords[order]
     # Drop a record repeated within one row.
