@@ -22,7 +22,7 @@ from expunge.orchestrator.actions import ACTIONS, ModelFacts
 from expunge.orchestrator.policy import GUARANTEES, Policy, stronger_or_equal
 
 DDL = """
-CREATE TABLE IF NOT EXISTS plans(plan_id VARCHAR PRIMARY KEY, doc JSON NOT NULL, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS plans(plan_id VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS plan_requests(plan_id VARCHAR, request_id VARCHAR);
 CREATE TABLE IF NOT EXISTS approvals(plan_id VARCHAR, approver VARCHAR, approved_at TIMESTAMP, plan_hash VARCHAR);
 """
@@ -268,29 +268,47 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
     return doc
 
 
+def plan_path(store: Store, plan_id: str):
+    return store.root / "plans" / f"{plan_id}.json"
+
+
 def save_plan(store: Store, doc: dict) -> str:
+    """Write the plan document to `<store>/plans/<id>.json` (content-addressed, outside the catalog so
+    writes do not copy it) and register it; its requests become planned unless it is blocked."""
+    from expunge.lineage.fsutil import atomic_write_bytes
+
+    path = plan_path(store, doc["id"])
+    path.parent.mkdir(exist_ok=True)
+    body = {k: v for k, v in doc.items() if k != "approvals"}
+    atomic_write_bytes(path, json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
     with store.write() as txn:
         txn.con.execute(DDL)
-        txn.con.execute("DELETE FROM plans WHERE plan_id = ?", [doc["id"]])
-        txn.con.execute("INSERT INTO plans VALUES (?, ?, ?)", [doc["id"], json.dumps(doc, sort_keys=True), _now()])
-        txn.con.executemany("INSERT INTO plan_requests VALUES (?, ?)", [[doc["id"], r] for r in doc["requests"]])
+        if not txn.one("SELECT count(*) FROM plans WHERE plan_id = ?", [doc["id"]]):
+            txn.con.execute("INSERT INTO plans VALUES (?, ?)", [doc["id"], _now()])
+            txn.con.executemany("INSERT INTO plan_requests VALUES (?, ?)",
+                                [[doc["id"], r] for r in doc["requests"]])
         if not doc["blocked"]:
             rq.set_status_many(txn, doc["requests"], "planned")
     return doc["id"]
 
 
-def _find(con, plan_id: str) -> tuple[str, dict]:
+def _find(con, store: Store, plan_id: str) -> tuple[str, dict]:
     has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'plans'").fetchall()[0][0]
     rows = [] if not has or len(plan_id) < 8 else con.execute(
-        "SELECT plan_id, doc FROM plans WHERE plan_id LIKE ? || '%'", [plan_id]).fetchall()
+        "SELECT plan_id FROM plans WHERE plan_id LIKE ? || '%'", [plan_id]).fetchall()
     if len(rows) != 1:
         raise UnknownReference(f"unknown plan {plan_id!r}" if not rows else f"plan id {plan_id!r} is ambiguous")
-    return rows[0][0], json.loads(rows[0][1])
+    pid = rows[0][0]
+    try:
+        return pid, json.loads(plan_path(store, pid).read_text())
+    except FileNotFoundError:
+        raise UnknownReference(f"plan {pid[:12]} is registered but its document {plan_path(store, pid)} is missing") \
+            from None
 
 
 def load_plan(store: Store, plan_id: str) -> dict:
     with store.read() as con:
-        pid, doc = _find(con, plan_id)
+        pid, doc = _find(con, store, plan_id)
         approvals = [] if not con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'approvals'").fetchall()[0][0] else \
             con.execute("SELECT approver, approved_at, plan_hash FROM approvals WHERE plan_id = ? ORDER BY approved_at",
@@ -311,7 +329,7 @@ def approve(store: Store, plan_id: str, by: str) -> dict:
         raise BadInput("approve --by needs a name")
     with store.write() as txn:
         txn.con.execute(DDL)
-        pid, doc = _find(txn.con, plan_id)
+        pid, doc = _find(txn.con, store, plan_id)
         if plan_hash(doc) != pid:
             raise BadInput(f"plan {pid[:12]} was changed after it was made (its content no longer matches its id); "
                            "make a new plan")
