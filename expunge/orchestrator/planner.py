@@ -285,8 +285,7 @@ def save_plan(store: Store, doc: dict) -> str:
         txn.con.execute(DDL)
         if not txn.one("SELECT count(*) FROM plans WHERE plan_id = ?", [doc["id"]]):
             txn.con.execute("INSERT INTO plans VALUES (?, ?)", [doc["id"], _now()])
-            txn.con.executemany("INSERT INTO plan_requests VALUES (?, ?)",
-                                [[doc["id"], r] for r in doc["requests"]])
+            txn.con.execute("INSERT INTO plan_requests SELECT ?, unnest(?::VARCHAR[])", [doc["id"], doc["requests"]])
         if not doc["blocked"]:
             rq.set_status_many(txn, doc["requests"], "planned")
     return doc["id"]
