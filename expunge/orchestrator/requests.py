@@ -141,33 +141,27 @@ def get(store: Store, request_id: str) -> Request:
 
 def subject_hashes(store: Store, request_ids: Sequence[str]) -> np.ndarray:
     """(n, 2) subject hashes of the given requests (deduplicated)."""
-    import pyarrow as pa
-
     with store.read() as con:
         if not _has_tables(con):
             raise UnknownReference(f"unknown request {request_ids[0]!r}")
-        con.register("_ids", pa.table({"request_id": list(request_ids)}))
-        res = con.sql("SELECT DISTINCT hi, lo FROM request_subjects JOIN _ids USING (request_id)").fetchnumpy()
+        res = con.execute("SELECT DISTINCT hi, lo FROM request_subjects WHERE request_id IN "
+                          "(SELECT unnest(?::VARCHAR[]))", [list(request_ids)]).fetchnumpy()
     return np.column_stack([res["hi"].astype(np.uint64), res["lo"].astype(np.uint64)]).reshape(-1, 2)
 
 
 def set_status_many(txn, request_ids: Sequence[str], status: str) -> None:
     """Move requests to `status`, all or none (each must allow the transition)."""
-    import pyarrow as pa
-
-    txn.con.register("_ids", pa.table({"request_id": list(request_ids)}))
-    try:
-        rows = txn.con.sql("SELECT request_id, status FROM requests JOIN _ids USING (request_id)").fetchall()
-        found = {r: st for r, st in rows}
-        for rid in request_ids:
-            if rid not in found:
-                raise UnknownReference(f"unknown request {rid!r}")
-            if status not in NEXT[found[rid]]:
-                raise BadInput(f"request {rid} is {found[rid]}; it cannot become {status}")
-        txn.con.execute("UPDATE requests SET status = ?, updated_at = ? WHERE request_id IN (SELECT request_id "
-                        "FROM _ids)", [status, _now()])
-    finally:
-        txn.con.unregister("_ids")
+    ids = list(request_ids)
+    rows = txn.con.execute("SELECT request_id, status FROM requests WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+                           [ids]).fetchall()
+    found = {r: st for r, st in rows}
+    for rid in ids:
+        if rid not in found:
+            raise UnknownReference(f"unknown request {rid!r}")
+        if status not in NEXT[found[rid]]:
+            raise BadInput(f"request {rid} is {found[rid]}; it cannot become {status}")
+    txn.con.execute("UPDATE requests SET status = ?, updated_at = ? WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [status, _now(), ids])
 
 
 def set_status(txn, request_id: str, status: str) -> None:
