@@ -276,3 +276,21 @@ def test_segment_merge_equals_building_from_all_records():
             assert np.array_equal(np.asarray(a), np.asarray(b))
 
     check()
+
+
+def test_track_run_context_manager_records_facts(store):
+    store.ingest_source({"s": ["a", "b", "c"], "r": ["1", "2", "3"]}, name="d", subject_col="s", record_col="r")
+    with store.track_run("r1", inputs=["d@1"], trainer="pkg.mod:train", config={"lr": 0.1}) as run:
+        run.set_facts(["1", "2", "3"], shard=[0, 1, None], slice=[1, 0, 0], first_step=[5, None, 2])
+        run.add_checkpoint(step=3, path="ckpt", sha256="0" * 64)
+        run.add_model("m", "m.pt", sha256="1" * 64)
+    (a,) = store.impact(["a"]).runs
+    assert a["shards"] == [{"shard": 0, "records": 1, "first_slice": 1}]
+    assert a["first_seen"] == {"clean_checkpoints": 1, "last_clean_step": 3, "first_dirty_step": None}
+    (c,) = store.impact(["c"]).runs
+    assert c["shards"] == [] and c["first_seen"]["clean_checkpoints"] == 0
+    assert store.impact(["b"]).runs[0]["first_seen"] is None  # its step was not recorded
+    with pytest.raises(Exception, match="not rolled back"):
+        with store.track_run("r2", inputs=["d@1"]):
+            raise RuntimeError("not rolled back? it is: nothing recorded")
+    assert store.stats()["runs"] == 1

@@ -19,13 +19,19 @@ from expunge.orchestrator.trainers import mlp  # noqa: E402
 N = 600
 
 
-@pytest.fixture
-def trained(store, tmp_path):
-    table = synth.customers(N, seed=3)
+def customers_store(store, tmp_path, n: int, seed: int, **config):
+    """Synthetic customers ingested as customers@1, their features as Parquet, and a trainer config."""
+    table = synth.customers(n, seed=seed)
     pq.write_table(table, tmp_path / "features.parquet")
     store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
     cfg = {"features": str(tmp_path / "features.parquet"), "row_col": "record_id",
-           "feature_cols": [f"f{j}" for j in range(8)], "label_col": "churned", "epochs": 3, "batch_size": 32}
+           "feature_cols": [f"f{j}" for j in range(8)], "label_col": "churned", **config}
+    return table, cfg
+
+
+@pytest.fixture
+def trained(store, tmp_path):
+    table, cfg = customers_store(store, tmp_path, N, 3, epochs=3, batch_size=32)
     req = TrainRequest(store=store, run_name="mlp-1", inputs=[{"dataset": "customers@1", "role": "train"}],
                        config=cfg, seed=5, out_dir=tmp_path / "mlp-1", trainer=mlp.ENTRY_POINT,
                        model_name="churn", stage="staging", model_family="mlp")
@@ -97,12 +103,7 @@ def test_excluded_records_never_reach_a_batch(trained, monkeypatch):
 def sisa_run(store, tmp_path):
     from expunge.orchestrator.trainers import sisa
 
-    table = synth.customers(800, seed=4)
-    pq.write_table(table, tmp_path / "features.parquet")
-    store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
-    cfg = {"features": str(tmp_path / "features.parquet"), "row_col": "record_id",
-           "feature_cols": [f"f{j}" for j in range(8)], "label_col": "churned", "epochs": 4, "batch_size": 32,
-           "shards": 4, "slices": 3}
+    table, cfg = customers_store(store, tmp_path, 800, 4, epochs=4, batch_size=32, shards=4, slices=3)
     req = TrainRequest(store=store, run_name="sisa-1", inputs=[{"dataset": "customers@1", "role": "train"}],
                        config=cfg, seed=2, out_dir=tmp_path / "sisa-1", trainer=sisa.ENTRY_POINT,
                        model_name="churn-sisa", model_family="sisa-mlp")
@@ -162,11 +163,7 @@ def test_certified_logreg_records_the_lambda_and_sigma_it_used(store, tmp_path):
 
     from expunge.orchestrator.trainers import logreg_certified as lc
 
-    table = synth.customers(500, seed=6)
-    pq.write_table(table, tmp_path / "features.parquet")
-    store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
-    cfg = {"features": str(tmp_path / "features.parquet"), "row_col": "record_id",
-           "feature_cols": [f"f{j}" for j in range(8)], "label_col": "churned", "lam": 0.01, "sigma": 0.5}
+    table, cfg = customers_store(store, tmp_path, 500, 6, lam=0.01, sigma=0.5)
     req = TrainRequest(store=store, run_name="cr-1", inputs=[{"dataset": "customers@1", "role": "train"}],
                        config=cfg, seed=9, out_dir=tmp_path / "cr", trainer=lc.ENTRY_POINT,
                        model_name="churn-cr", model_family=lc.FAMILY)

@@ -27,7 +27,7 @@ from expunge.lineage.tables import first_duplicate, id_column, id_lists, read_ta
 
 
 def _record_ids_of_dataset(txn: Txn, dataset_id: int):
-    """(record_id, ord) relation of every record of a source dataset, as a DuckDB relation SQL."""
+    """(Parquet path, first ordinal) of each record-id segment of a source dataset, in ordinal order."""
     segs = txn.con.execute(
         "SELECT ids_file, ord_start FROM record_segments WHERE dataset_id = ? ORDER BY ord_start", [dataset_id]
     ).fetchall()

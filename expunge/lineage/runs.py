@@ -324,20 +324,18 @@ class RunTracker:
                 self.run[k] = v
         self.run["checkpoints"] = []
         self.models: list[dict] = []
-        self._facts: dict[str, list] | None = None
+        self._facts_arrow = None
         self._device_seconds = 0.0
         self._t0 = self._c0 = 0.0
         self.result: dict | None = None
 
-    def set_facts(self, rows: Sequence[str], *, shard: Sequence[int] | None = None,
-                  slice: Sequence[int] | None = None, first_step: Sequence[int] | None = None) -> None:  # noqa: A002
-        self._facts = {"rows": [str(r) for r in rows]}
-        for k, v in (("shard", shard), ("slice", slice), ("first_step", first_step)):
-            if v is not None:
-                self._facts[k] = [None if x is None or int(x) < 0 else int(x) for x in v]
+    def set_facts(self, rows: Sequence[str], *, shard: Sequence[int | None] | None = None,
+                  slice: Sequence[int | None] | None = None,  # noqa: A002
+                  first_step: Sequence[int | None] | None = None) -> None:
+        """Each training row's shard, slice and first-consumed step (None or -1: not recorded).
 
-    def set_facts_table(self, rows: Sequence[str], *, shard=None, slice=None, first_step=None) -> None:  # noqa: A002
-        """Like `set_facts`, kept as Arrow columns (no per-row JSON validation) for large runs."""
+        Kept as Arrow columns and handed to the store as a table: no per-row JSON on large runs.
+        """
         import pyarrow as pa
 
         n = len(rows)
@@ -345,11 +343,13 @@ class RunTracker:
         def col(v):
             if v is None:
                 return pa.nulls(n, pa.int64())
-            a = np.asarray(v, dtype=np.int64)
+            if len(v) != n:
+                raise BadInput(f"run facts: {len(v)} values for {n} rows")
+            a = np.asarray([-1 if x is None else x for x in v], dtype=np.int64)
             return pa.array(a, mask=a < 0)
 
-        self._facts_arrow = pa.table({"row_id": pa.array(rows, pa.string()), "shard": col(shard),
-                                      "slice": col(slice), "first_step": col(first_step)})
+        self._facts_arrow = pa.table({"row_id": pa.array([str(r) for r in rows], pa.string()),
+                                      "shard": col(shard), "slice": col(slice), "first_step": col(first_step)})
 
     def add_checkpoint(self, step: int, path: str | os.PathLike, *, sha256: str | None = None,
                        shard: int | None = None, slice: int | None = None) -> None:  # noqa: A002
@@ -385,8 +385,5 @@ class RunTracker:
         if self._device_seconds:
             cost["gpu_seconds"] = self._device_seconds
         self.run["cost"] = cost
-        if self._facts is not None:
-            self.run["facts"] = self._facts
-        facts = getattr(self, "_facts_arrow", None)
         self.result = record_runs(self.store, [{"run": self.run, "models": self.models}], base_dir=Path.cwd(),
-                                  facts_tables=[facts])[0]
+                                  facts_tables=[self._facts_arrow])[0]

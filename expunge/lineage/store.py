@@ -372,15 +372,18 @@ class CatalogView:
         rows = self.con.execute(sql, params).fetchall()
         return rows[0][0] if rows else None
 
+    def _latest_or_exact(self, sql: str, version_col: str, name: str, ver: int | None):
+        """The row of `name@ver`, or of the newest version when `ver` is None (`sql` filters by name)."""
+        if ver is None:
+            return _first(self.con.execute(f"{sql} ORDER BY {version_col} DESC LIMIT 1", [name]).fetchall())
+        return _first(self.con.execute(f"{sql} AND {version_col} = ?", [name, ver]).fetchall())
+
     def resolve_version(self, ref: str) -> dict:
         name, ver = split_ref(ref)
         sql = """SELECT v.version_id, d.name, v.version_no, v.kind, v.row_space, v.record_dataset_id,
                         v.n_rows, v.n_records, v.bitmap_file, v.rows_file, v.rowmap_file, v.dataset_id
                  FROM dataset_versions v JOIN datasets d USING (dataset_id) WHERE d.name = ?"""
-        if ver is None:
-            row = _first(self.con.execute(sql + " ORDER BY v.version_no DESC LIMIT 1", [name]).fetchall())
-        else:
-            row = _first(self.con.execute(sql + " AND v.version_no = ?", [name, ver]).fetchall())
+        row = self._latest_or_exact(sql, "v.version_no", name, ver)
         if row is None:
             raise UnknownReference(f"unknown dataset version {ref!r}")
         keys_ = ("version_id", "dataset", "version_no", "kind", "row_space", "record_dataset_id",
@@ -392,10 +395,7 @@ class CatalogView:
     def resolve_model(self, ref: str) -> dict:
         name, ver = split_ref(ref)
         sql = "SELECT model_id, name, version_no FROM models WHERE name = ?"
-        if ver is None:
-            row = _first(self.con.execute(sql + " ORDER BY version_no DESC LIMIT 1", [name]).fetchall())
-        else:
-            row = _first(self.con.execute(sql + " AND version_no = ?", [name, ver]).fetchall())
+        row = self._latest_or_exact(sql, "version_no", name, ver)
         if row is None:
             raise UnknownReference(f"unknown model version {ref!r}")
         return {"model_id": row[0], "name": row[1], "version_no": row[2], "label": f"{row[1]}@{row[2]}"}

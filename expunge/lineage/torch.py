@@ -233,7 +233,7 @@ class TrainingTracker:
                                        self._first_idx[seen].tolist()))
             rows = sorted(set(self._first) | set(self._shard) | set(self._slice))
             if rows:
-                self._run.set_facts_table(
+                self._run.set_facts(
                     rows,
                     shard=[self._shard.get(r, -1) for r in rows] if self._shard else None,
                     slice=[self._slice.get(r, -1) for r in rows] if self._slice else None,
