@@ -256,7 +256,7 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
     )
     t = Table(title="Dataset versions", title_justify="left")
     for col in ("version", "kind", "parents", "records", "rows"):
-        t.add_column(col, justify="right" if col in ("records", "rows") else "left")
+        t.add_column(col, justify="right" if col in ("records", "rows") else "left", no_wrap=col == "version")
     datasets = sorted(result.datasets, key=lambda d: -d["records"])[:limit]
     for d in datasets:
         t.add_row(d["id"], d["kind"], ", ".join(d["parents"]) or "—", f"{d['records']:,}", f"{d['rows']:,}")
@@ -265,7 +265,7 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
     if result.runs:
         t = Table(title="Training runs", title_justify="left")
         for col in ("run", "records", "inputs", "shards (first slice)", "clean checkpoint"):
-            t.add_column(col, justify="right" if col == "records" else "left")
+            t.add_column(col, justify="right" if col == "records" else "left", no_wrap=col == "run")
         runs = sorted(result.runs, key=lambda r: -r["records"])[:limit]
         for r in runs:
             inputs = ", ".join(f"{i['dataset']} ({i['role']}: {i['records']:,})" for i in r["inputs"] if i["records"])
@@ -286,7 +286,7 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
     if result.models:
         t = Table(title="Model versions", title_justify="left")
         for col in ("model", "stage", "run", "how affected"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col == "model")
         models = sorted(result.models, key=lambda m: (STAGE_ORDER.get(m["stage"], 9), m["name"], m["version"]))
         models = models[:limit]
         for m in models:
@@ -458,36 +458,72 @@ def plan_cmd(
 
 
 def _secs(x: float) -> str:
-    if x < 1:
-        return f"{x * 1000:,.0f} ms"
-    return f"{x:,.1f} s" if x < 3600 else f"{x / 3600:,.2f} h"
+    from expunge.orchestrator.costs import format_seconds
+
+    return format_seconds(x)
 
 
 def _money(x: float) -> str:
-    return f"{x:.3g}"
+    return "<0.01" if 0 < x < 0.01 else f"{x:,.2f}"
 
 
 def render_plan(doc: dict, console=None) -> None:
-    from rich.table import Table
 
     console = console or _console()
     console.print(f"Plan [bold]{doc['id'][:16]}[/] for {', '.join(doc['requests'])}: {doc['records']:,} record(s) of "
                   f"{doc['subjects']['found']} subject(s); policy {doc['policy']['source']}.")
+    deadlines = sorted({i["deadline"][:10] for i in doc["items"]})
+    if console.width < 110:  # a table would truncate ids and reasons: one entry per model instead
+        console.print("Actions (deadline " + ", ".join(deadlines) + "):")
+        for i in doc["items"]:
+            c, ru = i["chosen"], i["runner_up"]
+            touched = f"{i['records']:,} record(s)" if i["direct"] else "derived from an affected model"
+            head = f"  [bold]{i['model']}[/] ({i['stage']}, {touched}): "
+            if c is None:
+                console.print(head + "[bold red]no admissible action[/]")
+                for why in i["blocked_by"]:
+                    console.print(f"      blocked: {why}")
+                continue
+            cost = f", cost {_money(c['cost'])}" if c["cost"] >= 0.01 else ""
+            console.print(head + f"{c['action']} — {c['guarantee']}, {_secs(c['seconds'])}{cost}")
+            if ru:
+                console.print(f"      runner-up {ru['action']}: {ru['why_not']}")
+    else:
+        _plan_table(doc, deadlines, console)
+    _plan_footer(doc, console)
+
+
+def _plan_table(doc: dict, deadlines: list[str], console) -> None:
+    from rich.table import Table
+
+    narrow = console.width < 150
+    if narrow and len(deadlines) == 1:
+        console.print(f"Deadline {deadlines[0]}. Costs are in the policy's units (see the totals).")
+    cols = ["model", "stage", "records", "action", "guarantee", "est. time"]
+    if not narrow:
+        cols.append("est. cost")
+    if not (narrow and len(deadlines) == 1):
+        cols.append("deadline")
+    cols.append("runner-up (why it lost)")
     t = Table(title="Actions", title_justify="left")
-    for col in ("model", "stage", "records", "action", "guarantee", "est. time", "est. cost", "deadline",
-                "runner-up (why it lost)"):
-        t.add_column(col)
+    for col in cols:
+        t.add_column(col, no_wrap=col in ("model", "action"), justify="right" if col == "records" else "left")
     for i in doc["items"]:
         c = i["chosen"]
         ru = i["runner_up"]
-        ru_txt = f"{ru['action']} ({ru['why_not']})" if ru else "—"
         if c is None:
-            t.add_row(i["model"], i["stage"], f"{i['records']:,}", "[bold red]none admissible[/]", "—", "—", "—",
-                      i["deadline"][:10], "; ".join(i["blocked_by"]))
+            cells = {"action": "[bold red]none admissible[/]", "guarantee": "—", "est. time": "—", "est. cost": "—",
+                     "runner-up (why it lost)": "; ".join(i["blocked_by"])}
         else:
-            t.add_row(i["model"], i["stage"], f"{i['records']:,}", c["action"], c["guarantee"], _secs(c["seconds"]),
-                      _money(c["cost"]), i["deadline"][:10], ru_txt)
+            cells = {"action": c["action"], "guarantee": c["guarantee"], "est. time": _secs(c["seconds"]),
+                     "est. cost": _money(c["cost"]),
+                     "runner-up (why it lost)": f"{ru['action']} ({ru['why_not']})" if ru else "—"}
+        cells.update(model=i["model"], stage=i["stage"], records=f"{i['records']:,}", deadline=i["deadline"][:10])
+        t.add_row(*(cells[col] for col in cols))
     console.print(t)
+
+
+def _plan_footer(doc: dict, console) -> None:
     tot, every = doc["total"], doc["retrain_everything"]
     console.print(f"Total: {_secs(tot['seconds'])} (cost {_money(tot['cost'])}) against {_secs(every['seconds'])} "
                   f"(cost {_money(every['cost'])}) to retrain everything affected.")

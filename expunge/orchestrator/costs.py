@@ -10,6 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def format_seconds(x: float) -> str:
+    """A duration for people: 84 ms, 12.3 s, 2.50 h."""
+    if x < 1:
+        return f"{x * 1000:,.0f} ms"
+    return f"{x:,.1f} s" if x < 3600 else f"{x / 3600:,.2f} h"
+
+
 @dataclass(frozen=True)
 class Estimate:
     seconds: float

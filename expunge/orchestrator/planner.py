@@ -19,6 +19,7 @@ from expunge.errors import BadInput, ExpungeError, UnknownReference
 from expunge.lineage.store import Store, _now
 from expunge.orchestrator import requests as rq
 from expunge.orchestrator.actions import ACTIONS, ModelFacts
+from expunge.orchestrator.costs import format_seconds
 from expunge.orchestrator.policy import GUARANTEES, Policy, stronger_or_equal
 
 DDL = """
@@ -179,7 +180,7 @@ def choose(facts: Sequence[ModelFacts], policy: Policy, required: str | dict[str
         runner = next((c for c in cands[1:] if c["applicable"]), None)
         if best and runner:
             if runner["admissible"]:
-                runner = {**runner, "why_not": f"costs {runner['seconds'] - best['seconds']:,.1f} s more"}
+                runner = {**runner, "why_not": f"costs {format_seconds(runner['seconds'] - best['seconds'])} more"}
         if best:
             chosen_guarantee[f.model] = best["guarantee"]
         items.append({
