@@ -126,26 +126,41 @@ class SubjectHasher:
         con.register("_u", pa.table({"s": uniq, "i": pa.array(np.arange(n, dtype=np.int64))}))
         try:
             res = con.sql("SELECT u.i, c.hi, c.lo FROM _u u JOIN cache c ON c.s = u.s").fetchnumpy()
-            have = np.zeros(n, bool)
-            idx = res["i"].astype(np.int64)
-            have[idx] = True
-            out[idx, 0] = res["hi"].astype(np.uint64)
-            out[idx, 1] = res["lo"].astype(np.uint64)
-            miss = np.flatnonzero(~have)
-            if miss.size:
-                missing = uniq.take(pa.array(miss))
-                h = self.hash_many(missing.to_pylist())
-                out[miss] = h
-                if self._bulk_rows + miss.size > self.CACHE_LIMIT:
-                    con.execute("DELETE FROM cache")
-                    self._bulk_rows = 0
-                con.register("_m", pa.table({"s": missing, "hi": pa.array(h[:, 0]), "lo": pa.array(h[:, 1])}))
-                con.execute("INSERT INTO cache SELECT s, hi, lo FROM _m")
-                con.unregister("_m")
-                self._bulk_rows += int(miss.size)
         finally:
             con.unregister("_u")
+        have = np.zeros(n, bool)
+        idx = res["i"].astype(np.int64)
+        have[idx] = True
+        out[idx, 0] = res["hi"].astype(np.uint64)
+        out[idx, 1] = res["lo"].astype(np.uint64)
+        miss = np.flatnonzero(~have)
+        if miss.size:
+            out[miss] = self._hash_and_cache(uniq.take(pa.array(miss)))
         return out[codes]
+
+    def hash_uncached(self, arr) -> np.ndarray:
+        """(n, 2) hashes of a string array none of whose subjects is in the bulk cache; adds them to it."""
+        import pyarrow.compute as pc
+
+        enc = pc.dictionary_encode(arr)
+        return self._hash_and_cache(enc.dictionary)[enc.indices.to_numpy(zero_copy_only=False)]
+
+    def _hash_and_cache(self, uniq) -> np.ndarray:
+        """Hash distinct subjects absent from the bulk cache, and add them to it."""
+        import pyarrow as pa
+
+        h = self.hash_many(uniq.to_pylist())
+        con = self.bulk_connection()
+        if self._bulk_rows + len(uniq) > self.CACHE_LIMIT:
+            con.execute("DELETE FROM cache")
+            self._bulk_rows = 0
+        con.register("_m", pa.table({"s": uniq, "hi": pa.array(h[:, 0]), "lo": pa.array(h[:, 1])}))
+        try:
+            con.execute("INSERT INTO cache SELECT s, hi, lo FROM _m")
+        finally:
+            con.unregister("_m")
+        self._bulk_rows += len(uniq)
+        return h
 
     def bulk_connection(self):
         """The in-memory DuckDB connection holding the digest cache (table `cache(s, hi, lo)`)."""

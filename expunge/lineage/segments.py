@@ -26,12 +26,29 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
 
 
+def _order(hi: np.ndarray, lo: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """The permutation sorting by (hi, lo, tie).
+
+    A stable sort on `hi` alone is enough when `tie` is already ascending and no two different
+    subjects share `hi` (a 2^-64 event per pair, checked): 2-4x faster than a three-key lexsort,
+    and fast on concatenated sorted runs (merges).
+    """
+    if tie.size < 2 or not (tie[1:] >= tie[:-1]).all():
+        return np.lexsort((tie, lo, hi))
+    order = np.argsort(hi, kind="stable")
+    h, lw = hi[order], lo[order]
+    same = h[1:] == h[:-1]
+    if (same & (lw[1:] != lw[:-1])).any():
+        return np.lexsort((tie, lo, hi))
+    return order
+
+
 def from_records(hashes: np.ndarray, ords: np.ndarray) -> tuple[np.ndarray, ...]:
     """(hi, lo, off, ords) segment arrays from per-record (hi, lo) hashes and record ordinals."""
     hi = np.ascontiguousarray(hashes[:, 0], dtype=np.uint64)
     lo = np.ascontiguousarray(hashes[:, 1], dtype=np.uint64)
     ords = np.asarray(ords, dtype=np.uint32)
-    order = np.lexsort((ords, lo, hi))
+    order = _order(hi, lo, ords)
     hi, lo, ords = hi[order], lo[order], ords[order]
     n = hi.size
     new = np.ones(n, dtype=bool)
@@ -53,7 +70,7 @@ def merge(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
     counts = np.concatenate([np.diff(p[2].astype(np.int64)) for p in parts])
     bases = np.cumsum([0] + [len(p[3]) for p in parts[:-1]])
     starts = np.concatenate([p[2][:-1].astype(np.int64) + b for p, b in zip(parts, bases)])
-    order = np.lexsort((np.arange(his.size), los, his))
+    order = _order(his, los, np.arange(his.size))
     his, los, counts, starts = his[order], los[order], counts[order], starts[order]
     all_ords = np.concatenate([np.asarray(p[3]) for p in parts])
     ords = all_ords[_ranges(starts, counts)]
