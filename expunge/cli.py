@@ -449,7 +449,7 @@ def plan_cmd(
         if planner.plan_exists_with_approvals(st, doc["id"]):
             doc = planner.load_plan(st, doc["id"])
     if json_out:
-        _emit_json(doc)
+        sys.stdout.write(planner.dumps(doc) + "\n")
     else:
         render_plan(doc)
     if doc["blocked"]:

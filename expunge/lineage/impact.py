@@ -20,7 +20,6 @@ import json
 from functools import cached_property
 from typing import Sequence
 
-import duckdb
 import numpy as np
 from pyroaring import BitMap, FrozenBitMap
 
@@ -37,6 +36,17 @@ def _frozen(path) -> FrozenBitMap:
         return FrozenBitMap.deserialize(fh.read())
 
 
+def _unique(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. Plain `np.unique` imports numpy.ma on first use (20 ms of a command)."""
+    a = np.sort(a)
+    if a.size < 2:
+        return a
+    keep = np.empty(a.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
 def _popcount_rows(masks: np.ndarray) -> np.ndarray:
     return np.bitwise_count(masks).sum(axis=1, dtype=np.int64)
 
@@ -46,11 +56,10 @@ class ImpactEngine:
 
     @classmethod
     def load(cls, store, gen: str) -> "ImpactEngine":
-        con = duckdb.connect(str(store.root / gen), read_only=True)
-        try:
+        from expunge.lineage.store import attached
+
+        with attached(store.root / gen) as con:
             return cls(store, con)
-        finally:
-            con.close()
 
     def __init__(self, store, con):
         self.store = store
@@ -90,9 +99,9 @@ class ImpactEngine:
         self.e_run = np.fromiter((rindex[e[0]] for e in edges), np.int64, n_e)
         self.e_ver = np.fromiter((vindex[e[1]] for e in edges), np.int64, n_e)
         self.e_role = np.fromiter((ROLES.index(e[2]) for e in edges), np.int8, n_e)
-        self.e_subset: dict[int, FrozenBitMap] = {
-            i: _frozen(data / e[3]) for i, e in enumerate(edges) if e[3] is not None
-        }
+        # Row-subset bitmaps are read when a query first reaches their input.
+        self.e_subset_file: dict[int, str] = {i: e[3] for i, e in enumerate(edges) if e[3] is not None}
+        self._subsets: dict[int, FrozenBitMap] = {}
         n_r = len(runs)
         counts = np.bincount(self.e_run, minlength=n_r)
         self.r_first_edge = np.zeros(n_r + 1, np.int64)
@@ -147,7 +156,7 @@ class ImpactEngine:
                 parts.append(seg.records_of(hashes[hit]))
         if not parts:
             return np.zeros(0, np.uint32), 0
-        return np.unique(np.concatenate(parts)), int(found.sum())
+        return _unique(np.concatenate(parts)), int(found.sum())
 
     def impact_hashed(self, hashes: np.ndarray, requested: int | None = None) -> "Impact":
         requested = len(hashes) if requested is None else requested
@@ -173,6 +182,12 @@ class ImpactEngine:
         return Impact(self, requested, found, int(qarr.size), hit_v, v_records, v_rows, e_count, r_count, hit_r,
                       facts, m_hit, m_via, m_rel, m_depth)
 
+    def _subset(self, e: int) -> FrozenBitMap:
+        sub = self._subsets.get(e)
+        if sub is None:
+            sub = self._subsets[e] = _frozen(self.store.data_dir / self.e_subset_file[e])
+        return sub
+
     def _rows_hit(self, rowmap_file: str, hit: BitMap) -> int:
         rm = self._rowmaps.get(rowmap_file)
         if rm is None:
@@ -186,7 +201,7 @@ class ImpactEngine:
         if total == 0:
             return 0
         idx = np.arange(total) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
-        return int(np.unique(np.asarray(rm[1])[idx]).size)
+        return int(_unique(np.asarray(rm[1])[idx]).size)
 
     def _runs_masks(self, qarr: np.ndarray, inter: dict[int, BitMap]):
         """Runs for a small query: bit masks over the query's records, OR-ed per run."""
@@ -207,10 +222,10 @@ class ImpactEngine:
             pos = np.searchsorted(qarr, np.concatenate(arrs))
             np.bitwise_or.at(vmask, (rows, pos >> 6), bit[pos & 63])
         emask = vmask[self.e_ver]
-        for e, sub in self.e_subset.items():
+        for e in self.e_subset_file:
             base = inter.get(int(self.e_ver[e]))
             if base is not None:
-                emask[e] = mask_of(sub & base)
+                emask[e] = mask_of(self._subset(e) & base)
         e_count = _popcount_rows(emask)
         n_r = len(self.r_name)
         r_count = np.zeros(n_r, np.int64)
@@ -241,14 +256,13 @@ class ImpactEngine:
             base = inter.get(int(self.e_ver[e]))
             if base is None:
                 continue
-            sub = self.e_subset.get(e)
-            s = base if sub is None else sub & base
+            s = self._subset(e) & base if e in self.e_subset_file else base
             e_sets[e] = s
             e_count[e] = len(s)
         n_r = len(self.r_name)
         r_count = np.zeros(n_r, np.int64)
         train_sets: dict[int, BitMap] = {}
-        for r in np.unique(self.e_run[e_count > 0]):
+        for r in _unique(self.e_run[e_count > 0]):
             lo, hi = self.r_first_edge[r], self.r_first_edge[r + 1]
             sets = [e_sets[e] for e in range(lo, hi) if e_count[e]]
             r_count[r] = len(sets[0]) if len(sets) == 1 else len(BitMap.union(*sets))

@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -29,6 +32,49 @@ from expunge.lineage.fsutil import WriterLock, atomic_write_bytes, fsync_dir, fs
 
 DEFAULT_STORE = ".expunge"
 MERGE_FACTOR = 2  # merge the newest subject segments while the older one is < MERGE_FACTOR × newer
+
+
+# One in-memory DuckDB instance per process; each read or write ATTACHes a catalog generation
+# to it through its own cursor. ATTACH costs ~0.6 ms where opening a database costs ~10 ms, and a
+# command opens the catalog several times.
+_hub: duckdb.DuckDBPyConnection | None = None
+_hub_pid = -1
+_hub_lock = threading.Lock()
+_aliases = itertools.count(1)
+
+
+def _hub_connection() -> duckdb.DuckDBPyConnection:
+    global _hub, _hub_pid
+    with _hub_lock:
+        if _hub is None or _hub_pid != os.getpid():  # a forked child must not share its parent's instance
+            con = duckdb.connect()
+            con.execute("SET temp_directory = ''")
+            _hub, _hub_pid = con, os.getpid()
+        return _hub
+
+
+@contextmanager
+def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor whose default database is the catalog file at `path`; detached on exit."""
+    cur = _hub_connection().cursor()
+    alias = f"cat{next(_aliases)}"
+    quoted = str(path).replace("'", "''")
+    try:
+        cur.execute(f"ATTACH '{quoted}' AS {alias}" + (" (READ_ONLY)" if read_only else ""))
+    except BaseException:
+        cur.close()
+        raise
+    try:
+        cur.execute(f"USE {alias}")
+        yield cur
+        if not read_only:
+            cur.execute(f"CHECKPOINT {alias}")
+    finally:
+        try:
+            cur.execute("USE memory")
+            cur.execute(f"DETACH {alias}")
+        finally:
+            cur.close()
 
 
 def resolve_root(store: str | os.PathLike | None) -> Path:
@@ -162,17 +208,17 @@ class Store:
         for attempt in range(5):
             gen = self.generation()
             try:
-                con = duckdb.connect(str(self.root / gen), read_only=True)
+                ctx = attached(self.root / gen)
+                con = ctx.__enter__()
                 break
             except duckdb.IOException:
                 # The generation was replaced and cleaned up between the two reads: retry.
                 if attempt == 4:
                     raise
                 time.sleep(0.01)
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.push(ctx)
             yield con
-        finally:
-            con.close()
 
     def data_path(self, name: str) -> Path:
         return self.data_dir / name
@@ -215,18 +261,17 @@ class Store:
             if crashed:
                 self._collect_garbage(gen)
             shutil.copyfile(self.root / gen, tmp)
-            con = duckdb.connect(str(tmp))
-            self._drop_retired(con, num - 1)
-            txn = Txn(self, con, num)
             try:
-                yield txn
-                con.execute("CHECKPOINT")
+                with attached(tmp, read_only=False) as con:
+                    self._drop_retired(con, num - 1)
+                    txn = Txn(self, con, num)
+                    yield txn
             except BaseException:
-                con.close()
-                tmp.unlink(missing_ok=True)
-                txn.discard_files()
+                for p in self.root.glob(tmp.name + "*"):
+                    p.unlink(missing_ok=True)
+                if txn is not None:
+                    txn.discard_files()
                 raise
-            con.close()
             for f in txn.new_files:
                 fsync_file(self.data_path(f))
             if txn.new_files:
@@ -258,13 +303,10 @@ class Store:
         """
         live: set[str] = set()
         for cat in self.root.glob("catalog-*.duckdb"):
-            con = duckdb.connect(str(cat), read_only=True)
-            try:
+            with attached(cat) as con:
                 for table, col in C.FILE_COLUMNS:
                     for (f,) in con.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL").fetchall():
                         live.add(f)
-            finally:
-                con.close()
         for p in self.data_dir.iterdir():
             if p.name not in live:
                 p.unlink(missing_ok=True)

@@ -50,23 +50,22 @@ def gather(store: Store, impact) -> list[ModelFacts]:
         names = sorted({m["run"] for m in models if m["run"]})
         runrows = {}
         if names:
-            marks = ", ".join("?" for _ in names)
+            # One list parameter: DuckDB binds a thousand `?` placeholders ten times slower.
             for name, rid, trainer, family, wall, gpu, config, extra in view.execute(
-                f"""SELECT name, run_id, trainer, model_family, coalesce(wall_seconds, 0), coalesce(gpu_seconds, 0),
-                           config, extra FROM runs WHERE name IN ({marks})""", names).fetchall():
+                """SELECT name, run_id, trainer, model_family, coalesce(wall_seconds, 0), coalesce(gpu_seconds, 0),
+                          config, extra FROM runs WHERE name IN (SELECT unnest(?::VARCHAR[]))""", [names]).fetchall():
                 runrows[name] = dict(rid=rid, trainer=trainer, family=family, wall=wall, gpu=gpu,
                                      config=json.loads(config or "{}"), extra=json.loads(extra or "{}"))
             ids = [r["rid"] for r in runrows.values()]
-            marks = ", ".join("?" for _ in ids)
             by_rid = {r["rid"]: r for r in runrows.values()}
             for rid, n in view.execute(
-                f"""SELECT run_id, sum(n_records) FROM run_inputs WHERE role = 'train' AND run_id IN ({marks})
-                    GROUP BY run_id""", ids).fetchall():
+                """SELECT run_id, sum(n_records) FROM run_inputs
+                   WHERE role = 'train' AND run_id IN (SELECT unnest(?::INTEGER[])) GROUP BY run_id""", [ids]).fetchall():
                 by_rid[rid]["n_train"] = int(n)
             ckpts: dict[int, list] = {}
             for rid, step, shard, slice_ in view.execute(
-                f"""SELECT run_id, step, shard, slice FROM checkpoints WHERE run_id IN ({marks})
-                    ORDER BY run_id, step, position""", ids).fetchall():
+                """SELECT run_id, step, shard, slice FROM checkpoints WHERE run_id IN (SELECT unnest(?::INTEGER[]))
+                   ORDER BY run_id, step, position""", [ids]).fetchall():
                 ckpts.setdefault(rid, []).append((step, shard, slice_))
             for r in runrows.values():
                 r["ckpts"] = ckpts.get(r["rid"], [])
@@ -189,8 +188,10 @@ def choose(facts: Sequence[ModelFacts], policy: Policy, required: str | dict[str
             "chosen": {k: best[k] for k in ("action", "guarantee", "seconds", "cost", "reasons")} if best else None,
             "runner_up": ({k: runner.get(k) for k in ("action", "guarantee", "seconds", "cost", "why_not")}
                           if runner else None),
-            "candidates": [{k: c.get(k) for k in ("action", "guarantee", "applicable", "admissible", "seconds",
-                                                  "cost", "why_not")} for c in cands],
+            # Priced candidates, best first; actions that do not apply to this model only say why.
+            "candidates": [{k: c[k] for k in ("action", "guarantee", "admissible", "seconds", "cost", "why_not")}
+                           for c in cands if c["applicable"]],
+            "not_applicable": {c["action"]: c["why_not"] for c in cands if not c["applicable"]},
             "blocked_by": None if best else sorted({c["why_not"] for c in cands if c["why_not"]}),
             "retrain_seconds": round(f.run_seconds, 3),
             "retrain_cost": round(f.run_seconds / 3600 * _rate(f, policy), 6),
@@ -201,13 +202,47 @@ def choose(facts: Sequence[ModelFacts], policy: Policy, required: str | dict[str
 # ------------------------------------------------------------------ plans
 
 
+def _enc(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(doc: dict) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _enc(doc).encode()
+
+
+def _join(pieces: dict[str, str]) -> str:
+    """What `_enc` gives for the dict whose top-level values encode to `pieces`."""
+    return "{" + ",".join(f"{_enc(k)}:{pieces[k]}" for k in sorted(pieces)) + "}"
+
+
+def _body(doc: dict) -> bytes:
+    return canonical({k: v for k, v in doc.items() if k not in ("id", "approvals")})
 
 
 def plan_hash(doc: dict) -> str:
-    body = {k: v for k, v in doc.items() if k not in ("id", "approvals")}
-    return hashlib.sha256(canonical(body)).hexdigest()
+    return hashlib.sha256(_body(doc)).hexdigest()
+
+
+# The encoded top-level values of the plan made last (by id and items object): saving and printing
+# it right after making it (what `expunge plan` does) reuse them instead of encoding a plan of
+# thousands of models twice more.
+_last: tuple[str, int, dict[str, str]] = ("", 0, {})
+
+
+def _pieces(doc: dict) -> dict[str, str] | None:
+    pid, items, pieces = _last
+    return dict(pieces) if pid == doc.get("id") and items == id(doc.get("items")) else None
+
+
+def dumps(doc: dict) -> str:
+    """The plan as compact JSON with sorted keys (the same text as `expunge.schemas.dumps`)."""
+    pieces = _pieces(doc)
+    if pieces is None:
+        return _enc(doc)
+    for k in ("id", "approvals"):
+        if k in doc:
+            pieces[k] = _enc(doc[k])
+    return _join(pieces)
 
 
 def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: datetime | None = None) -> dict:
@@ -265,7 +300,10 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
         doc["batching"] = {"alone_seconds": round(sum(a["seconds"] for a in alone), 3),
                            "alone_cost": round(sum(a["cost"] for a in alone), 6),
                            "saving_seconds": round(sum(a["seconds"] for a in alone) - total, 3)}
-    doc["id"] = plan_hash(doc)
+    global _last
+    pieces = {k: _enc(v) for k, v in doc.items()}
+    doc["id"] = hashlib.sha256(_join(pieces).encode()).hexdigest()
+    _last = (doc["id"], id(doc["items"]), pieces)
     return doc
 
 
@@ -280,8 +318,15 @@ def save_plan(store: Store, doc: dict) -> str:
 
     path = plan_path(store, doc["id"])
     path.parent.mkdir(exist_ok=True)
-    body = {k: v for k, v in doc.items() if k != "approvals"}
-    atomic_write_bytes(path, json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
+    # The file is exactly the canonical form whose SHA-256 is the id: `sha256sum plans/<id>.json`
+    # checks a plan without expunge.
+    pieces = _pieces(doc)
+    if pieces is None:
+        body = _body(doc)
+    else:
+        pieces.pop("approvals", None)
+        body = _join(pieces).encode()
+    atomic_write_bytes(path, body)
     with store.write() as txn:
         txn.con.execute(DDL)
         if not txn.one("SELECT count(*) FROM plans WHERE plan_id = ?", [doc["id"]]):
@@ -293,14 +338,16 @@ def save_plan(store: Store, doc: dict) -> str:
 
 
 def _find(con, store: Store, plan_id: str) -> tuple[str, dict]:
-    has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'plans'").fetchall()[0][0]
+    has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = 'plans'").fetchall()[0][0]
     rows = [] if not has or len(plan_id) < 8 else con.execute(
         "SELECT plan_id FROM plans WHERE plan_id LIKE ? || '%'", [plan_id]).fetchall()
     if len(rows) != 1:
         raise UnknownReference(f"unknown plan {plan_id!r}" if not rows else f"plan id {plan_id!r} is ambiguous")
     pid = rows[0][0]
     try:
-        return pid, json.loads(plan_path(store, pid).read_text())
+        doc = json.loads(plan_path(store, pid).read_bytes())
+        doc["id"] = pid
+        return pid, doc
     except FileNotFoundError:
         raise UnknownReference(f"plan {pid[:12]} is registered but its document {plan_path(store, pid)} is missing") \
             from None
@@ -310,7 +357,7 @@ def load_plan(store: Store, plan_id: str) -> dict:
     with store.read() as con:
         pid, doc = _find(con, store, plan_id)
         approvals = [] if not con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'approvals'").fetchall()[0][0] else \
+            "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = 'approvals'").fetchall()[0][0] else \
             con.execute("SELECT approver, approved_at, plan_hash FROM approvals WHERE plan_id = ? ORDER BY approved_at",
                         [pid]).fetchall()
     doc["approvals"] = [{"by": a, "at": t.isoformat() + "Z", "plan_sha256": h} for a, t, h in approvals]

@@ -60,7 +60,7 @@ def ensure_tables(con) -> None:
 
 def _has_tables(con) -> bool:
     return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'requests'").fetchall()[0][0])
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = 'requests'").fetchall()[0][0])
 
 
 def create(store: Store, subjects: Sequence[str], *, category: str | None = None, deadline_days: int | None = None,
@@ -144,9 +144,10 @@ def subject_hashes(store: Store, request_ids: Sequence[str]) -> np.ndarray:
     with store.read() as con:
         if not _has_tables(con):
             raise UnknownReference(f"unknown request {request_ids[0]!r}")
-        res = con.execute("SELECT DISTINCT hi, lo FROM request_subjects WHERE request_id IN "
-                          "(SELECT unnest(?::VARCHAR[]))", [list(request_ids)]).fetchnumpy()
-    return np.column_stack([res["hi"].astype(np.uint64), res["lo"].astype(np.uint64)]).reshape(-1, 2)
+        # fetchall, not fetchnumpy: the latter imports numpy.ma (20 ms of a 0.5 s `expunge plan`).
+        rows = con.execute("SELECT DISTINCT hi, lo FROM request_subjects WHERE request_id IN "
+                           "(SELECT unnest(?::VARCHAR[]))", [list(request_ids)]).fetchall()
+    return np.array(rows, dtype=np.uint64).reshape(-1, 2)
 
 
 def set_status_many(txn, request_ids: Sequence[str], status: str) -> None:
