@@ -76,6 +76,26 @@ def test_row_not_in_parent(env):
     expect_bad(st, res, "not rows of src@1, e.g. '99'")
 
 
+def test_row_twice_in_a_subset(env):
+    """Of a record-space parent and of a composed one (two different code paths)."""
+    st, tmp = env
+    before = snapshot(st)
+    f = write_csv(tmp / "f.csv", ["rid"], [["1"], ["2"], ["1"]])
+    res = run("ingest", "dataset", f, "--name", "d", "--parent", "src", "--kind", "filter", "--record-col", "rid",
+              "--store", st)
+    expect_bad(st, res, "row '1' appears twice")
+    assert snapshot(st) == before
+    agg = write_csv(tmp / "agg.csv", ["rid", "row"], [["1", "x"], ["2", "y"]])
+    assert run("ingest", "dataset", agg, "--name", "agg", "--parent", "src", "--kind", "aggregate",
+               "--source", "src=rid", "--row-col", "row", "--store", st).exit_code == 0
+    before = snapshot(st)
+    f = write_csv(tmp / "g.csv", ["row"], [["y"], ["x"], ["y"]])
+    res = run("ingest", "dataset", f, "--name", "g", "--parent", "agg", "--kind", "sample", "--record-col", "row",
+              "--store", st)
+    expect_bad(st, res, "row 'y' appears twice")
+    assert snapshot(st) == before
+
+
 def test_derivation_cycle(env):
     st, tmp = env
     f = write_csv(tmp / "f.csv", ["rid"], [["1"]])

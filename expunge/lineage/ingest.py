@@ -384,14 +384,22 @@ def ingest_dataset(store: Store, data: Any, *, name: str, parents: Sequence[str]
         if kind in C.SUBSET_KINDS:
             pv = pvs[0]
             ids = id_column(table, record_col, what)
-            dup = first_duplicate(ids)
-            if dup is not None:
-                raise BadInput(f"{what}: row {dup!r} appears twice in column {record_col!r}")
+
+            def refuse_duplicate():
+                raise BadInput(f"{what}: row {first_duplicate(ids)!r} appears twice in column {record_col!r}")
+
+            # Rows of a record-space parent are records: a repeated row id shows as a bitmap with fewer
+            # records than rows, so the (costly) unique check runs only to name the culprit.
+            if pv["row_space"] != "records" and first_duplicate(ids) is not None:
+                refuse_duplicate()
             pos, ords = resolve_rows(txn, pv, ids, what)
             if pv["row_space"] == "records":
+                bm = _bitmap_from(ords)
+                if len(bm) != len(ids):
+                    refuse_duplicate()
                 return _insert_version(
                     txn, dataset_id=dataset_id, name=name, kind=kind, row_space="records",
-                    record_dataset_id=pv["record_dataset_id"], n_rows=len(ids), bitmap=_bitmap_from(ords),
+                    record_dataset_id=pv["record_dataset_id"], n_rows=len(ids), bitmap=bm,
                     parents=[pv["version_id"]], origin=_origin(data, origin),
                 )
             rows_file, rowmap_file, bm = _write_composite(txn, ids, pos, ords)
