@@ -77,6 +77,12 @@ def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyC
             cur.close()
 
 
+def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the catalog a cursor from `attached` reads has the table (other attached catalogs do not count)."""
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables "
+                            "WHERE table_catalog = current_database() AND table_name = ?", [name]).fetchall()[0][0])
+
+
 def resolve_root(store: str | os.PathLike | None) -> Path:
     if store is None:
         store = os.environ.get("EXPUNGE_STORE") or DEFAULT_STORE

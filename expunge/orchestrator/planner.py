@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Sequence
 
 from expunge.errors import BadInput, ExpungeError, UnknownReference
-from expunge.lineage.store import Store, _now
+from expunge.lineage.store import Store, _now, has_table
 from expunge.orchestrator import requests as rq
 from expunge.orchestrator.actions import ACTIONS, ModelFacts
 from expunge.orchestrator.costs import format_seconds
@@ -246,6 +246,7 @@ def dumps(doc: dict) -> str:
 
 
 def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: datetime | None = None) -> dict:
+    global _last
     if not request_ids:
         raise BadInput("plan which request(s)? give at least one request id")
     now = now or _now()
@@ -300,7 +301,6 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
         doc["batching"] = {"alone_seconds": round(sum(a["seconds"] for a in alone), 3),
                            "alone_cost": round(sum(a["cost"] for a in alone), 6),
                            "saving_seconds": round(sum(a["seconds"] for a in alone) - total, 3)}
-    global _last
     pieces = {k: _enc(v) for k, v in doc.items()}
     doc["id"] = hashlib.sha256(_join(pieces).encode()).hexdigest()
     _last = (doc["id"], id(doc["items"]), pieces)
@@ -338,8 +338,7 @@ def save_plan(store: Store, doc: dict) -> str:
 
 
 def _find(con, store: Store, plan_id: str) -> tuple[str, dict]:
-    has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = 'plans'").fetchall()[0][0]
-    rows = [] if not has or len(plan_id) < 8 else con.execute(
+    rows = [] if not has_table(con, "plans") or len(plan_id) < 8 else con.execute(
         "SELECT plan_id FROM plans WHERE plan_id LIKE ? || '%'", [plan_id]).fetchall()
     if len(rows) != 1:
         raise UnknownReference(f"unknown plan {plan_id!r}" if not rows else f"plan id {plan_id!r} is ambiguous")
@@ -356,8 +355,7 @@ def _find(con, store: Store, plan_id: str) -> tuple[str, dict]:
 def load_plan(store: Store, plan_id: str) -> dict:
     with store.read() as con:
         pid, doc = _find(con, store, plan_id)
-        approvals = [] if not con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = 'approvals'").fetchall()[0][0] else \
+        approvals = [] if not has_table(con, "approvals") else \
             con.execute("SELECT approver, approved_at, plan_hash FROM approvals WHERE plan_id = ? ORDER BY approved_at",
                         [pid]).fetchall()
     doc["approvals"] = [{"by": a, "at": t.isoformat() + "Z", "plan_sha256": h} for a, t, h in approvals]

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from expunge.errors import BadInput, UnknownReference
-from expunge.lineage.store import Store, _now
+from expunge.lineage.store import Store, _now, has_table
 
 STATUSES = ("received", "planned", "approved", "executing", "verified", "closed", "failed")
 NEXT = {
@@ -59,8 +59,7 @@ def ensure_tables(con) -> None:
 
 
 def _has_tables(con) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() AND table_name = 'requests'").fetchall()[0][0])
+    return has_table(con, "requests")
 
 
 def create(store: Store, subjects: Sequence[str], *, category: str | None = None, deadline_days: int | None = None,
