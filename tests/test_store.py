@@ -171,6 +171,50 @@ def test_readers_see_new_generation(store):
     assert reader.impact(["a"]).records == 2
 
 
+def test_threads_read_while_one_writes(store):
+    """Every read and write attaches its catalog generation to one in-process DuckDB instance."""
+    import threading
+
+    store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
+    errors, seen = [], []
+
+    def reader():
+        try:
+            st = Store.open(store.root)
+            for _ in range(30):
+                seen.append(st.impact(["a"]).records)
+                with st.view() as v:
+                    v.resolve_version("d")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for k in range(3, 9):
+        ids = ["1"] + [f"x{i}" for i in range(3, k + 1)]
+        store.ingest_source({"s": ["a"] * len(ids), "r": ids}, name="d", subject_col="s", record_col="r")
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert set(seen) <= set(range(1, 8)) and store.impact(["a"]).records == 7  # 1, x3 … x8
+
+
+def test_forked_child_reads_with_its_own_instance(store):
+    import multiprocessing
+
+    store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
+    assert store.impact(["a"]).records == 1  # the parent's instance exists before the fork
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_records_of, (str(store.root), "b")) == 1
+    assert store.impact(["b"]).records == 1
+
+
+def _records_of(root: str, subject: str) -> int:
+    return Store.open(root).impact([subject]).records
+
+
 def test_record_runs_is_all_or_nothing(store):
     store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
     ok = {"run": {"name": "r1", "inputs": [{"dataset": "d"}]}, "models": [{"name": "m", "sha256": "0" * 64}]}

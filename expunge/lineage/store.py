@@ -41,12 +41,17 @@ _hub: duckdb.DuckDBPyConnection | None = None
 _hub_pid = -1
 _hub_lock = threading.Lock()
 _aliases = itertools.count(1)
+_inherited: list = []  # a forked child's copy of its parent's instance: kept, never closed or used
 
 
 def _hub_connection() -> duckdb.DuckDBPyConnection:
     global _hub, _hub_pid
     with _hub_lock:
-        if _hub is None or _hub_pid != os.getpid():  # a forked child must not share its parent's instance
+        if _hub is None or _hub_pid != os.getpid():
+            # A forked child (e.g. a DataLoader worker) must not use its parent's instance, nor close
+            # it: its threads did not survive the fork.
+            if _hub is not None:
+                _inherited.append(_hub)
             con = duckdb.connect()
             con.execute("SET temp_directory = ''")
             _hub, _hub_pid = con, os.getpid()
