@@ -239,6 +239,13 @@ def test_bulk_subject_hashing_matches_one_by_one(store, monkeypatch):
                           int.from_bytes(store.hasher.digest(s)[8:], "big")] for s in subjects.to_pylist()],
                         dtype=np.uint64)
     assert (first == expected).all() and (again == expected).all()
+    # Subjects known to miss the cache (the bulk ingest path): hashed, then found in the cache.
+    fresh = pa.array([f"t{i % 5}" for i in range(12)])
+    want = np.array([[int.from_bytes(store.hasher.digest(s)[:8], "big"),
+                      int.from_bytes(store.hasher.digest(s)[8:], "big")] for s in fresh.to_pylist()], dtype=np.uint64)
+    assert (store.hasher.hash_uncached(fresh) == want).all()
+    con = store.hasher.bulk_connection()
+    assert con.execute("SELECT count(*) FROM cache WHERE s LIKE 't%'").fetchall()[0][0] == 5
 
 
 def test_bulk_ingest_path_matches_small_path(tmp_path, monkeypatch):
