@@ -231,3 +231,23 @@ def test_plan_cli(demo_store):
     res = runner.invoke(app, ["plan", r2.id, "--store", store_path, "--policy", str(strict)])
     assert res.exit_code == 4, res.output
     assert "no admissible action for churn@1" in res.output
+
+
+def test_certified_removal_budget_from_the_runs_data(demo_store):
+    """The demo's certified model: its recorded (pre-data) bound says one record already exceeds the
+    budget, the Newton steps' own bounds on the run's data say it fits; the planner uses the latter,
+    and spends nothing it cannot certify."""
+    from expunge.orchestrator.actions import CertifiedRemoval
+
+    store, subject = demo_store
+    r = rq.create(store, [subject], category="financial")  # certified required
+    doc = planner.make_plan(store, [r.id], load_policy(None))
+    item = next(i for i in doc["items"] if i["model"] == "churn-certified@1")
+    assert item["chosen"]["action"] == "certified_removal"
+    assert any("Newton-step bounds on the run's data" in why for why in item["chosen"]["reasons"])
+    facts = next(f for f in planner.gather(store, store.impact([subject])) if f.model == "churn-certified@1")
+    assert facts.certified_need is None  # without the records' ordinals only the recorded bound is known
+    assert CertifiedRemoval.consumption(facts) > facts.certificate["removal_budget"]
+    with_data = next(f for f in planner.gather(store, store.impact([subject]), store.records_of_subjects([subject]))
+                     if f.model == "churn-certified@1")
+    assert 0 < with_data.certified_need < with_data.certificate["removal_budget"]

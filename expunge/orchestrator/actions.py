@@ -41,6 +41,7 @@ class ModelFacts:
     affected_shards: dict = field(default_factory=dict)  # SISA: shard → first affected slice
     certificate: dict | None = None      # certified-removal facts of the run
     budget_spent: float = 0.0
+    certified_need: float | None = None  # budget the removal would use, computed on the run's data
     dim: int = 0
     iterations: int = 1
     epochs: int = 1
@@ -162,21 +163,39 @@ class CertifiedRemoval(Action):
     def check(self, f, policy):
         if not f.certificate:
             return "not trained for certified removal (no λ, σ recorded)"
-        need = self.consumption(f)
         left = f.certificate["removal_budget"] - f.budget_spent
+        need = self.consumption(f, limit=max(left, 0.0))
         if need > left:
-            return f"removal budget spent: needs {need:.3g}, {max(left, 0):.3g} left"
+            needs = "more than that" if need == float("inf") else f"{need:.3g}"
+            return (f"removal budget spent: removing {f.train_records} record(s) needs {needs}, "
+                    f"{max(left, 0):.3g} left")
         return None
 
     @staticmethod
-    def consumption(f: ModelFacts) -> float:
-        """Worst-case gradient residual of removing k records one by one (Guo et al., Thm 1, ‖x‖ ≤ 1)."""
-        lam, gamma = f.certificate["lam"], f.certificate.get("gamma", 0.25)
+    def consumption(f: ModelFacts, limit: float = float("inf")) -> float:
+        """Budget that removing the records one by one would use: the Newton steps' own bounds when the
+        planner computed them on the run's data (`certified_need`), else a bound from the Hessian facts the
+        trainer recorded (Guo et al. Cor. 1, bounded before the data is at hand), else the worst case
+        (their Thm 1, ‖x‖ ≤ 1)."""
+        c = f.certificate
+        lam, gamma = c["lam"], c.get("gamma", 0.25)
         n, k = f.run_records, f.train_records
+        if f.certified_need is not None:
+            return c.get("train_grad_norm", 0.0) + f.certified_need
+        if "hessian_min_eig" in c:
+            return c.get("train_grad_norm", 0.0) + costs.certified_residual_bound(
+                k, lam=lam, n=int(c.get("n", n)), mu=c["hessian_min_eig"], spec_sq=c["x_spectral_sq"],
+                w_norm=c["w_norm"], gamma=gamma, limit=limit)
         return sum(4 * gamma / (lam ** 2 * max(n - i, 1)) for i in range(1, k + 1))
 
     def estimate(self, f, policy):
-        return costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations)
+        est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations)
+        left = f.certificate["removal_budget"] - f.budget_spent
+        how = ("Newton-step bounds on the run's data" if f.certified_need is not None
+               else "bound from the recorded Hessian facts" if "hessian_min_eig" in f.certificate
+               else "worst-case bound")
+        est.reasons.append(f"uses {self.consumption(f):.3g} of the {left:.3g} removal budget left ({how})")
+        return est
 
 
 class ApproximateUnlearning(Action):

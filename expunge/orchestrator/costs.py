@@ -7,6 +7,7 @@ steps is priced at k/N of the run's recorded seconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -76,6 +77,34 @@ def certified_removal(run_seconds: float, n_retained: int, dim: int, iterations:
     seconds = per_pass * dim + per_pass * dim * dim / max(n_retained, 1)
     return Estimate(seconds, [f"Hessian on {n_retained:,} retained records × {dim} features "
                               f"(≈ {dim} gradient passes of a {iterations}-pass run)"])
+
+
+def certified_residual_bound(k: int, *, lam: float, n: int, mu: float, spec_sq: float, w_norm: float,
+                             gamma: float = 0.25, curvature: float = 0.25, limit: float = math.inf) -> float:
+    """Upper bound on the gradient residual that removing k records one by one with Newton steps adds.
+
+    Guo et al. (ICML 2020), Corollary 1, per step: ‖∇L'(w⁻)‖ ≤ γ‖X'‖·‖H'⁻¹Δ‖·‖X'H'⁻¹Δ‖ ≤ γ s ‖H'⁻¹Δ‖²,
+    bounded before the data is at hand from what training recorded: s = λ_max(XᵀX) ≥ ‖X'‖²,
+    μ = λ_min(H(w*)), ‖w*‖. With ‖x‖ ≤ 1 and |ℓ'| ≤ 1: ‖Δ_i‖ ≤ 1 + λ‖w_{i−1}‖; removing a record lowers
+    λ_min by at most ℓ''_max + λ (Weyl), and moving w by D lowers it by at most γ s D (ℓ'' is γ-Lipschitz),
+    so ‖H_i⁻¹Δ_i‖ ≤ (1 + λ‖w_{i−1}‖) / (μ − i(ℓ''_max + λ) − γ s D_{i−1}). Residuals add up across steps.
+    Infinite when the curvature bound runs out (or k reaches n), or once the sum passes `limit`.
+    """
+    if k <= 0:
+        return 0.0
+    if k >= n:
+        return math.inf
+    total, drift = 0.0, 0.0
+    for i in range(1, k + 1):
+        mu_i = mu - i * (curvature + lam) - gamma * spec_sq * drift
+        if mu_i <= 0:
+            return math.inf
+        step = (1 + lam * (w_norm + drift)) / mu_i
+        total += gamma * spec_sq * step * step
+        if total > limit:
+            return math.inf
+        drift += step
+    return total
 
 
 def approximate(run_seconds: float, epochs: int, n_records: int, n_forget: int, retain_sample: int,

@@ -39,8 +39,12 @@ class NoAdmissibleAction(ExpungeError):
 # ------------------------------------------------------------------ facts
 
 
-def gather(store: Store, impact) -> list[ModelFacts]:
-    """Facts for every affected model, parents before children."""
+def gather(store: Store, impact, record_ords=None) -> list[ModelFacts]:
+    """Facts for every affected model, parents before children.
+
+    With the erased records' ordinals, certified-removal models whose recorded bound says the budget is
+    spent get the exact budget their removal would use, computed by their trainer on the run's data.
+    """
     runs = {r["id"]: r for r in impact.runs}
     models = impact.models
     affected = {m["id"] for m in models}
@@ -126,7 +130,38 @@ def gather(store: Store, impact) -> list[ModelFacts]:
                 break
             chain.append(cur)
         out.append(f)
+    if record_ords is not None:
+        _certified_needs(store, out, record_ords)
     return out
+
+
+def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None:
+    """The recorded bound is conservative before the data is at hand; where it says no, ask the trainer
+    (`removal_need(store, run, model_path, records)`, if it has one) for the Newton steps' own bounds.
+    Imports the trainer (and torch) only then."""
+    from expunge.orchestrator.actions import CertifiedRemoval
+    from expunge.orchestrator.trainers import load_trainer_module
+
+    for f in facts:
+        if not (f.certificate and f.direct and f.trainer and f.train_records):
+            continue
+        left = f.certificate.get("removal_budget", 0.0) - f.budget_spent
+        if left <= 0 or CertifiedRemoval.consumption(f, limit=left) <= left:
+            continue
+        try:
+            fn = getattr(load_trainer_module(f.trainer), "removal_need", None)
+        except ExpungeError:
+            continue
+        if fn is None:
+            continue
+        name, _, ver = f.model.rpartition("@")
+        with store.view() as view:
+            path = view.one("SELECT artifact_path FROM models WHERE name = ? AND version_no = ?", [name, int(ver)])
+        if path:
+            try:
+                f.certified_need = fn(store, f.run, path, record_ords)
+            except (ExpungeError, OSError, RuntimeError, ValueError, KeyError):
+                pass  # the data or weights are not at hand: the recorded bound stands
 
 
 # ------------------------------------------------------------------ choosing
@@ -258,7 +293,8 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
             raise BadInput(f"request {r.id} is {r.status}; it cannot be planned again")
     required = max((policy.category(r.category).weakest_guarantee for r in reqs), key=GUARANTEES.index)
     deadline = min(r.deadline_at for r in reqs)
-    impact = store.impact_hashed(rq.subject_hashes(store, [r.id for r in reqs]))
+    hashes = rq.subject_hashes(store, [r.id for r in reqs])
+    impact = store.impact_hashed(hashes)
     # Batched: each model gets the strictest guarantee and the earliest deadline of the requests
     # whose subjects actually touched it.
     # Up to BATCH_EXACT requests are looked at one by one; beyond, by category, with the category's
@@ -280,7 +316,8 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
         for m in imp.models:
             per_model_g[m["id"]] = max(per_model_g.get(m["id"], g), g, key=GUARANTEES.index)
             per_model_d[m["id"]] = min(per_model_d.get(m["id"], d), d)
-    items = choose(gather(store, impact), policy, per_model_g, per_model_d, now)
+    items = choose(gather(store, impact, store.engine().records_of(hashes)[0]), policy, per_model_g, per_model_d,
+                   now)
     total = sum(i["chosen"]["seconds"] for i in items if i["chosen"])
     cost = sum(i["chosen"]["cost"] for i in items if i["chosen"])
     doc = {

@@ -83,13 +83,22 @@ class TrainRequest:
         )
 
 
-def load_trainer(entry_point: str) -> Callable[[TrainRequest], dict]:
+def load_trainer_module(entry_point: str):
+    """The module of a `module:function` entry point (trainers may offer more than `function`)."""
     module, sep, fn = (entry_point or "").partition(":")
     if not sep or not module or not fn:
         raise BadInput(f"trainer entry point must be module:function, got {entry_point!r}")
     try:
-        obj = getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError) as exc:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BadInput(f"cannot load trainer {entry_point!r}: {exc}") from None
+
+
+def load_trainer(entry_point: str) -> Callable[[TrainRequest], dict]:
+    fn = entry_point.partition(":")[2] if entry_point else ""
+    try:
+        obj = getattr(load_trainer_module(entry_point), fn)
+    except AttributeError as exc:
         raise BadInput(f"cannot load trainer {entry_point!r}: {exc}") from None
     if not callable(obj):
         raise BadInput(f"trainer {entry_point!r} is not callable")
