@@ -158,19 +158,26 @@ def test_sisa_shard_retrain_equals_the_original_shard_without_exclusions(sisa_ru
     assert acc > 0.7  # learnable labels: the ensemble learned something
 
 
-def test_certified_logreg_records_the_lambda_and_sigma_it_used(store, tmp_path):
+def train_certified(store, tmp_path, n: int, data_seed: int, *, seed: int, **config):
+    """A logreg_certified run "cr-1" on synthetic customers; returns (table, request, recorded certificate)."""
     import json
 
     from expunge.orchestrator.trainers import logreg_certified as lc
 
-    table, cfg = customers_store(store, tmp_path, 500, 6, lam=0.01, sigma=0.5)
+    table, cfg = customers_store(store, tmp_path, n, data_seed, **config)
     req = TrainRequest(store=store, run_name="cr-1", inputs=[{"dataset": "customers@1", "role": "train"}],
-                       config=cfg, seed=9, out_dir=tmp_path / "cr", trainer=lc.ENTRY_POINT,
+                       config=cfg, seed=seed, out_dir=tmp_path / "cr", trainer=lc.ENTRY_POINT,
                        model_name="churn-cr", model_family=lc.FAMILY)
     lc.train(req)
     with store.read() as con:
-        config, extra = con.execute("SELECT config, extra FROM runs WHERE name = 'cr-1'").fetchall()[0]
-    cert = json.loads(extra)["certified_removal"]
+        extra = con.execute("SELECT extra FROM runs WHERE name = 'cr-1'").fetchall()[0][0]
+    return table, req, json.loads(extra)["certified_removal"]
+
+
+def test_certified_logreg_records_the_lambda_and_sigma_it_used(store, tmp_path):
+    from expunge.orchestrator.trainers import logreg_certified as lc
+
+    table, req, cert = train_certified(store, tmp_path, 500, 6, seed=9, lam=0.01, sigma=0.5)
     assert (cert["lam"], cert["sigma"]) == (0.01, 0.5)
     assert abs(cert["removal_budget"] - 0.5 * 1.0 / cert["c"]) < 1e-12
     # Independently: the saved weights are the minimiser of the objective built from the recorded
@@ -197,19 +204,10 @@ def test_newton_removal_is_certified_by_its_bounds(store, tmp_path):
     residual (recomputed with autograd on the objective rebuilt from the recorded λ, σ, seed), the
     weights land near a model retrained without them, and the planner's pre-data bound (from the
     Hessian facts the trainer recorded) is never below the data-dependent one."""
-    import json
-
     from expunge.orchestrator import costs
     from expunge.orchestrator.trainers import logreg_certified as lc
 
-    table, cfg = customers_store(store, tmp_path, 600, 4, lam=0.02, sigma=2.0)
-    req = TrainRequest(store=store, run_name="cr-1", inputs=[{"dataset": "customers@1", "role": "train"}],
-                       config=cfg, seed=3, out_dir=tmp_path / "cr", trainer=lc.ENTRY_POINT,
-                       model_name="churn-cr", model_family=lc.FAMILY)
-    lc.train(req)
-    with store.read() as con:
-        cert = json.loads(con.execute("SELECT extra FROM runs WHERE name = 'cr-1'").fetchall()[0][0])[
-            "certified_removal"]
+    table, req, cert = train_certified(store, tmp_path, 600, 4, seed=3, lam=0.02, sigma=2.0)
     ds = lc.mlp.dataset(req)
     x, y = lc.design(ds)
     w = torch.load(tmp_path / "cr" / "model.pt")["model"]["w"].double()
