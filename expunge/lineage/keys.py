@@ -82,24 +82,39 @@ class SubjectHasher:
     def __init__(self, secret: bytes):
         self._key = secret[:64]
         self._cache: dict[str, bytes] = {}
+        # Copying a keyed state skips re-processing the key block: a third faster per subject.
+        self._keyed = hashlib.blake2b(key=self._key, digest_size=HASH_BYTES)
 
     def digest(self, subject: str) -> bytes:
         return hashlib.blake2b(subject.encode("utf-8"), key=self._key, digest_size=HASH_BYTES).digest()
 
     def hash_many(self, subjects: Iterable[str]) -> np.ndarray:
         """Return an (n, 2) uint64 array of the digest's big-endian (hi, lo) halves."""
-        key = self._key
-        b2 = hashlib.blake2b
+        keyed = self._keyed
         cache = self._cache
         out = []
         for s in subjects:
             d = cache.get(s)
             if d is None:
-                d = b2(s.encode("utf-8"), key=key, digest_size=HASH_BYTES).digest()
+                h = keyed.copy()
+                h.update(s.encode("utf-8"))
+                d = h.digest()
                 if len(cache) >= self.CACHE_LIMIT:
                     cache.clear()
                 cache[s] = d
             out.append(d)
+        if not out:
+            return np.zeros((0, 2), dtype=np.uint64)
+        return np.frombuffer(b"".join(out), dtype=">u8").astype(np.uint64).reshape(-1, 2)
+
+    def _digests(self, subjects: list[str]) -> np.ndarray:
+        """Like `hash_many` for subjects known to be new (no dict cache: the bulk cache holds them)."""
+        keyed = self._keyed
+        out = []
+        for s in subjects:
+            h = keyed.copy()
+            h.update(s.encode("utf-8"))
+            out.append(h.digest())
         if not out:
             return np.zeros((0, 2), dtype=np.uint64)
         return np.frombuffer(b"".join(out), dtype=">u8").astype(np.uint64).reshape(-1, 2)
@@ -149,7 +164,7 @@ class SubjectHasher:
         """Hash distinct subjects absent from the bulk cache, and add them to it."""
         import pyarrow as pa
 
-        h = self.hash_many(uniq.to_pylist())
+        h = self._digests(uniq.to_pylist())
         con = self.bulk_connection()
         if self._bulk_rows + len(uniq) > self.CACHE_LIMIT:
             con.execute("DELETE FROM cache")
