@@ -251,3 +251,27 @@ def test_certified_removal_budget_from_the_runs_data(demo_store):
     with_data = next(f for f in planner.gather(store, store.impact([subject]), store.records_of_subjects([subject]))
                      if f.model == "churn-certified@1")
     assert 0 < with_data.certified_need < with_data.certificate["removal_budget"]
+
+
+def test_batching_saves_against_planning_each_alone(demo_store):
+    """Two requests whose subjects share models: one retrain serves both. The plan's "alone" figures
+    equal the totals of the two requests planned one by one, and the batch costs less."""
+    store, subject = demo_store
+    other = next(s for s in (f"cust-{i:04d}" for i in range(400)) if s != subject and store.impact([s]).records)
+    ra = rq.create(store, [subject], category="default")
+    rb = rq.create(store, [other], category="default")
+    now = datetime(2026, 12, 1)
+    pol = load_policy(None)
+    both = planner.make_plan(store, [ra.id, rb.id], pol, now=now)
+    alone = [planner.make_plan(store, [r.id], pol, now=now)["total"] for r in (ra, rb)]
+    assert both["batching"]["alone_seconds"] == pytest.approx(sum(a["seconds"] for a in alone), abs=2e-3)
+    assert both["batching"]["alone_cost"] == pytest.approx(sum(a["cost"] for a in alone), abs=2e-6)
+    shared = ({i["model"] for i in planner.make_plan(store, [ra.id], pol, now=now)["items"] if i["chosen"]
+               and i["chosen"]["seconds"] > 0} &
+              {i["model"] for i in planner.make_plan(store, [rb.id], pol, now=now)["items"] if i["chosen"]
+               and i["chosen"]["seconds"] > 0})
+    assert shared  # both touched models that need work …
+    assert both["batching"]["saving_seconds"] > 0  # … and the batch does that work once
+    assert both["batching"]["saving_seconds"] == pytest.approx(
+        both["batching"]["alone_seconds"] - both["total"]["seconds"], abs=2e-3)
+

@@ -39,7 +39,63 @@ class NoAdmissibleAction(ExpungeError):
 # ------------------------------------------------------------------ facts
 
 
-def gather(store: Store, impact, record_ords=None) -> list[ModelFacts]:
+class _Catalog:
+    """The run and model facts the planner reads, loaded once per plan however many requests it prices."""
+
+    def __init__(self, store: Store):
+        with store.view() as view:
+            self.runs: dict[str, dict] = {}
+            for name, rid, trainer, family, wall, gpu, config, extra in view.execute(
+                """SELECT name, run_id, trainer, model_family, coalesce(wall_seconds, 0), coalesce(gpu_seconds, 0),
+                          config, extra FROM runs""").fetchall():
+                self.runs[name] = dict(rid=rid, trainer=trainer, family=family, wall=wall, gpu=gpu, config=config,
+                                       extra=extra, n_train=0, ckpts=[])
+            by_rid = {r["rid"]: r for r in self.runs.values()}
+            for rid, n in view.execute(
+                "SELECT run_id, sum(n_records) FROM run_inputs WHERE role = 'train' GROUP BY run_id").fetchall():
+                by_rid[rid]["n_train"] = int(n)
+            for rid, step, shard, slice_ in view.execute(
+                    "SELECT run_id, step, shard, slice FROM checkpoints ORDER BY run_id, step, position").fetchall():
+                by_rid[rid]["ckpts"].append((step, shard, slice_))
+            self.parents: dict[str, list[str]] = {}
+            for child, parent in view.execute(
+                """SELECT c.name || '@' || c.version_no, p.name || '@' || p.version_no FROM model_parents mp
+                   JOIN models c ON c.model_id = mp.model_id JOIN models p ON p.model_id = mp.parent_model_id"""
+            ).fetchall():
+                self.parents.setdefault(child, []).append(parent)
+            self.model_run = dict(view.execute(
+                "SELECT m.name || '@' || m.version_no, r.name FROM models m LEFT JOIN runs r USING (run_id)").fetchall())
+        self.run_seconds = {n: (None if r["trainer"] is None else float(r["wall"])) for n, r in self.runs.items()}
+        self._facts: dict[str, dict] = {}
+
+    def run_facts(self, name: str) -> dict:
+        """The ModelFacts fields a model takes from its producing run (parsed once per run)."""
+        got = self._facts.get(name)
+        if got is not None:
+            return got
+        run = self.runs.get(name)
+        if run is None:
+            return {}
+        cfg = json.loads(run["config"] or "{}")
+        extra = json.loads(run["extra"] or "{}")
+        ckpts = run["ckpts"]
+        steps = [c[0] for c in ckpts]
+        stage_steps, prev = {}, 0
+        for step, shard, slice_ in sorted(c for c in ckpts if c[1] is not None and c[2] is not None):
+            stage_steps[(shard, slice_)] = step - prev
+            prev = step
+        got = self._facts[name] = dict(
+            trainer=run["trainer"], family=run["family"], run_seconds=float(run["wall"]),
+            run_device="gpu" if run["gpu"] else "cpu", run_records=run["n_train"],
+            epochs=int(cfg.get("epochs", 1) or 1), iterations=int(cfg.get("max_iter", 100) or 100),
+            dim=len(cfg.get("feature_cols", [])) + 1, certificate=extra.get("certified_removal"),
+            budget_spent=float(extra.get("removal_budget_spent", 0.0)),
+            has_checkpoints=any(c[1] is None for c in ckpts), total_steps=max(steps) if steps else 0,
+            stage_steps=stage_steps)
+        return got
+
+
+def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = None) -> list[ModelFacts]:
     """Facts for every affected model, parents before children.
 
     With the erased records' ordinals, certified-removal models whose recorded bound says the budget is
@@ -50,67 +106,13 @@ def gather(store: Store, impact, record_ords=None) -> list[ModelFacts]:
     affected = {m["id"] for m in models}
     if not models:
         return []
-    with store.view() as view:
-        names = sorted({m["run"] for m in models if m["run"]})
-        runrows = {}
-        if names:
-            # One list parameter: DuckDB binds a thousand `?` placeholders ten times slower.
-            for name, rid, trainer, family, wall, gpu, config, extra in view.execute(
-                """SELECT name, run_id, trainer, model_family, coalesce(wall_seconds, 0), coalesce(gpu_seconds, 0),
-                          config, extra FROM runs WHERE name IN (SELECT unnest(?::VARCHAR[]))""", [names]).fetchall():
-                runrows[name] = dict(rid=rid, trainer=trainer, family=family, wall=wall, gpu=gpu,
-                                     config=json.loads(config or "{}"), extra=json.loads(extra or "{}"))
-            ids = [r["rid"] for r in runrows.values()]
-            by_rid = {r["rid"]: r for r in runrows.values()}
-            for rid, n in view.execute(
-                """SELECT run_id, sum(n_records) FROM run_inputs
-                   WHERE role = 'train' AND run_id IN (SELECT unnest(?::INTEGER[])) GROUP BY run_id""", [ids]).fetchall():
-                by_rid[rid]["n_train"] = int(n)
-            ckpts: dict[int, list] = {}
-            for rid, step, shard, slice_ in view.execute(
-                """SELECT run_id, step, shard, slice FROM checkpoints WHERE run_id IN (SELECT unnest(?::INTEGER[]))
-                   ORDER BY run_id, step, position""", [ids]).fetchall():
-                ckpts.setdefault(rid, []).append((step, shard, slice_))
-            for r in runrows.values():
-                r["ckpts"] = ckpts.get(r["rid"], [])
-        parents: dict[str, list[str]] = {}
-        for child, parent in view.execute(
-            """SELECT c.name || '@' || c.version_no, p.name || '@' || p.version_no FROM model_parents mp
-               JOIN models c ON c.model_id = mp.model_id JOIN models p ON p.model_id = mp.parent_model_id"""
-        ).fetchall():
-            parents.setdefault(child, []).append(parent)
-        model_run = dict(view.execute(
-            "SELECT m.name || '@' || m.version_no, r.name FROM models m LEFT JOIN runs r USING (run_id)").fetchall())
-        all_run_seconds = dict(view.execute(
-            "SELECT name, CASE WHEN trainer IS NULL THEN NULL ELSE coalesce(wall_seconds, 0) END FROM runs"
-        ).fetchall())
-
+    cat = catalog or _Catalog(store)
+    parents = cat.parents
     out = []
     for m in sorted(models, key=lambda m: (len(m["path"]), m["name"], m["version"])):
-        run = runrows.get(m["run"]) if m["run"] else None
         rimp = runs.get(m["run"]) if m["direct"] else None
         f = ModelFacts(model=m["id"], name=m["name"], stage=m["stage"], direct=m["direct"], records=0,
-                       train_records=0, run=m["run"])
-        if run:
-            f.trainer, f.family = run["trainer"], run["family"]
-            f.run_seconds = float(run["wall"])
-            f.run_device = "gpu" if run["gpu"] else "cpu"
-            f.run_records = run.get("n_train", 0)
-            cfg = run["config"]
-            f.epochs = int(cfg.get("epochs", 1) or 1)
-            f.iterations = int(cfg.get("max_iter", 100) or 100)
-            f.dim = len(cfg.get("feature_cols", [])) + 1
-            f.certificate = run["extra"].get("certified_removal")
-            f.budget_spent = float(run["extra"].get("removal_budget_spent", 0.0))
-            plain = [c for c in run["ckpts"] if c[1] is None]
-            f.has_checkpoints = bool(plain)
-            steps = [c[0] for c in run["ckpts"]]
-            f.total_steps = max(steps) if steps else 0
-            sisa = [c for c in run["ckpts"] if c[1] is not None and c[2] is not None]
-            prev = 0
-            for step, shard, slice_ in sorted(sisa):
-                f.stage_steps[(shard, slice_)] = step - prev
-                prev = step
+                       train_records=0, run=m["run"], **(cat.run_facts(m["run"]) if m["run"] else {}))
         if rimp:
             f.records = rimp["records"]
             f.train_records = sum(i["records"] for i in rimp["inputs"] if i["role"] == "train")
@@ -125,7 +127,7 @@ def gather(store: Store, impact, record_ords=None) -> list[ModelFacts]:
             cur = sorted(parents[cur])[0]
             if cur not in affected:
                 f.clean_ancestor = cur
-                secs = [all_run_seconds.get(model_run.get(x)) for x in chain]
+                secs = [cat.run_seconds.get(cat.model_run.get(x)) for x in chain]
                 f.rederive_seconds = None if any(s is None for s in secs) else float(sum(secs))
                 break
             chain.append(cur)
@@ -295,6 +297,7 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
     deadline = min(r.deadline_at for r in reqs)
     hashes = rq.subject_hashes(store, [r.id for r in reqs])
     impact = store.impact_hashed(hashes)
+    catalog = _Catalog(store)
     # Batched: each model gets the strictest guarantee and the earliest deadline of the requests
     # whose subjects actually touched it.
     # Up to BATCH_EXACT requests are looked at one by one; beyond, by category, with the category's
@@ -302,22 +305,28 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
     per_model_g: dict[str, str] = {}
     per_model_d: dict[str, datetime] = {}
     if len(reqs) == 1:
-        groups = [(reqs, impact)]
+        groups = [(reqs, hashes, impact)]
     elif len(reqs) <= BATCH_EXACT:
-        groups = [([r], store.impact_hashed(rq.subject_hashes(store, [r.id]))) for r in reqs]
+        groups = []
+        for r in reqs:
+            h = rq.subject_hashes(store, [r.id])
+            groups.append(([r], h, store.impact_hashed(h)))
     else:
         by_cat: dict[str, list] = {}
         for r in reqs:
             by_cat.setdefault(r.category, []).append(r)
-        groups = [(rs, store.impact_hashed(rq.subject_hashes(store, [r.id for r in rs]))) for rs in by_cat.values()]
-    for rs, imp in groups:
+        groups = []
+        for rs in by_cat.values():
+            h = rq.subject_hashes(store, [r.id for r in rs])
+            groups.append((rs, h, store.impact_hashed(h)))
+    for rs, _, imp in groups:
         g = max((policy.category(r.category).weakest_guarantee for r in rs), key=GUARANTEES.index)
         d = min(r.deadline_at for r in rs)
         for m in imp.models:
             per_model_g[m["id"]] = max(per_model_g.get(m["id"], g), g, key=GUARANTEES.index)
             per_model_d[m["id"]] = min(per_model_d.get(m["id"], d), d)
-    items = choose(gather(store, impact, store.engine().records_of(hashes)[0]), policy, per_model_g, per_model_d,
-                   now)
+    items = choose(gather(store, impact, store.engine().records_of(hashes)[0], catalog), policy, per_model_g,
+                   per_model_d, now)
     total = sum(i["chosen"]["seconds"] for i in items if i["chosen"])
     cost = sum(i["chosen"]["cost"] for i in items if i["chosen"])
     doc = {
@@ -334,10 +343,17 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
         "approval": {"required": policy.approval_required, "approvers": policy.approvers},
     }
     if 1 < len(reqs) <= BATCH_EXACT:
-        alone = [make_plan(store, [r.id], policy, now)["total"] for r in reqs]
-        doc["batching"] = {"alone_seconds": round(sum(a["seconds"] for a in alone), 3),
-                           "alone_cost": round(sum(a["cost"] for a in alone), 6),
-                           "saving_seconds": round(sum(a["seconds"] for a in alone) - total, 3)}
+        # Each request planned alone, as `make_plan([r])` would (its impact is already at hand).
+        alone_s = alone_c = 0.0
+        for (r,), h, imp in groups:
+            g = policy.category(r.category).weakest_guarantee
+            for i in choose(gather(store, imp, store.engine().records_of(h)[0], catalog), policy, g, r.deadline_at,
+                            now):
+                if i["chosen"]:
+                    alone_s += i["chosen"]["seconds"]
+                    alone_c += i["chosen"]["cost"]
+        doc["batching"] = {"alone_seconds": round(alone_s, 3), "alone_cost": round(alone_c, 6),
+                           "saving_seconds": round(alone_s - total, 3)}
     pieces = {k: _enc(v) for k, v in doc.items()}
     doc["id"] = hashlib.sha256(_join(pieces).encode()).hexdigest()
     _last = (doc["id"], id(doc["items"]), pieces)
