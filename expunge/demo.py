@@ -129,14 +129,15 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
 
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="expunge-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    store, subject = build_demo(root)
+    console = Console(stderr=json_out)
+    with console.status("Building the demo lineage: ingesting datasets, training six models…"):
+        store, subject = build_demo(root)
     result = store.impact([subject])
     if json_out:
         print(dumps(result.to_dict()))
         return
     from expunge.cli import render_impact
 
-    console = Console()
     stats = store.stats()
     console.print(
         f"Built a demo lineage at [bold]{store.root}[/]: {stats['records']:,} records of {N_CUSTOMERS} synthetic "
