@@ -9,6 +9,7 @@ own row ids and a row → records map.
 
 from __future__ import annotations
 
+from array import array
 from typing import Any, Sequence
 
 import numpy as np
@@ -110,13 +111,16 @@ def bitmap_array(bm) -> np.ndarray:
     return np.frombuffer(bm.to_array(), dtype=np.uint32)
 
 
-def _bitmap_from(ords: np.ndarray):
-    from array import array
+_UINT32_ARRAY = array("I").itemsize == 4
 
+
+def _bitmap_from(ords: np.ndarray):
     from pyroaring import BitMap
 
     # pyroaring adds an array('I') in one C call; a numpy array would be iterated (6x slower).
-    return BitMap(array("I", np.ascontiguousarray(ords, dtype=np.uint32).tobytes()))
+    if _UINT32_ARRAY:
+        return BitMap(array("I", np.ascontiguousarray(ords, dtype=np.uint32).tobytes()))
+    return BitMap(np.asarray(ords, dtype=np.uint32))
 
 
 def add_subject_segment(txn: Txn, hashes: np.ndarray, ords: np.ndarray) -> None:

@@ -30,6 +30,9 @@ CREATE TABLE IF NOT EXISTS approvals(plan_id VARCHAR, approver VARCHAR, approved
 
 
 BATCH_EXACT = 50
+# The most work (k removals × n·d² for each Hessian) spent at planning time on a certified model's exact
+# budget use; beyond it the bound from the recorded Hessian facts decides.
+CERTIFIED_WORK = 2e8
 
 
 class NoAdmissibleAction(ExpungeError):
@@ -150,6 +153,8 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
         left = f.certificate.get("removal_budget", 0.0) - f.budget_spent
         if left <= 0 or CertifiedRemoval.consumption(f, limit=left) <= left:
             continue
+        if f.train_records * f.run_records * f.dim ** 2 > CERTIFIED_WORK:
+            continue  # k Hessians of n·d²: too much for planning; the recorded bound stands
         try:
             fn = getattr(load_trainer_module(f.trainer), "removal_need", None)
         except ExpungeError:
