@@ -325,6 +325,16 @@ def test_segment_merge_equals_building_from_all_records():
         whole = seglib.from_records(hashes, ords)
         for a, b in zip(merged, whole):
             assert np.array_equal(np.asarray(a), np.asarray(b))
+        # Against plain Python: subjects sorted by (hi, lo), each with its ordinals ascending, also when
+        # the records come in another order.
+        ref: dict = {}
+        for o, key in enumerate(owners):
+            ref.setdefault(key, []).append(o)
+        keys = sorted(ref)
+        perm = np.random.default_rng(len(owners)).permutation(len(owners))
+        for hi, lo, off, got in (whole, seglib.from_records(hashes[perm], ords[perm])):
+            assert [(int(h), int(x)) for h, x in zip(hi, lo)] == keys
+            assert [list(map(int, got[off[i]:off[i + 1]])) for i in range(len(keys))] == [ref[k] for k in keys]
 
     check()
 
