@@ -417,6 +417,7 @@ def policy_show(policy: Optional[Path] = PolicyOpt, json_out: bool = JsonOpt) ->
 def plan_cmd(
     args: List[str] = typer.Argument(..., help="REQUEST... | show PLAN | approve PLAN"),
     by: Optional[str] = typer.Option(None, "--by", help="approve: who approves."),
+    show_all: bool = typer.Option(False, "--all", help=f"Show every model, not the {TABLE_LIMIT} that matter most."),
     policy: Optional[Path] = PolicyOpt,
     store: Optional[Path] = StoreOpt,
     json_out: bool = JsonOpt,
@@ -451,7 +452,7 @@ def plan_cmd(
     if json_out:
         sys.stdout.write(planner.dumps(doc) + "\n")
     else:
-        render_plan(doc)
+        render_plan(doc, limit=None if show_all else TABLE_LIMIT)
     if doc["blocked"]:
         raise planner.NoAdmissibleAction(
             f"no admissible action for {', '.join(doc['blocked'])} (see the plan for the rules that block it)")
@@ -467,15 +468,37 @@ def _money(x: float) -> str:
     return "<0.01" if 0 < x < 0.01 else f"{x:,.2f}"
 
 
-def render_plan(doc: dict, console=None) -> None:
+def _plan_items_shown(items: list[dict], limit: int | None) -> list[dict]:
+    """All items, or: the blocked ones and then the costliest, up to `limit`, in the plan's order."""
+    if limit is None or len(items) <= limit:
+        return items
+    rank = sorted(range(len(items)), key=lambda k: (items[k]["chosen"] is not None,
+                                                    -(items[k]["chosen"] or {}).get("seconds", 0.0), k))
+    keep = set(rank[:limit])
+    return [i for k, i in enumerate(items) if k in keep]
+
+
+def _plan_more(console, items: list[dict], shown: list[dict]) -> None:
+    if len(shown) == len(items):
+        return
+    from collections import Counter
+
+    ids = {i["model"] for i in shown}
+    rest = Counter((i["chosen"] or {}).get("action", "no admissible action") for i in items if i["model"] not in ids)
+    what = ", ".join(f"{n:,} {a}" for a, n in rest.most_common())
+    _more(console, len(shown), len(items), f"models, not blocked and cheaper than those shown: {what}")
+
+
+def render_plan(doc: dict, console=None, limit: int | None = TABLE_LIMIT) -> None:
 
     console = console or _console()
     console.print(f"Plan [bold]{doc['id'][:16]}[/] for {', '.join(doc['requests'])}: {doc['records']:,} record(s) of "
                   f"{doc['subjects']['found']} subject(s); policy {doc['policy']['source']}.")
     deadlines = sorted({i["deadline"][:10] for i in doc["items"]})
+    shown = _plan_items_shown(doc["items"], limit)
     if console.width < 110:  # a table would truncate ids and reasons: one entry per model instead
         console.print("Actions (deadline " + ", ".join(deadlines) + "):")
-        for i in doc["items"]:
+        for i in shown:
             c, ru = i["chosen"], i["runner_up"]
             touched = f"{i['records']:,} record(s)" if i["direct"] else "derived from an affected model"
             head = f"  [bold]{i['model']}[/] ({i['stage']}, {touched}): "
@@ -489,11 +512,12 @@ def render_plan(doc: dict, console=None) -> None:
             if ru:
                 console.print(f"      runner-up {ru['action']}: {ru['why_not']}")
     else:
-        _plan_table(doc, deadlines, console)
+        _plan_table(shown, deadlines, console)
+    _plan_more(console, doc["items"], shown)
     _plan_footer(doc, console)
 
 
-def _plan_table(doc: dict, deadlines: list[str], console) -> None:
+def _plan_table(items: list[dict], deadlines: list[str], console) -> None:
     from rich.table import Table
 
     narrow = console.width < 150
@@ -508,7 +532,7 @@ def _plan_table(doc: dict, deadlines: list[str], console) -> None:
     t = Table(title="Actions", title_justify="left")
     for col in cols:
         t.add_column(col, no_wrap=col in ("model", "action"), justify="right" if col == "records" else "left")
-    for i in doc["items"]:
+    for i in items:
         c = i["chosen"]
         ru = i["runner_up"]
         if c is None:

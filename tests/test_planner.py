@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -275,3 +276,29 @@ def test_batching_saves_against_planning_each_alone(demo_store):
     assert both["batching"]["saving_seconds"] == pytest.approx(
         both["batching"]["alone_seconds"] - both["total"]["seconds"], abs=2e-3)
 
+
+
+def test_plan_text_shows_the_models_that_matter_most(demo_store):
+    """A plan of many models prints the blocked and costliest ones and sums up the rest, in any width."""
+    from rich.console import Console
+
+    from expunge.cli import render_plan
+
+    store, subject = demo_store
+    r = rq.create(store, [subject], category="default")
+    doc = planner.make_plan(store, [r.id], load_policy(None))
+    doc["approvals"] = []
+    # Blocked models first (an earlier test in this module made churn's run untrainable), then the costliest.
+    ranked = sorted(doc["items"], key=lambda i: (i["chosen"] is not None, -(i["chosen"] or {}).get("seconds", 0)))
+    top, rest = {i["model"] for i in ranked[:2]}, {i["model"] for i in ranked[2:]}
+    for width in (80, 200):
+        console = Console(record=True, width=width)
+        render_plan(doc, console, limit=2)
+        text = console.export_text()
+        shown = {m for m in top | rest if re.search(rf"(?<![\w-]){re.escape(m)}", text)}
+        assert shown == top
+        assert f"… and {len(doc['items']) - 2} more models" in text
+        console = Console(record=True, width=width)
+        render_plan(doc, console, limit=None)
+        text = console.export_text()
+        assert all(i["model"] in text for i in doc["items"]) and "more models" not in text
