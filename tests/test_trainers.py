@@ -248,3 +248,43 @@ def test_newton_removal_is_certified_by_its_bounds(store, tmp_path):
     ex = np.array(sorted(by_id[ds.row_ids[i]] for i in remove), np.uint32)
     need = lc.removal_need(store, "cr-1", tmp_path / "cr" / "model.pt", ex)
     assert need == pytest.approx(sum(bounds), rel=1e-9)
+
+
+def test_pre_data_bound_covers_newton_steps_on_random_problems():
+    """The planner's bound from recorded Hessian facts is never below the Newton steps' own
+    Corollary-1 bounds, on random small problems (sizes, λ, removal orders drawn by Hypothesis)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from expunge.orchestrator import costs
+    from expunge.orchestrator.trainers import logreg_certified as lc
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.integers(20, 120), st.integers(1, 5), st.sampled_from([0.003, 0.03, 0.3]), st.integers(0, 10**6),
+           st.integers(1, 6))
+    def check(n, d, lam, seed, k):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        x = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], dim=1)
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1.0)
+        y = torch.where(x[:, 0] + 0.5 * torch.randn(n, generator=g, dtype=torch.float64) > 0, 1.0, -1.0)
+        b = lc.noise(seed, d + 1, 0.5)
+        w = torch.zeros(d + 1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = lc.objective(w, x, y, lam, b)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        facts = lc.removal_facts(w.detach(), x, y, lam)
+        remove = torch.randperm(n, generator=g)[: min(k, n // 4)].tolist()
+        exact = sum(lc.newton_removal(x, y, w.detach(), lam, remove)[1])
+        pre = costs.certified_residual_bound(len(remove), lam=lam, n=n, mu=facts["hessian_min_eig"],
+                                             spec_sq=facts["x_spectral_sq"], w_norm=facts["w_norm"])
+        assert pre >= exact * (1 - 1e-9)
+
+    check()
