@@ -215,6 +215,63 @@ def _records_of(root: str, subject: str) -> int:
     return Store.open(root).impact([subject]).records
 
 
+def test_forked_children_exit_cleanly(tmp_path):
+    """os.fork() children that exit normally, having used the store or not, do not crash on the
+    parent's DuckDB instances (catalog and subject-digest cache), which did not survive the fork."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        from expunge.lineage.store import Store
+        st = Store.init({str(tmp_path / "st")!r})
+        type(st.hasher).BULK = 2  # also create the bulk digest cache before forking
+        for _ in range(2):
+            st.ingest_source({{"s": ["a", "b", "c"], "r": ["1", "2", "3"]}}, name="d", subject_col="s",
+                             record_col="r")
+        assert st.impact(["a"]).records == 1
+        codes = []
+        for mode in ("idle", "read", "write"):
+            pid = os.fork()
+            if pid == 0:
+                if mode == "read":
+                    assert Store.open(st.root).impact(["b"]).records == 1
+                if mode == "write":
+                    st.ingest_source({{"s": ["e", "f", "g"], "r": ["x", "y", "z"]}}, name="e", subject_col="s",
+                                     record_col="r")
+                sys.exit(0)
+            codes.append(os.waitpid(pid, 0)[1])
+        print(codes)
+        assert st.impact(["e"]).records == 1
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[0, 0, 0]", proc.stdout + proc.stderr
+
+
+def test_writes_recover_from_a_failed_checkpoint(tmp_path):
+    """A write whose catalog checkpoint fails (here: the file size limit) is refused, nothing changes,
+    and later writes in the same process work (the failed copy is detached, not left attached)."""
+    code = textwrap.dedent(f"""
+        import resource
+        from expunge.lineage.store import Store
+        st = Store.init({str(tmp_path / "st")!r})
+        st.ingest_source({{"s": ["a"], "r": ["1"]}}, name="d", subject_col="s", record_col="r")
+        size = max(p.stat().st_size for p in st.root.glob("catalog-*"))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 30000, resource.RLIM_INFINITY))
+        try:
+            with st.write() as txn:
+                for i in range(5):
+                    txn.con.execute(f"CREATE TABLE big{{i}} AS SELECT range AS a, md5(range::varchar) b FROM range(200)")
+        except Exception as exc:
+            print("refused:", type(exc).__name__)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        for k in range(2):
+            st.ingest_source({{"s": ["b"], "r": [str(k + 2)]}}, name="d", subject_col="s", record_col="r")
+        print(st.impact(["b"]).records, st.stats()["dataset_versions"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["refused: IOException", "2 3"], proc.stdout + proc.stderr
+
+
 def test_record_runs_is_all_or_nothing(store):
     store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
     ok = {"run": {"name": "r1", "inputs": [{"dataset": "d"}]}, "models": [{"name": "m", "sha256": "0" * 64}]}

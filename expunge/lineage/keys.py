@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import weakref
 from pathlib import Path
 from typing import Iterable
 
@@ -189,7 +190,24 @@ class SubjectHasher:
             con.execute("CREATE TABLE cache(s VARCHAR, hi UBIGINT, lo UBIGINT)")
             self._bulk_con = con
             self._bulk_rows = 0
+            _WITH_BULK.add(self)
         return con
+
+
+_WITH_BULK: "weakref.WeakSet[SubjectHasher]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must neither use nor destroy its parent's DuckDB instances: keep them, unused."""
+    from expunge.lineage.store import leak_in_child
+
+    for hasher in list(_WITH_BULK):
+        leak_in_child(hasher._bulk_con)
+        hasher._bulk_con = None
+    _WITH_BULK.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def owner_fingerprint(hashes: np.ndarray) -> np.ndarray:

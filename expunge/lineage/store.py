@@ -38,29 +38,42 @@ MERGE_FACTOR = 2  # merge the newest subject segments while the older one is < M
 # to it through its own cursor. ATTACH costs ~0.6 ms where opening a database costs ~10 ms, and a
 # command opens the catalog several times.
 _hub: duckdb.DuckDBPyConnection | None = None
-_hub_pid = -1
 _hub_lock = threading.Lock()
 _aliases = itertools.count(1)
-_inherited: list = []  # a forked child's copy of its parent's instance: kept, never closed or used
+
+
+def leak_in_child(obj) -> None:
+    """Keep an object a forked child inherited alive for good: destroying a DuckDB instance whose
+    threads did not survive the fork crashes the child at exit."""
+    import ctypes
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+def _after_fork_in_child() -> None:
+    global _hub, _hub_lock
+    if _hub is not None:
+        leak_in_child(_hub)
+    _hub = None
+    _hub_lock = threading.Lock()  # it may have been held by another thread of the parent
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _hub_connection() -> duckdb.DuckDBPyConnection:
-    global _hub, _hub_pid
+    global _hub
     with _hub_lock:
-        if _hub is None or _hub_pid != os.getpid():
-            # A forked child (e.g. a DataLoader worker) must not use its parent's instance, nor close
-            # it: its threads did not survive the fork.
-            if _hub is not None:
-                _inherited.append(_hub)
+        if _hub is None:
             con = duckdb.connect()
             con.execute("SET temp_directory = ''")
-            _hub, _hub_pid = con, os.getpid()
+            _hub = con
         return _hub
 
 
 @contextmanager
 def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A cursor whose default database is the catalog file at `path`; detached on exit."""
+    """A cursor whose default database is the catalog file at `path`; detached on exit, whatever happened."""
     cur = _hub_connection().cursor()
     alias = f"cat{next(_aliases)}"
     quoted = str(path).replace("'", "''")
@@ -75,11 +88,14 @@ def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyC
         if not read_only:
             cur.execute(f"CHECKPOINT {alias}")
     finally:
+        # A failed CHECKPOINT invalidates the database and this cursor's statements with it: detach
+        # from a fresh cursor, or the file stays attached and every later write here would fail.
+        cur.close()
+        fresh = _hub_connection().cursor()
         try:
-            cur.execute("USE memory")
-            cur.execute(f"DETACH {alias}")
+            fresh.execute(f"DETACH DATABASE IF EXISTS {alias}")
         finally:
-            cur.close()
+            fresh.close()
 
 
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
