@@ -434,6 +434,7 @@ def plan_cmd(
     from expunge.orchestrator.policy import load_policy
 
     st = _open(store)
+    pieces = None  # the encoding made with a new plan's id, reused for --json
     if args[0] in ("show", "approve"):
         if len(args) != 2:
             raise BadInput(f"usage: expunge plan {args[0]} PLAN" + (" --by NAME" if args[0] == "approve" else ""))
@@ -444,13 +445,13 @@ def plan_cmd(
         else:
             doc = planner.load_plan(st, args[1])
     else:
-        doc = planner.make_plan(st, args, load_policy(policy))
-        planner.save_plan(st, doc)
+        doc, pieces = planner.plan_and_encode(st, args, load_policy(policy))
+        planner.save_plan(st, doc, pieces)
         doc["approvals"] = []  # a new plan (a re-made identical one keeps its id and approvals)
         if planner.plan_exists_with_approvals(st, doc["id"]):
-            doc = planner.load_plan(st, doc["id"])
+            doc, pieces = planner.load_plan(st, doc["id"]), None
     if json_out:
-        sys.stdout.write(planner.dumps(doc) + "\n")
+        sys.stdout.write(planner.dumps(doc, pieces) + "\n")
     else:
         render_plan(doc, limit=None if show_all else TABLE_LIMIT)
     if doc["blocked"]:
@@ -484,9 +485,9 @@ def _plan_more(console, items: list[dict], shown: list[dict]) -> None:
     from collections import Counter
 
     ids = {i["model"] for i in shown}
-    rest = Counter((i["chosen"] or {}).get("action", "no admissible action") for i in items if i["model"] not in ids)
-    what = ", ".join(f"{n:,} {a}" for a, n in rest.most_common())
-    _more(console, len(shown), len(items), f"models, not blocked and cheaper than those shown: {what}")
+    rest = Counter((i["chosen"] or {}).get("action", "with no admissible action") for i in items
+                   if i["model"] not in ids)
+    _more(console, len(shown), len(items), "models: " + ", ".join(f"{n:,} {a}" for a, n in rest.most_common()))
 
 
 def render_plan(doc: dict, console=None, limit: int | None = TABLE_LIMIT) -> None:
@@ -496,6 +497,9 @@ def render_plan(doc: dict, console=None, limit: int | None = TABLE_LIMIT) -> Non
                   f"{doc['subjects']['found']} subject(s); policy {doc['policy']['source']}.")
     deadlines = sorted({i["deadline"][:10] for i in doc["items"]})
     shown = _plan_items_shown(doc["items"], limit)
+    if len(shown) < len(doc["items"]):
+        console.print(f"The {len(shown)} of {len(doc['items']):,} models that matter most: those with no admissible "
+                      "action, then the costliest.")
     if console.width < 110:  # a table would truncate ids and reasons: one entry per model instead
         console.print("Actions (deadline " + ", ".join(deadlines) + "):")
         for i in shown:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from expunge.cli import app
 from expunge.errors import BadInput
-from expunge.orchestrator import planner
+from expunge.orchestrator import costs, planner
 from expunge.orchestrator import requests as rq
 from expunge.orchestrator.actions import ACTIONS, ModelFacts
 from expunge.orchestrator.policy import GUARANTEES, load_policy, parse_policy, stronger_or_equal
@@ -182,11 +182,13 @@ def test_plan_document_approval_and_tamper(demo_store):
     # Printing and saving reuse the encoding made for the id: same text as encoding from scratch.
     from expunge.schemas import dumps
 
-    assert planner.dumps(dict(doc, approvals=[])) == dumps(dict(doc, approvals=[]))
-    doc["approvals"] = []
-    assert planner.dumps(doc) == dumps(doc)
-    del doc["approvals"]
-    planner.save_plan(store, doc)
+    doc, pieces = planner.plan_and_encode(store, [r.id], load_policy(None), now=datetime(2026, 12, 1))
+    assert planner.dumps(dict(doc, approvals=[]), pieces) == dumps(dict(doc, approvals=[]))
+    assert planner.dumps(doc, pieces) == dumps(doc)
+    # A plan changed after it was made is not saved (its content no longer matches its id).
+    with pytest.raises(BadInput, match="changed after it was made"):
+        planner.save_plan(store, dict(doc, blocked=["x@1"]))
+    planner.save_plan(store, doc, pieces)
     # The saved file is the canonical form itself: any sha256 tool checks it against the id.
     assert hashlib.sha256(planner.plan_path(store, doc["id"]).read_bytes()).hexdigest() == doc["id"]
     assert planner.load_plan(store, doc["id"][:10])["items"] == doc["items"]
@@ -302,3 +304,25 @@ def test_plan_text_shows_the_models_that_matter_most(demo_store):
         render_plan(doc, console, limit=None)
         text = console.export_text()
         assert all(i["model"] in text for i in doc["items"]) and "more models" not in text
+
+
+def test_certified_removal_counts_rows_not_records(tmp_path):
+    """Newton steps remove training rows: in an augmented set one record makes several rows, and the
+    budget bound must take as many steps."""
+    from expunge.lineage.store import Store
+    from expunge.orchestrator.actions import CertifiedRemoval
+
+    store = Store.init(tmp_path / "st")
+    store.ingest_source({"s": ["a", "b", "c"], "r": ["1", "2", "3"]}, name="d", subject_col="s", record_col="r")
+    store.ingest_dataset({"rid": ["1", "1", "1", "2", "3"], "row": ["1x", "1y", "1z", "2x", "3x"]}, name="aug",
+                         parents=["d@1"], kind="augment", sources={"d@1": "rid"}, row_col="row")
+    cert = {"lam": 0.1, "gamma": 0.25, "removal_budget": 10.0, "n": 5, "hessian_min_eig": 3.0,
+            "x_spectral_sq": 5.0, "w_norm": 1.0}
+    store.record_run({"run": {"name": "r1", "inputs": [{"dataset": "aug@1", "role": "train"}],
+                              "model_family": "logreg-certified", "extra": {"certified_removal": cert}},
+                      "models": [{"name": "m", "sha256": "0" * 64}]})
+    f = next(f for f in planner.gather(store, store.impact(["a"])) if f.model == "m@1")
+    assert (f.train_records, f.train_rows) == (1, 3)
+    one_step = costs.certified_residual_bound(1, lam=0.1, n=5, mu=3.0, spec_sq=5.0, w_norm=1.0)
+    three = costs.certified_residual_bound(3, lam=0.1, n=5, mu=3.0, spec_sq=5.0, w_norm=1.0)
+    assert CertifiedRemoval.consumption(f) == pytest.approx(three) and three > one_step

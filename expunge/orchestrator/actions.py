@@ -28,6 +28,7 @@ class ModelFacts:
     direct: bool
     records: int                         # erased records its producing run consumed (0 if indirect)
     train_records: int                   # erased records among the run's training rows
+    train_rows: int = 0                  # training rows built from them (≥ records for joins/augments)
     run: str | None = None
     trainer: str | None = None
     family: str | None = None
@@ -167,8 +168,8 @@ class CertifiedRemoval(Action):
         need = self.consumption(f, limit=max(left, 0.0))
         if need > left:
             needs = "more than that" if need == float("inf") else f"{need:.3g}"
-            return (f"removal budget spent: removing {f.train_records} record(s) needs {needs}, "
-                    f"{max(left, 0):.3g} left")
+            rows = max(f.train_records, f.train_rows)
+            return f"removal budget spent: removing {rows} row(s) needs {needs}, {max(left, 0):.3g} left"
         return None
 
     @staticmethod
@@ -179,10 +180,12 @@ class CertifiedRemoval(Action):
         (their Thm 1, ‖x‖ ≤ 1)."""
         c = f.certificate
         lam, gamma = c["lam"], c.get("gamma", 0.25)
-        n, k = f.run_records, f.train_records
+        n, k = f.run_records, max(f.train_records, f.train_rows)  # one Newton step per training row
         if f.certified_need is not None:
             return c.get("train_grad_norm", 0.0) + f.certified_need
-        if "hessian_min_eig" in c:
+        # The Hessian facts describe the model as trained: after earlier removals they no longer bound
+        # the next ones (the executor records fresh facts with the model it produces).
+        if "hessian_min_eig" in c and f.budget_spent == 0:
             return c.get("train_grad_norm", 0.0) + costs.certified_residual_bound(
                 k, lam=lam, n=int(c.get("n", n)), mu=c["hessian_min_eig"], spec_sq=c["x_spectral_sq"],
                 w_norm=c["w_norm"], gamma=gamma, limit=limit)

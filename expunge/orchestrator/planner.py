@@ -67,7 +67,8 @@ class _Catalog:
             ).fetchall():
                 self.parents.setdefault(child, []).append(parent)
             self.model_run = dict(view.execute(
-                "SELECT m.name || '@' || m.version_no, r.name FROM models m LEFT JOIN runs r USING (run_id)").fetchall())
+                "SELECT m.name || '@' || m.version_no, r.name FROM models m LEFT JOIN runs r USING (run_id)"
+            ).fetchall())
         self.run_seconds = {n: (None if r["trainer"] is None else float(r["wall"])) for n, r in self.runs.items()}
         self._facts: dict[str, dict] = {}
 
@@ -105,6 +106,7 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
     spent get the exact budget their removal would use, computed by their trainer on the run's data.
     """
     runs = {r["id"]: r for r in impact.runs}
+    version_rows = {d["id"]: d["rows"] for d in impact.datasets}  # rows hit, ≥ a run's share of them
     models = impact.models
     affected = {m["id"] for m in models}
     if not models:
@@ -119,6 +121,8 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
         if rimp:
             f.records = rimp["records"]
             f.train_records = sum(i["records"] for i in rimp["inputs"] if i["role"] == "train")
+            f.train_rows = sum(version_rows.get(i["dataset"], i["records"]) if i["records"] else 0
+                               for i in rimp["inputs"] if i["role"] == "train")
             f.affected_shards = {s["shard"]: s["first_slice"] for s in rimp["shards"] if s["first_slice"] is not None}
             fs = rimp["first_seen"]
             if fs is not None and fs["clean_checkpoints"] >= 1:
@@ -153,7 +157,7 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
         left = f.certificate.get("removal_budget", 0.0) - f.budget_spent
         if left <= 0 or CertifiedRemoval.consumption(f, limit=left) <= left:
             continue
-        if f.train_records * f.run_records * f.dim ** 2 > CERTIFIED_WORK:
+        if max(f.train_records, f.train_rows) * f.run_records * f.dim ** 2 > CERTIFIED_WORK:
             continue  # k Hessians of n·d²: too much for planning; the recorded bound stands
         try:
             fn = getattr(load_trainer_module(f.trainer), "removal_need", None)
@@ -265,22 +269,14 @@ def plan_hash(doc: dict) -> str:
     return hashlib.sha256(_body(doc)).hexdigest()
 
 
-# The encoded top-level values of the plan made last (by id and items object): saving and printing
-# it right after making it (what `expunge plan` does) reuse them instead of encoding a plan of
-# thousands of models twice more.
-_last: tuple[str, int, dict[str, str]] = ("", 0, {})
+def dumps(doc: dict, pieces: dict[str, str] | None = None) -> str:
+    """The plan as compact JSON with sorted keys (the same text as `expunge.schemas.dumps`).
 
-
-def _pieces(doc: dict) -> dict[str, str] | None:
-    pid, items, pieces = _last
-    return dict(pieces) if pid == doc.get("id") and items == id(doc.get("items")) else None
-
-
-def dumps(doc: dict) -> str:
-    """The plan as compact JSON with sorted keys (the same text as `expunge.schemas.dumps`)."""
-    pieces = _pieces(doc)
+    `pieces`, from `plan_and_encode`, reuses the encoding made for the id (pass it only with the
+    unchanged plan; `id` and `approvals` are encoded afresh)."""
     if pieces is None:
         return _enc(doc)
+    pieces = dict(pieces)
     for k in ("id", "approvals"):
         if k in doc:
             pieces[k] = _enc(doc[k])
@@ -288,7 +284,13 @@ def dumps(doc: dict) -> str:
 
 
 def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: datetime | None = None) -> dict:
-    global _last
+    return plan_and_encode(store, request_ids, policy, now)[0]
+
+
+def plan_and_encode(store: Store, request_ids: Sequence[str], policy: Policy,
+                    now: datetime | None = None) -> tuple[dict, dict[str, str]]:
+    """The plan, and the canonical JSON of each of its top-level values, from which its id was made:
+    `save_plan` and `dumps` take them instead of encoding a plan of thousands of models again."""
     if not request_ids:
         raise BadInput("plan which request(s)? give at least one request id")
     now = now or _now()
@@ -361,29 +363,31 @@ def make_plan(store: Store, request_ids: Sequence[str], policy: Policy, now: dat
                            "saving_seconds": round(alone_s - total, 3)}
     pieces = {k: _enc(v) for k, v in doc.items()}
     doc["id"] = hashlib.sha256(_join(pieces).encode()).hexdigest()
-    _last = (doc["id"], id(doc["items"]), pieces)
-    return doc
+    return doc, pieces
 
 
 def plan_path(store: Store, plan_id: str):
     return store.root / "plans" / f"{plan_id}.json"
 
 
-def save_plan(store: Store, doc: dict) -> str:
+def save_plan(store: Store, doc: dict, pieces: dict[str, str] | None = None) -> str:
     """Write the plan document to `<store>/plans/<id>.json` (content-addressed, outside the catalog so
-    writes do not copy it) and register it; its requests become planned unless it is blocked."""
+    writes do not copy it) and register it; its requests become planned unless it is blocked.
+
+    The file is exactly the canonical form whose SHA-256 is the id (`sha256sum plans/<id>.json` checks a
+    plan without expunge); a plan changed since it was made is refused. `pieces`: see `plan_and_encode`.
+    """
     from expunge.lineage.fsutil import atomic_write_bytes
 
+    body = _body(doc) if pieces is None else \
+        _join({k: v for k, v in pieces.items() if k not in ("id", "approvals")}).encode()
+    if hashlib.sha256(body).hexdigest() != doc.get("id"):
+        raise BadInput("the plan was changed after it was made (its content no longer matches its id); "
+                       "make it again")
+    if pieces is not None:  # what is registered must be what the file says
+        doc = dict(doc, requests=json.loads(pieces["requests"]), blocked=json.loads(pieces["blocked"]))
     path = plan_path(store, doc["id"])
     path.parent.mkdir(exist_ok=True)
-    # The file is exactly the canonical form whose SHA-256 is the id: `sha256sum plans/<id>.json`
-    # checks a plan without expunge.
-    pieces = _pieces(doc)
-    if pieces is None:
-        body = _body(doc)
-    else:
-        pieces.pop("approvals", None)
-        body = _join(pieces).encode()
     atomic_write_bytes(path, body)
     with store.write() as txn:
         txn.con.execute(DDL)
