@@ -58,12 +58,16 @@ def test_bad_source(env, case):
     assert snapshot(st) == before
 
 
+def ingest_subset(st, f, name: str, parent: str, col: str = "rid", kind: str = "filter"):
+    return run("ingest", "dataset", f, "--name", name, "--parent", parent, "--kind", kind, "--record-col", col,
+               "--store", st)
+
+
 def test_unknown_parent(env):
     st, tmp = env
     f = write_csv(tmp / "f.csv", ["rid"], [["1"]])
     before = snapshot(st)
-    res = run("ingest", "dataset", f, "--name", "d", "--parent", "nope", "--kind", "filter", "--record-col", "rid",
-              "--store", st)
+    res = ingest_subset(st, f, "d", "nope")
     expect_bad(st, res, "unknown dataset version 'nope'")
     assert snapshot(st) == before
 
@@ -71,8 +75,7 @@ def test_unknown_parent(env):
 def test_row_not_in_parent(env):
     st, tmp = env
     f = write_csv(tmp / "f.csv", ["rid"], [["1"], ["99"]])
-    res = run("ingest", "dataset", f, "--name", "d", "--parent", "src", "--kind", "filter", "--record-col", "rid",
-              "--store", st)
+    res = ingest_subset(st, f, "d", "src")
     expect_bad(st, res, "not rows of src@1, e.g. '99'")
 
 
@@ -81,8 +84,7 @@ def test_row_twice_in_a_subset(env):
     st, tmp = env
     before = snapshot(st)
     f = write_csv(tmp / "f.csv", ["rid"], [["1"], ["2"], ["1"]])
-    res = run("ingest", "dataset", f, "--name", "d", "--parent", "src", "--kind", "filter", "--record-col", "rid",
-              "--store", st)
+    res = ingest_subset(st, f, "d", "src")
     expect_bad(st, res, "row '1' appears twice")
     assert snapshot(st) == before
     agg = write_csv(tmp / "agg.csv", ["rid", "row"], [["1", "x"], ["2", "y"]])
@@ -90,8 +92,7 @@ def test_row_twice_in_a_subset(env):
                "--source", "src=rid", "--row-col", "row", "--store", st).exit_code == 0
     before = snapshot(st)
     f = write_csv(tmp / "g.csv", ["row"], [["y"], ["x"], ["y"]])
-    res = run("ingest", "dataset", f, "--name", "g", "--parent", "agg", "--kind", "sample", "--record-col", "row",
-              "--store", st)
+    res = ingest_subset(st, f, "g", "agg", col="row", kind="sample")
     expect_bad(st, res, "row 'y' appears twice")
     assert snapshot(st) == before
 
@@ -99,8 +100,7 @@ def test_row_twice_in_a_subset(env):
 def test_derivation_cycle(env):
     st, tmp = env
     f = write_csv(tmp / "f.csv", ["rid"], [["1"]])
-    res = run("ingest", "dataset", f, "--name", "d", "--parent", "d@1", "--kind", "filter", "--record-col", "rid",
-              "--store", st)
+    res = ingest_subset(st, f, "d", "d@1")
     expect_bad(st, res, "derivation cycle")
 
 

@@ -71,6 +71,13 @@ def fingerprint(secret: bytes) -> str:
     return hashlib.blake2b(b"fingerprint", key=secret[:64], digest_size=16).hexdigest()
 
 
+def _pairs(digests: list[bytes]) -> np.ndarray:
+    """(n, 2) uint64: each 16-byte digest's big-endian halves."""
+    if not digests:
+        return np.zeros((0, 2), dtype=np.uint64)
+    return np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64).reshape(-1, 2)
+
+
 class SubjectHasher:
     """Maps raw subject ids (strings, exactly as given) to (hi, lo) uint64 pairs.
 
@@ -91,34 +98,26 @@ class SubjectHasher:
 
     def hash_many(self, subjects: Iterable[str]) -> np.ndarray:
         """Return an (n, 2) uint64 array of the digest's big-endian (hi, lo) halves."""
-        keyed = self._keyed
+        subjects = list(subjects)
         cache = self._cache
-        out = []
-        for s in subjects:
-            d = cache.get(s)
-            if d is None:
-                h = keyed.copy()
-                h.update(s.encode("utf-8"))
-                d = h.digest()
-                if len(cache) >= self.CACHE_LIMIT:
-                    cache.clear()
-                cache[s] = d
-            out.append(d)
-        if not out:
-            return np.zeros((0, 2), dtype=np.uint64)
-        return np.frombuffer(b"".join(out), dtype=">u8").astype(np.uint64).reshape(-1, 2)
+        if len(cache) >= self.CACHE_LIMIT:
+            cache.clear()
+        new = [s for s in dict.fromkeys(subjects) if s not in cache]
+        cache.update(zip(new, self._raw(new)))
+        return _pairs([cache[s] for s in subjects])
 
     def _digests(self, subjects: list[str]) -> np.ndarray:
         """Like `hash_many` for subjects known to be new (no dict cache: the bulk cache holds them)."""
+        return _pairs(self._raw(subjects))
+
+    def _raw(self, subjects: list[str]) -> list[bytes]:
         keyed = self._keyed
         out = []
         for s in subjects:
             h = keyed.copy()
             h.update(s.encode("utf-8"))
             out.append(h.digest())
-        if not out:
-            return np.zeros((0, 2), dtype=np.uint64)
-        return np.frombuffer(b"".join(out), dtype=">u8").astype(np.uint64).reshape(-1, 2)
+        return out
 
     def hex(self, subject: str) -> str:
         return self.digest(subject).hex()
