@@ -321,13 +321,18 @@ def request_create(
     from expunge.orchestrator import requests as rq
     from expunge.orchestrator.policy import load_policy
 
-    r = rq.create(_open(store), _read_subjects(subject, subjects_file), category=category, deadline_days=deadline,
+    st = _open(store)
+    r = rq.create(st, _read_subjects(subject, subjects_file), category=category, deadline_days=deadline,
                   reason=reason, policy=load_policy(policy))
+    found = rq.subjects_found(st, r.id)
     if json_out:
-        _emit_json(r.to_dict())
+        _emit_json(r.to_dict() | {"subjects_found": found})
     else:
-        typer.echo(f"Recorded {r.id}: {r.subjects} subject(s), category {r.category}, "
-                   f"deadline {r.deadline_at:%Y-%m-%d %H:%M} UTC")
+        typer.echo(f"Recorded {r.id}: {r.subjects} subject(s), {found} of {r.subjects} found in the store, "
+                   f"category {r.category}, deadline {r.deadline_at:%Y-%m-%d %H:%M} UTC")
+    if found < r.subjects:
+        typer.echo(f"warning: {r.id}: only {found} of {r.subjects} subject(s) found in the store (a mistyped id? "
+                   "a wrong key?); its plan cannot be approved without --force and a reason", err=True)
 
 
 @request_app.command("list")
@@ -371,14 +376,25 @@ def request_show(
 
     Example: expunge request show req-000001 --json
     """
+    from expunge.orchestrator import planner
     from expunge.orchestrator import requests as rq
 
-    r = rq.get(_open(store), request_id)
+    st = _open(store)
+    r = rq.get(st, request_id)
+    doc = r.to_dict() | {"subjects_found": rq.subjects_found(st, r.id),
+                         "plans": [{"id": p["id"], "state": p["state"], "created_at": p["created_at"]}
+                                   for p in planner.list_plans(st, r.id)]}
     if json_out:
-        _emit_json(r.to_dict())
-    else:
-        for k, v in r.to_dict().items():
-            typer.echo(f"{k:12} {v}")
+        _emit_json(doc)
+        return
+    for k, v in doc.items():
+        if k == "plans":
+            continue
+        typer.echo(f"{k:15} {'—' if v is None else v}")
+    if not doc["plans"]:
+        typer.echo(f"{'plans':15} none yet (expunge plan {r.id})")
+    for n, p in enumerate(doc["plans"]):
+        typer.echo(f"{'plans' if n == 0 else '':15} {p['id'][:12]}  {p['state']:10} {p['created_at'][:16]}")
 
 
 @policy_app.command("show")
@@ -394,6 +410,7 @@ def policy_show(policy: Optional[Path] = PolicyOpt, json_out: bool = JsonOpt) ->
     if json_out:
         _emit_json(p.to_dict())
         return
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -401,13 +418,16 @@ def policy_show(policy: Optional[Path] = PolicyOpt, json_out: bool = JsonOpt) ->
                   f"{'allowed' if p.allow_retire else 'not allowed'}. Approval: "
                   f"{f'{p.approvers} approver(s)' if p.approval_required else 'not required'}.")
     t = Table(title="Categories", title_justify="left")
-    for col in ("category", "weakest guarantee", "deadline (days)"):
+    for col in ("category", "weakest guarantee", "deadline (days)", "approximate results checked by"):
         t.add_column(col)
     for name, c in sorted(p.categories.items()):
-        t.add_row(name, c.weakest_guarantee, str(c.deadline_days))
+        t.add_row(escape(name), c.weakest_guarantee, str(c.deadline_days), c.check)
     console.print(t)
-    console.print(f"Approximate unlearning must keep the MIA AUC gap ≤ {p.max_mia_auc_gap} and the accuracy "
-                  f"drop ≤ {p.max_accuracy_drop}. Costs: {p.cpu_hour}/CPU-hour, {p.gpu_hour}/GPU-hour.")
+    console.print(f"Approximate results must pass: membership-inference AUC ≤ {p.max_mia_auc} (mia) or ≤ a retrained "
+                  f"reference's + {p.max_mia_auc_gap} (mia_retrained), and an accuracy drop ≤ {p.max_accuracy_drop}.")
+    console.print(f"Residual risk: the strongest guarantee priced within {p.max_premium:g}× the cheapest admissible "
+                  f"action. Withdrawn models {'are' if p.retire_withdrawn else 'are not'} retired at no cost. "
+                  f"Costs: {p.cpu_hour}/CPU-hour, {p.gpu_hour}/GPU-hour.")
     for name, m in sorted(p.models.items()):
         console.print(f"Model {name}: never retire={m.never_retire}, always retrain={m.always_retrain}")
 
@@ -415,18 +435,25 @@ def policy_show(policy: Optional[Path] = PolicyOpt, json_out: bool = JsonOpt) ->
 @app.command("plan")
 @_guard
 def plan_cmd(
-    args: List[str] = typer.Argument(..., help="REQUEST... | show PLAN | approve PLAN"),
+    args: List[str] = typer.Argument(..., help="REQUEST... | show PLAN | approve PLAN | list"),
     by: Optional[str] = typer.Option(None, "--by", help="approve: who approves."),
+    force: bool = typer.Option(False, "--force", help="approve: a plan that misses subjects (needs --reason)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="approve --force: why."),
+    replan: bool = typer.Option(False, "--replan", help="Plan a request that has an approved plan (it lapses)."),
+    request: Optional[str] = typer.Option(None, "--request", help="list: only the plans of this request."),
     show_all: bool = typer.Option(False, "--all", help=f"Show every model, not the {TABLE_LIMIT} that matter most."),
     policy: Optional[Path] = PolicyOpt,
     store: Optional[Path] = StoreOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Plan erasure requests (cheapest admissible action per affected model), show or approve a plan.
+    """Plan erasure requests (per affected model the action the policy prefers), list, show or approve plans.
 
-    expunge plan REQUEST... [--policy F]   make and save a plan (exit 4 if a model has no admissible action)
-    expunge plan show PLAN                 show a saved plan (id or a prefix of 8+ characters)
-    expunge plan approve PLAN --by NAME    record an approval; a plan changed after it was made is refused
+    expunge plan REQUEST... [--policy F] [--replan]  make and save a plan (exit 4 if a model has no admissible
+                                                     action); --replan lets an approved plan's approval lapse
+    expunge plan list [--request R]                  saved plans, newest first, with their state
+    expunge plan show PLAN                           a saved plan (id or a prefix of 8+ characters), hash-checked
+    expunge plan approve PLAN --by NAME              record an approval; a changed, blocked or replaced plan is
+                     [--force --reason TEXT]         refused, and one that misses subjects needs --force
 
     Example: expunge plan req-000001 req-000002 --json
     """
@@ -435,18 +462,28 @@ def plan_cmd(
 
     st = _open(store)
     pieces = None  # the encoding made with a new plan's id, reused for --json
+    if args[0] == "list":
+        if len(args) != 1:
+            raise BadInput("usage: expunge plan list [--request REQUEST]")
+        plans = planner.list_plans(st, request)
+        if json_out:
+            _emit_json({"plans": plans})
+        else:
+            render_plan_list(plans)
+        return
     if args[0] in ("show", "approve"):
         if len(args) != 2:
             raise BadInput(f"usage: expunge plan {args[0]} PLAN" + (" --by NAME" if args[0] == "approve" else ""))
         if args[0] == "approve":
             if not by:
                 raise BadInput("expunge plan approve needs --by NAME")
-            doc = planner.approve(st, args[1], by)
+            doc = planner.approve(st, args[1], by, force=force, reason=reason)
         else:
             doc = planner.load_plan(st, args[1])
     else:
+        planner.check_replan(st, args, replan)
         doc, pieces = planner.plan_and_encode(st, args, load_policy(policy))
-        planner.save_plan(st, doc, pieces)
+        planner.save_plan(st, doc, pieces, replan=replan)
         doc["approvals"] = []  # a new plan (a re-made identical one keeps its id and approvals)
         if planner.plan_exists_with_approvals(st, doc["id"]):
             doc, pieces = planner.load_plan(st, doc["id"]), None
@@ -454,9 +491,58 @@ def plan_cmd(
         sys.stdout.write(planner.dumps(doc, pieces) + "\n")
     else:
         render_plan(doc, limit=None if show_all else TABLE_LIMIT)
+    subj = doc["subjects"]
+    if subj["found"] < subj["requested"]:
+        typer.echo(f"warning: only {subj['found']} of {subj['requested']} subject(s) found in the store", err=True)
     if doc["blocked"]:
         raise planner.NoAdmissibleAction(
             f"no admissible action for {', '.join(doc['blocked'])} (see the plan for the rules that block it)")
+
+
+def render_plan_list(plans: list[dict], console=None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or _console()
+    if not plans:
+        console.print("No plans.")
+        return
+    t = Table(title="Plans", title_justify="left")
+    for col in ("plan", "created", "requests", "state", "models", "est. time", "approvals", "subjects found"):
+        t.add_column(col, no_wrap=col == "plan")
+    for p in plans:
+        state = p["state"] + (f" by {p['superseded_by'][:12]}" if p["superseded_by"] else "")
+        t.add_row(p["id"][:12], p["created_at"][:16].replace("T", " "), escape(", ".join(p["requests"])), state,
+                  f"{p['models']:,}", _secs(p["total_seconds"]), f"{p['approvals']} of {p['approvals_needed']}",
+                  f"{p['subjects']['found']} of {p['subjects']['requested']}")
+    console.print(t)
+
+
+model_app = typer.Typer(help="Model versions.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("stage")
+@_guard
+def model_stage(
+    model: str = typer.Argument(..., help="Model version, name@N (or name for the latest)."),
+    stage: str = typer.Argument(..., help="dev | staging | production | archived | superseded"),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the lineage)."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Retire (archived) or restage a model version; the change and its reason are recorded in the lineage.
+
+    A model that is archived is no longer served: plans retire it at no cost, whatever the policy says about
+    retiring models, so a model-only child that blocks every plan can be dealt with.
+
+    Example: expunge model stage churn-student@1 archived --reason "replaced by churn-student@2"
+    """
+    change = _open(store).set_model_stage(model, stage, reason=reason)
+    if json_out:
+        _emit_json(change)
+    else:
+        typer.echo(f"{change['model']}: {change['from']} → {change['to']} ({change['reason']})")
 
 
 def _secs(x: float) -> str:
@@ -490,71 +576,99 @@ def _plan_more(console, items: list[dict], shown: list[dict]) -> None:
     _more(console, len(shown), len(items), "models: " + ", ".join(f"{n:,} {a}" for a, n in rest.most_common()))
 
 
+def _check_text(c: dict) -> str:
+    chk = c.get("check") or {}
+    if chk.get("kind") in (None, "lineage"):
+        return "lineage proof"
+    if chk["kind"] == "certificate":
+        return "certificate"
+    return f"{chk['kind']} check {_secs(chk['seconds'])}"
+
+
 def render_plan(doc: dict, console=None, limit: int | None = TABLE_LIMIT) -> None:
+    from rich.markup import escape
 
     console = console or _console()
-    console.print(f"Plan [bold]{doc['id'][:16]}[/] for {', '.join(doc['requests'])}: {doc['records']:,} record(s) of "
-                  f"{doc['subjects']['found']} subject(s); policy {doc['policy']['source']}.")
+    subj = doc["subjects"]
+    console.print(f"Plan [bold]{doc['id'][:16]}[/] for {escape(', '.join(doc['requests']))}: {doc['records']:,} "
+                  f"record(s) of {subj['found']} of {subj['requested']} subject(s) found; policy "
+                  f"{escape(doc['policy']['source'])}.")
+    if subj["found"] < subj["requested"]:
+        console.print(f"[bold yellow]Warning:[/] only {subj['found']} of {subj['requested']} subject(s) are in the "
+                      "store: the plan covers only those found (a mistyped id? a wrong key?). Approving it needs "
+                      "--force and a reason.")
+    if doc.get("superseded_by"):
+        lapsed = " (its approval lapsed)" if doc.get("lapsed_at") else ""
+        console.print(f"[bold yellow]Replaced[/] by plan {doc['superseded_by'][:16]}{lapsed}: it cannot be approved.")
+    if not doc["items"]:
+        console.print("No model trained on these records: nothing to unlearn.")
     deadlines = sorted({i["deadline"][:10] for i in doc["items"]})
     shown = _plan_items_shown(doc["items"], limit)
     if len(shown) < len(doc["items"]):
         console.print(f"The {len(shown)} of {len(doc['items']):,} models that matter most: those with no admissible "
                       "action, then the costliest.")
-    if console.width < 110:  # a table would truncate ids and reasons: one entry per model instead
-        console.print("Actions (deadline " + ", ".join(deadlines) + "):")
+    if doc["items"] and console.width < 110:  # a table would truncate ids and reasons: one entry per model
+        console.print("Actions, in the order they run (deadline " + ", ".join(deadlines) + "):")
         for i in shown:
             c, ru = i["chosen"], i["runner_up"]
             touched = f"{i['records']:,} record(s)" if i["direct"] else "derived from an affected model"
-            head = f"  [bold]{i['model']}[/] ({i['stage']}, {touched}): "
+            head = f"  {i['order']}. [bold]{escape(i['model'])}[/] ({i['stage']}, {touched}): "
             if c is None:
                 console.print(head + "[bold red]no admissible action[/]")
                 for why in i["blocked_by"]:
-                    console.print(f"      blocked: {why}")
+                    console.print(f"      blocked: {escape(why)}")
                 continue
             cost = f", cost {_money(c['cost'])}" if c["cost"] >= 0.01 else ""
             console.print(head + f"{c['action']} — {c['guarantee']}, {_secs(c['seconds'])}{cost}")
+            after = f"starts from the unlearned {escape(', '.join(i['after']))}; " if i["after"] else ""
+            console.print(f"      {after}must pass: {_check_text(c)}")
             if ru:
-                console.print(f"      runner-up {ru['action']}: {ru['why_not']}")
-    else:
+                console.print(f"      runner-up {ru['action']}: {escape(ru['why_not'])}")
+    elif doc["items"]:
         _plan_table(shown, deadlines, console)
     _plan_more(console, doc["items"], shown)
     _plan_footer(doc, console)
 
 
 def _plan_table(items: list[dict], deadlines: list[str], console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     narrow = console.width < 150
     if narrow and len(deadlines) == 1:
         console.print(f"Deadline {deadlines[0]}. Costs are in the policy's units (see the totals).")
-    cols = ["model", "stage", "records", "action", "guarantee", "est. time"]
+    cols = ["#", "model", "stage", "records", "action", "guarantee", "est. time", "must pass"]
     if not narrow:
         cols.append("est. cost")
     if not (narrow and len(deadlines) == 1):
         cols.append("deadline")
     cols.append("runner-up (why it lost)")
-    t = Table(title="Actions", title_justify="left")
+    t = Table(title="Actions, in the order they run", title_justify="left")
     for col in cols:
-        t.add_column(col, no_wrap=col in ("model", "action"), justify="right" if col == "records" else "left")
+        t.add_column(col, no_wrap=col in ("model", "action"), justify="right" if col in ("records", "#") else "left")
     for i in items:
         c = i["chosen"]
         ru = i["runner_up"]
         if c is None:
             cells = {"action": "[bold red]none admissible[/]", "guarantee": "—", "est. time": "—", "est. cost": "—",
-                     "runner-up (why it lost)": "; ".join(i["blocked_by"])}
+                     "must pass": "—", "runner-up (why it lost)": escape("; ".join(i["blocked_by"]))}
         else:
             cells = {"action": c["action"], "guarantee": c["guarantee"], "est. time": _secs(c["seconds"]),
-                     "est. cost": _money(c["cost"]),
-                     "runner-up (why it lost)": f"{ru['action']} ({ru['why_not']})" if ru else "—"}
-        cells.update(model=i["model"], stage=i["stage"], records=f"{i['records']:,}", deadline=i["deadline"][:10])
+                     "est. cost": _money(c["cost"]), "must pass": _check_text(c),
+                     "runner-up (why it lost)": escape(f"{ru['action']} ({ru['why_not']})") if ru else "—"}
+        model = escape(i["model"]) + (f"\n  after {escape(', '.join(i['after']))}" if i["after"] else "")
+        cells.update({"#": str(i["order"]), "model": model, "stage": i["stage"], "records": f"{i['records']:,}",
+                      "deadline": i["deadline"][:10]})
         t.add_row(*(cells[col] for col in cols))
     console.print(t)
 
 
 def _plan_footer(doc: dict, console) -> None:
+    from rich.markup import escape
+
     tot, every = doc["total"], doc["retrain_everything"]
-    console.print(f"Total: {_secs(tot['seconds'])} (cost {_money(tot['cost'])}) against {_secs(every['seconds'])} "
-                  f"(cost {_money(every['cost'])}) to retrain everything affected.")
+    console.print(f"Total: {_secs(tot['seconds'])} (cost {_money(tot['cost'])}, checks included) against "
+                  f"{_secs(every['seconds'])} (cost {_money(every['cost'])}) to retrain everything affected.")
     if "batching" in doc:
         b = doc["batching"]
         verdict = "saves" if b["saving_seconds"] >= 0 else "costs"
@@ -562,7 +676,8 @@ def _plan_footer(doc: dict, console) -> None:
                       f"({_secs(b['alone_seconds'])}).")
     appr = doc.get("approvals", [])
     need = doc["approval"]["approvers"] if doc["approval"]["required"] else 0
-    console.print(f"Approvals: {len(appr)} of {need} needed" + (f" ({', '.join(a['by'] for a in appr)})" if appr else ""))
+    console.print(f"Approvals: {len(appr)} of {need} needed"
+                  + (f" ({escape(', '.join(a['by'] for a in appr))})" if appr else ""))
 
 
 @app.command()

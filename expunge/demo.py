@@ -96,7 +96,7 @@ def build_demo(root: Path) -> tuple[Store, str]:
     # A certified-removal logistic regression on the profiles (ready for Newton-step removal).
     logreg_certified.train(request(logreg_certified.ENTRY_POINT, "churn-certified-1",
                                    [{"dataset": "customers@1", "role": "train"}], {**prof_cfg, "lam": 1e-3},
-                                   "churn-certified", "archived", logreg_certified.FAMILY))
+                                   "churn-certified", "staging", logreg_certified.FAMILY))
 
     # Show a customer among the newest (fine-tuned on), with the most transactions.
     candidates = owners[-100:]

@@ -25,8 +25,30 @@ def test_full_retrain_scales_with_what_remains():
     assert costs.full_retrain(1000.0, n_records=10_000, n_removed=2_500).seconds == pytest.approx(750.0)
 
 
-def test_clean_ancestor_sums_the_runs_to_reapply():
-    assert costs.clean_ancestor([120.0, 30.0], "base@1").seconds == pytest.approx(150.0)
+def test_rerunning_a_chain_prices_each_run_on_what_remains():
+    # base: 120 s on 1,000 records, 10 erased → 118.8 s; fine-tune: 30 s on 300 records, none erased.
+    runs = [costs.RunCost("base", 120.0, 1000, 10), costs.RunCost("ft", 30.0, 300, 0)]
+    assert costs.rerun_runs(runs, "x").seconds == pytest.approx(118.8 + 30.0)
+    # One run re-done costs what its full retrain costs, whatever the action is called.
+    assert costs.rerun_runs(runs[:1], "y").seconds == costs.full_retrain(120.0, 1000, 10).seconds
+
+
+def test_checkpoint_replay_counts_steps_after_the_last_checkpoint():
+    # The case: 6 steps, checkpoints at 2 and 4, the record first consumed at step 5:
+    # replay from step 4 → 2 of 6 steps, not "4 of 4: 0%".
+    assert costs.checkpoint_replay(run_seconds=60.0, total_steps=6, clean_step=4).seconds == pytest.approx(20.0)
+    with pytest.raises(ValueError):
+        costs.checkpoint_replay(run_seconds=60.0, total_steps=4, clean_step=6)
+
+
+def test_mia_check_is_inference_over_forget_nonmembers_and_test():
+    # 1 ms per row-epoch (forward+backward); a forward is a third. 5 forget, 200 non-members (the
+    # minimum), 1,000 test rows, each through the model before and after: 2 × 1,205 forwards.
+    est = costs.mia_check(1000.0, epochs=10, n_rows=100_000, n_forget=5)
+    assert est.seconds == pytest.approx(2 * 1205 * 1e-3 / 3)
+    # An ensemble of 8 runs every member per prediction.
+    assert costs.mia_check(1000.0, epochs=10, n_rows=100_000, n_forget=5, members=8).seconds == \
+        pytest.approx(8 * est.seconds)
 
 
 def test_approximate_is_a_few_epochs_over_forget_and_a_retain_sample():

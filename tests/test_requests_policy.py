@@ -70,9 +70,11 @@ def test_request_and_policy_cli(tmp_path):
     res = runner.invoke(app, ["request", "create", "--subject", "0042", "--subject", "42", "--category", "marketing",
                               "--reason", "unsubscribe", "--store", str(st), "--json"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     jsonschema.validate(doc, load_schema("request.schema.json"))
     assert doc["subjects"] == 2 and doc["status"] == "received"
+    # An empty store holds neither: said in numbers, on stderr.
+    assert doc["subjects_found"] == 0 and "only 0 of 2 subject(s) found" in res.stderr
     res = runner.invoke(app, ["request", "list", "--store", str(st), "--json"])
     docs = json.loads(res.output)
     assert [d["id"] for d in docs["requests"]] == ["req-000001"]

@@ -355,7 +355,9 @@ def test_store_of_another_format_is_refused(store):
     con = duckdb.connect(str(path))
     con.execute("UPDATE meta SET value = '1' WHERE key = 'format'")
     con.close()
-    with pytest.raises(StoreNotFound, match="has format 1; this expunge reads format 2"):
+    from expunge.lineage.catalog import FORMAT
+
+    with pytest.raises(StoreNotFound, match=f"has format 1; this expunge reads format {FORMAT}"):
         Store.open(store.root)
 
 

@@ -60,6 +60,9 @@ def test_run_is_recorded_with_its_facts(trained):
         steps = [s for (s,) in con.execute("SELECT step FROM checkpoints ORDER BY step").fetchall()]
     per_epoch = -(-N // 32)
     assert steps == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    # The tracker records the run's length: 3 epochs of ⌈600 / 32⌉ batches.
+    with store.read() as con:
+        assert con.execute("SELECT total_steps FROM runs WHERE name = 'mlp-1'").fetchall() == [(3 * per_epoch,)]
 
 
 def test_rerun_without_exclusions_reproduces_the_model(trained):

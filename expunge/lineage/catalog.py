@@ -15,7 +15,7 @@ previous generation whole and readable, and readers never wait on a writer.
 from __future__ import annotations
 
 # Bumped whenever the catalog tables or the data files change shape; a store of another format is refused.
-FORMAT = 2
+FORMAT = 3
 CURRENT = "CURRENT"
 MARKER = "STORE"
 LOCK = "lock"
@@ -51,7 +51,8 @@ CREATE TABLE runs(
     n_shards INTEGER, n_slices INTEGER,
     facts_file VARCHAR,               -- per training record: shard, slice, clean checkpoints (lineage/facts.py)
     facts_index JSON,                 -- the code table of facts_file and the clean checkpoint steps
-    extra JSON, created_at TIMESTAMP);
+    extra JSON, created_at TIMESTAMP,
+    total_steps BIGINT);              -- optimizer steps the run took (NULL: not recorded)
 CREATE TABLE run_inputs(
     run_id INTEGER, position INTEGER, version_id INTEGER, role VARCHAR,
     subset_file VARCHAR, n_rows BIGINT, n_records BIGINT);
@@ -63,6 +64,9 @@ CREATE TABLE models(
     artifact_path VARCHAR, sha256 VARCHAR, run_id INTEGER, stage VARCHAR NOT NULL,
     created_at TIMESTAMP, UNIQUE(name, version_no));
 CREATE TABLE model_parents(model_id INTEGER, parent_model_id INTEGER, relation VARCHAR);
+CREATE TABLE model_stages(           -- every stage change made after registration, with who-said-why
+    model_id INTEGER NOT NULL, changed_at TIMESTAMP NOT NULL, from_stage VARCHAR NOT NULL,
+    to_stage VARCHAR NOT NULL, reason VARCHAR NOT NULL);
 CREATE TABLE retired_files(file VARCHAR, since_gen INTEGER);
 """
 

@@ -200,6 +200,12 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
 
     facts_file = index = None
     n_shards, n_slices = run.get("shards"), run.get("slices")
+    total_steps = run.get("total_steps")
+    if total_steps is not None:
+        late = [int(c["step"]) for c in run.get("checkpoints", []) if int(c["step"]) > total_steps]
+        if late:
+            raise BadInput(f"run {name!r}: a checkpoint at step {max(late)} is beyond the run's {total_steps} "
+                           "optimizer steps")
     if facts is not None and facts.num_rows:
         if not train_sets:
             raise BadInput(f"run {name!r}: facts need a train input to refer to")
@@ -227,6 +233,9 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
         first = _int_column(facts, "first_step")[rpos]
         if (shard < -1).any() or (slice_ < -1).any() or (first < -1).any():
             raise BadInput(f"run {name!r} facts: shard, slice and first_step must be ≥ 0")
+        if total_steps is not None and (first >= total_steps).any():
+            raise BadInput(f"run {name!r} facts: a first_step of {int(first.max())} is beyond the run's "
+                           f"{total_steps} optimizer steps (steps are 0-based: at most {total_steps - 1})")
         if n_shards is None and (shard >= 0).any():
             n_shards = int(shard.max()) + 1
         if n_slices is None and (slice_ >= 0).any():
@@ -246,13 +255,13 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
 
     cost = run.get("cost", {})
     txn.con.execute(
-        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run_id, name, run.get("trainer"), json.dumps(run.get("config", {}), sort_keys=True),
          run.get("code_version"), run.get("seed"), run.get("model_family"),
          cost.get("wall_seconds"), cost.get("cpu_seconds"), cost.get("gpu_seconds"),
          _ts(run.get("started_at")), _ts(run.get("ended_at")), n_shards, n_slices,
          facts_file, json.dumps(index) if index else None,
-         json.dumps(run.get("extra", {}), sort_keys=True), _now()],
+         json.dumps(run.get("extra", {}), sort_keys=True), _now(), total_steps],
     )
     for row in input_rows:
         txn.con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?, ?, ?, ?)", row)
@@ -302,6 +311,33 @@ def _insert_model(txn: Txn, m: dict, run_id: int | None, base: Path) -> dict:
     return {"id": f"{name}@{version_no}", "sha256": sha, "stage": stage}
 
 
+def set_model_stage(store: Store, ref: str, stage: str, reason: str) -> dict:
+    """Move a model version to another stage (retire it: `archived`; restage it), recorded with the reason."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise BadInput("a stage change needs a reason (--reason TEXT): it is kept in the lineage")
+    if stage not in C.STAGES:
+        raise BadInput(f"unknown stage {stage!r}; expected one of {', '.join(C.STAGES)}")
+    with store.write() as txn:
+        m = txn.resolve_model(ref)
+        old = txn.one("SELECT stage FROM models WHERE model_id = ?", [m["model_id"]])
+        if old == stage:
+            raise BadInput(f"model {m['label']} is already {stage}")
+        at = _now()
+        txn.con.execute("UPDATE models SET stage = ? WHERE model_id = ?", [stage, m["model_id"]])
+        txn.con.execute("INSERT INTO model_stages VALUES (?, ?, ?, ?, ?)", [m["model_id"], at, old, stage, reason])
+    return {"model": m["label"], "from": old, "to": stage, "reason": reason, "at": at.isoformat() + "Z"}
+
+
+def model_stage_history(store: Store, ref: str) -> list[dict]:
+    """The stage changes of a model version, oldest first."""
+    with store.view() as view:
+        m = view.resolve_model(ref)
+        rows = view.execute("SELECT changed_at, from_stage, to_stage, reason FROM model_stages WHERE model_id = ? "
+                            "ORDER BY changed_at", [m["model_id"]]).fetchall()
+    return [{"at": t.isoformat() + "Z", "from": a, "to": b, "reason": r} for t, a, b, r in rows]
+
+
 class RunTracker:
     """Records a run when its `with` block exits cleanly; nothing is written if it raises.
 
@@ -314,12 +350,13 @@ class RunTracker:
     def __init__(self, store: Store, name: str, *, inputs: Sequence[dict | str] = (), trainer: str | None = None,
                  config: dict | None = None, code_version: str | None = None, seed: int | None = None,
                  model_family: str | None = None, shards: int | None = None, slices: int | None = None,
-                 extra: dict | None = None):
+                 extra: dict | None = None, total_steps: int | None = None):
         self.store = store
         self.run: dict[str, Any] = {"name": name}
         self.run["inputs"] = [{"dataset": i} if isinstance(i, str) else dict(i) for i in inputs]
         for k, v in dict(trainer=trainer, config=config, code_version=code_version, seed=seed,
-                         model_family=model_family, shards=shards, slices=slices, extra=extra).items():
+                         model_family=model_family, shards=shards, slices=slices, extra=extra,
+                         total_steps=total_steps).items():
             if v is not None:
                 self.run[k] = v
         self.run["checkpoints"] = []
@@ -364,6 +401,10 @@ class RunTracker:
 
     def add_device_seconds(self, seconds: float) -> None:
         self._device_seconds += float(seconds)
+
+    def set_total_steps(self, steps: int) -> None:
+        """The optimizer steps the run took in all (checkpoint replay is priced on it)."""
+        self.run["total_steps"] = int(steps)
 
     def add_model(self, name: str, path: str | os.PathLike, *, stage: str = "dev",
                   parents: Sequence[dict] = (), sha256: str | None = None) -> None:

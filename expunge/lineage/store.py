@@ -395,6 +395,12 @@ class Store:
         manifest = {"models": [dict(name=name, path=str(artifact), **kwargs)]}
         return self.record_run(manifest)["models"][0]
 
+    def set_model_stage(self, model: str, stage: str, *, reason: str) -> dict:
+        """Retire (`archived`) or restage a model version; the change and its reason are kept in the lineage."""
+        from expunge.lineage.runs import set_model_stage
+
+        return set_model_stage(self, model, stage, reason)
+
     # ---------------------------------------------------------------- queries
 
     def engine(self):

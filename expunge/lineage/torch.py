@@ -226,6 +226,7 @@ class TrainingTracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            self._run.set_total_steps(self.step)
             if self._first_idx is not None:
                 self._fold()
                 seen = np.flatnonzero(self._first_idx >= 0)

@@ -11,11 +11,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from expunge.orchestrator import costs
-from expunge.orchestrator.costs import Estimate
+from expunge.orchestrator.costs import Estimate, RunCost
 from expunge.orchestrator.policy import Policy
 
 TORCH_FAMILIES = ("mlp", "sisa-mlp")
 STAGE_VALUE = {"production": 10.0, "staging": 2.0, "dev": 0.5, "archived": 0.1, "superseded": 0.0}
+WITHDRAWN = ("archived", "superseded")  # stages in which a model is no longer served
 
 
 @dataclass
@@ -35,7 +36,9 @@ class ModelFacts:
     run_seconds: float = 0.0
     run_device: str = "cpu"
     run_records: int = 0                 # records the run trained on
-    total_steps: int = 0
+    run_rows: int = 0                    # training rows (≥ records for joins/augments; 0: as records)
+    shards: int = 1                      # SISA: constituent models, each run on every prediction
+    total_steps: int | None = None       # optimizer steps the run took (None: not recorded)
     clean_step: int | None = None        # newest checkpoint step before the records were first seen
     has_checkpoints: bool = False
     stage_steps: dict = field(default_factory=dict)   # SISA: (shard, slice) → steps
@@ -46,10 +49,28 @@ class ModelFacts:
     dim: int = 0
     iterations: int = 1
     epochs: int = 1
+    # Every ancestor's run, to retrain the whole chain from scratch (None: some ancestor cannot be).
+    ancestor_runs: list[RunCost] | None = field(default_factory=list)
+    ancestors_blocked: str | None = None
     clean_ancestor: str | None = None    # newest ancestor that never saw the records
-    rederive_seconds: float | None = None  # runs to re-apply after that ancestor
+    replay_runs: list[RunCost] | None = None  # the runs after it, this model's own last
+    replay_blocked: str | None = None
     affected_parents: list = field(default_factory=list)
     parent_guarantee: str | None = "exact"  # weakest guarantee among its affected parents' actions
+    retired_parents: list = field(default_factory=list)  # affected parents the plan retires (no new version)
+
+    def own_run(self) -> RunCost:
+        return RunCost(self.run or "?", self.run_seconds, self.run_records, self.train_records)
+
+    def forget_rows(self) -> int:
+        """Training rows built from the erased records: several per record in an augmented set, one for many
+        records in an aggregate."""
+        return self.train_rows or self.train_records
+
+    def rows(self) -> tuple[int, int]:
+        """(training rows of the run, rows built from the erased records): the unit of a training step."""
+        n = self.run_rows or self.run_records
+        return n, min(self.forget_rows(), n) if n else self.forget_rows()
 
 
 class Action(ABC):
@@ -70,36 +91,57 @@ class Action(ABC):
         return self.guarantee
 
 
+def _edits_own_weights(f: ModelFacts) -> str | None:
+    """Why an action that starts from this model's own weights or checkpoints cannot remove the erased
+    records' influence, or None: they all descend from an affected parent's old weights."""
+    if f.affected_parents:
+        return (f"derived from affected {', '.join(f.affected_parents)}: what it took from the old parent stays in "
+                "its own weights and checkpoints; re-derive it from the unlearned parent")
+    if not f.direct:
+        return "it did not train on the records"
+    return None
+
+
 class NoAction(Action):
     name = "no_action"
 
     def check(self, f, policy):
+        if f.affected_parents:
+            return f"derived from affected {', '.join(f.affected_parents)}"
         if f.direct and f.train_records == 0:
             return None
-        return "the records reached training" if f.direct else "derived from an affected model"
+        return "the records reached training"
 
     def estimate(self, f, policy):
         return costs.no_action()
 
 
 class FullRetrain(Action):
+    """Retrain from scratch: for a fine-tuned or distilled model, every run of its chain (each ancestor's
+    run and its own), each on the records that remain."""
+
     name = "full_retrain"
 
     def check(self, f, policy):
         if not f.run:
             return "no producing run recorded"
-        if not f.direct:
-            return "its run did not see the records: re-derive it from its unlearned parent instead"
-        return None if f.trainer else "no recorded trainer entry point"
+        if not f.trainer:
+            return "no recorded trainer entry point"
+        return f.ancestors_blocked
 
     def estimate(self, f, policy):
-        return costs.full_retrain(f.run_seconds, f.run_records, f.train_records)
+        if not f.ancestor_runs:
+            return costs.full_retrain(f.run_seconds, f.run_records, f.train_records)
+        return costs.rerun_runs([*f.ancestor_runs, f.own_run()], "retrain the whole chain from scratch")
 
 
 class SisaShardRetrain(Action):
     name = "sisa_shard_retrain"
 
     def check(self, f, policy):
+        why = _edits_own_weights(f)
+        if why:
+            return why
         if not f.trainer:
             return "no recorded trainer entry point"
         if not f.stage_steps or not f.affected_shards:
@@ -114,12 +156,17 @@ class CheckpointReplay(Action):
     name = "checkpoint_replay"
 
     def check(self, f, policy):
+        why = _edits_own_weights(f)
+        if why:
+            return why
         if not f.trainer:
             return "no recorded trainer entry point"
         if not f.has_checkpoints:
             return "no checkpoints recorded"
         if f.clean_step is None:
             return "every checkpoint already saw the records"
+        if not f.total_steps:
+            return "the run's total optimizer steps were not recorded: a replay cannot be priced"
         return None
 
     def estimate(self, f, policy):
@@ -127,34 +174,41 @@ class CheckpointReplay(Action):
 
 
 class CleanAncestorReplay(Action):
+    """Start from the newest ancestor that never saw the records and re-run every run after it."""
+
     name = "clean_ancestor_replay"
 
     def check(self, f, policy):
-        if f.clean_ancestor is None:
-            return "no ancestor model that never saw the records"
-        return None if f.rederive_seconds is not None else "a later run has no recorded trainer"
+        if f.clean_ancestor is None or f.replay_runs is None:
+            return f.replay_blocked or "no ancestor model that never saw the records"
+        return None
 
     def estimate(self, f, policy):
-        return costs.clean_ancestor([f.rederive_seconds or 0.0], f.clean_ancestor)
+        return costs.rerun_runs(f.replay_runs, f"re-run after clean ancestor {f.clean_ancestor}")
 
 
 class Rederive(Action):
-    """Re-run this model's own run on its parent's unlearned version (same guarantee as the parent's)."""
+    """Re-run this model's own run on its affected parents' unlearned versions, without the erased records it
+    trained on itself (its guarantee is its parents' weakest)."""
 
     name = "rederive_from_parent"
 
     def check(self, f, policy):
-        if f.direct:
-            return "it trained on the records itself"
+        if not f.affected_parents:
+            return "no affected parent to re-derive from"
         if f.parent_guarantee is None:
             return "a parent has no admissible action to re-derive from"
+        if f.retired_parents:
+            return f"{', '.join(f.retired_parents)} is retired: there is no unlearned version to re-derive from"
+        if not f.run:
+            return "no producing run recorded"
         return None if f.trainer else "no recorded trainer entry point"
 
     def guarantee_for(self, f):
         return f.parent_guarantee or "exact"
 
     def estimate(self, f, policy):
-        return Estimate(f.run_seconds, [f"re-run its own {f.run_seconds:,.0f} s run on the unlearned parent"])
+        return costs.rerun_runs([f.own_run()], f"re-run on the unlearned {', '.join(f.affected_parents)}")
 
 
 class CertifiedRemoval(Action):
@@ -162,13 +216,16 @@ class CertifiedRemoval(Action):
     guarantee = "certified"
 
     def check(self, f, policy):
+        why = _edits_own_weights(f)
+        if why:
+            return why
         if not f.certificate:
             return "not trained for certified removal (no λ, σ recorded)"
         left = f.certificate["removal_budget"] - f.budget_spent
         need = self.consumption(f, limit=max(left, 0.0))
         if need > left:
             needs = "more than that" if need == float("inf") else f"{need:.3g}"
-            rows = max(f.train_records, f.train_rows)
+            rows = f.forget_rows()
             return f"removal budget spent: removing {rows} row(s) needs {needs}, {max(left, 0):.3g} left"
         return None
 
@@ -180,7 +237,7 @@ class CertifiedRemoval(Action):
         (their Thm 1, ‖x‖ ≤ 1)."""
         c = f.certificate
         lam, gamma = c["lam"], c.get("gamma", 0.25)
-        n, k = f.run_records, max(f.train_records, f.train_rows)  # one Newton step per training row
+        n, k = f.run_records, f.forget_rows()  # one Newton step per training row
         if f.certified_need is not None:
             return c.get("train_grad_norm", 0.0) + f.certified_need
         # The Hessian facts describe the model as trained: after earlier removals they no longer bound
@@ -209,15 +266,16 @@ class ApproximateUnlearning(Action):
     RETAIN_SAMPLE = 10
 
     def check(self, f, policy):
+        why = _edits_own_weights(f)
+        if why:
+            return why
         if f.family not in TORCH_FAMILIES:
             return f"model family {f.family!r} is not a torch classifier expunge can unlearn"
-        if not f.direct:
-            return "derived from an affected model: its parent is unlearned first"
         return None
 
     def estimate(self, f, policy):
-        return costs.approximate(f.run_seconds, f.epochs, f.run_records, f.train_records,
-                                 min(f.run_records, self.RETAIN_SAMPLE * max(f.train_records, 1)))
+        n, forget = f.rows()
+        return costs.approximate(f.run_seconds, f.epochs, n, forget, min(n, self.RETAIN_SAMPLE * max(forget, 1)))
 
 
 class Retire(Action):
@@ -226,9 +284,14 @@ class Retire(Action):
     def check(self, f, policy):
         if policy.model(f.name).never_retire:
             return f"policy: model {f.name} must never be retired"
+        if f.stage in WITHDRAWN and policy.retire_withdrawn:
+            return None  # a person already withdrew it (`expunge model stage`): nothing more is lost
         return None if policy.allow_retire else "policy: retiring models is not allowed"
 
     def estimate(self, f, policy):
+        if f.stage in WITHDRAWN and policy.retire_withdrawn:
+            return Estimate(0.0, [f"already {f.stage}: it stays withdrawn (policy retire_withdrawn), its files are "
+                                  "deleted with the request's residual copies"])
         value = STAGE_VALUE.get(f.stage, 1.0)
         base = costs.retire()
         # The model's utility, priced as a multiple of what it cost to train, by stage.

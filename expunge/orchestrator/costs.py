@@ -1,8 +1,8 @@
 """Cost estimates of unlearning actions: pure functions of recorded run costs and lineage facts.
 
 Each returns an `Estimate` (compute seconds, and the reasons in words). Work inside a run is
-measured in optimizer steps, read from its checkpoints: a stage that took k of the run's N
-steps is priced at k/N of the run's recorded seconds.
+measured in optimizer steps: a stage that took k of the run's N recorded steps is priced at k/N
+of the run's recorded seconds; a run re-done is priced on the records that remain.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 def format_seconds(x: float) -> str:
     """A duration for people: 84 ms, 12.3 s, 2.50 h."""
+    if x < 0.001:
+        return f"{x * 1e6:,.0f} µs" if x > 0 else "0 s"
     if x < 1:
-        return f"{x * 1000:,.0f} ms"
+        return f"{x * 1000:,.3g} ms"
     return f"{x:,.1f} s" if x < 3600 else f"{x / 3600:,.2f} h"
 
 
@@ -33,7 +35,32 @@ def full_retrain(run_seconds: float, n_records: int, n_removed: int) -> Estimate
         return Estimate(run_seconds, ["no record count: the whole run"])
     frac = max(n_records - n_removed, 0) / n_records
     return Estimate(run_seconds * frac,
-                    [f"run took {run_seconds:,.0f} s on {n_records:,} records; {frac:.1%} remain"])
+                    [f"run took {format_seconds(run_seconds)} on {n_records:,} records; {frac:.1%} remain"])
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """One recorded run to do again: its name, measured seconds, training records, erased ones among them."""
+
+    run: str
+    seconds: float
+    records: int
+    removed: int = 0
+
+
+def rerun_runs(runs: list[RunCost], what: str) -> Estimate:
+    """Re-run several runs in a row, each priced as its own full retrain on the records that remain.
+
+    The same run re-done costs the same whichever action does it: a chain retrained from scratch, the
+    runs after a clean ancestor, or a model re-derived from its parent's unlearned version.
+    """
+    parts = [full_retrain(r.seconds, r.records, r.removed) for r in runs]
+    total = sum(p.seconds for p in parts)
+    if len(runs) == 1:
+        return Estimate(total, [f"{what}: {runs[0].run}; " + parts[0].reasons[0]])
+    each = "; ".join(f"{r.run} {format_seconds(p.seconds)}" + (f" (−{r.removed:,} of {r.records:,} records)" if r.removed else "")
+                     for r, p in zip(runs, parts))
+    return Estimate(total, [f"{what}: {len(runs)} runs, {format_seconds(total)}: {each}"])
 
 
 def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], affected: dict[int, int]) -> Estimate:
@@ -48,23 +75,22 @@ def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], aff
     steps = sum(n for (s, r), n in stage_steps.items() if s in affected and r >= affected[s])
     shards = ", ".join(f"{s} from slice {r}" for s, r in sorted(affected.items()))
     return Estimate(run_seconds * steps / total,
-                    [f"shard(s) {shards}: {steps:,} of {total:,} steps of a {run_seconds:,.0f} s run"])
+                    [f"shard(s) {shards}: {steps:,} of {total:,} steps of a {format_seconds(run_seconds)} run"])
 
 
 def checkpoint_replay(run_seconds: float, total_steps: int, clean_step: int) -> Estimate:
-    """Resume from the last checkpoint before the records were first consumed."""
+    """Resume from the last checkpoint before the records were first consumed, to the run's last step.
+
+    `total_steps` is the run's own recorded length, never the last checkpoint's step: steps after the
+    last checkpoint are replayed too.
+    """
     if total_steps <= 0:
         raise ValueError("no steps recorded")
-    frac = max(total_steps - clean_step, 0) / total_steps
+    if not 0 <= clean_step <= total_steps:
+        raise ValueError(f"checkpoint step {clean_step} outside the run's {total_steps} steps")
+    frac = (total_steps - clean_step) / total_steps
     return Estimate(run_seconds * frac,
-                    [f"replay from step {clean_step:,} of {total_steps:,}: {frac:.0%} of a {run_seconds:,.0f} s run"])
-
-
-def clean_ancestor(later_run_seconds: list[float], ancestor: str) -> Estimate:
-    """Restart from the newest ancestor model that never saw the records; re-apply the later runs."""
-    return Estimate(sum(later_run_seconds),
-                    [f"re-apply {len(later_run_seconds)} run(s) after clean ancestor {ancestor}: "
-                     f"{sum(later_run_seconds):,.0f} s"])
+                    [f"replay from step {clean_step:,} of {total_steps:,}: {frac:.0%} of a {format_seconds(run_seconds)} run"])
 
 
 def certified_removal(run_seconds: float, n_retained: int, dim: int, iterations: int) -> Estimate:
@@ -107,14 +133,40 @@ def certified_residual_bound(k: int, *, lam: float, n: int, mu: float, spec_sq: 
     return total
 
 
+def _per_record_epoch(run_seconds: float, epochs: int, n_records: int) -> float:
+    """Seconds one training pass (forward + backward + update) over one record took in the run."""
+    return run_seconds / (max(epochs, 1) * max(n_records, 1))
+
+
 def approximate(run_seconds: float, epochs: int, n_records: int, n_forget: int, retain_sample: int,
                 unlearn_epochs: int = 2) -> Estimate:
     """A few epochs over the forget set and a sample of retained data (NegGrad+, SCRUB)."""
-    epochs = max(epochs, 1)
-    per_record_epoch = run_seconds / (epochs * max(n_records, 1))
     work = unlearn_epochs * (n_forget + retain_sample)
-    return Estimate(per_record_epoch * work,
+    return Estimate(_per_record_epoch(run_seconds, epochs, n_records) * work,
                     [f"{unlearn_epochs} epoch(s) over {n_forget:,} forget + {retain_sample:,} retained records"])
+
+
+# A forward pass is about a third of a training step (forward + backward ≈ 3 forwards).
+FORWARD_SHARE = 1 / 3
+# Sample sizes of the membership-inference and accuracy checks (the verifier draws the same).
+CHECK_MIN_NONMEMBERS = 200
+CHECK_TEST_SAMPLE = 1000
+
+
+def mia_check(run_seconds: float, epochs: int, n_rows: int, n_forget: int, members: int = 1) -> Estimate:
+    """Membership inference of the forget set against held-out non-members, and accuracy on a test sample:
+    forward passes of the model before and after unlearning over forget ∪ non-members ∪ test rows.
+
+    A training step over a row is priced from the run (seconds / (epochs × rows)); for an ensemble whose
+    `members` each trained on a share of the rows (SISA), a prediction runs every member.
+    """
+    nonmembers = max(n_forget, CHECK_MIN_NONMEMBERS)
+    test = min(max(n_rows, 1), CHECK_TEST_SAMPLE)
+    per = _per_record_epoch(run_seconds, epochs, n_rows) * FORWARD_SHARE * max(members, 1)
+    seconds = 2 * per * (n_forget + nonmembers + test)
+    who = f" of all {members} members" if members > 1 else ""
+    return Estimate(seconds, [f"membership inference ({n_forget:,} forget vs {nonmembers:,} non-members) and accuracy "
+                              f"on {test:,} test rows, before and after{who}: {format_seconds(seconds)} of inference"])
 
 
 def retire() -> Estimate:

@@ -19,13 +19,21 @@ from expunge.errors import BadInput, ExpungeError, UnknownReference
 from expunge.lineage.store import Store, _now, has_table
 from expunge.orchestrator import requests as rq
 from expunge.orchestrator.actions import ACTIONS, ModelFacts
+from expunge.orchestrator.costs import RunCost
 from expunge.orchestrator.costs import format_seconds
-from expunge.orchestrator.policy import GUARANTEES, Policy, stronger_or_equal
+from expunge.orchestrator.policy import CHECKS, GUARANTEES, Policy, stronger_or_equal
 
 DDL = """
-CREATE TABLE IF NOT EXISTS plans(plan_id VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS plans(
+    plan_id VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL,
+    models INTEGER NOT NULL, blocked INTEGER NOT NULL, total_seconds DOUBLE NOT NULL, approvers INTEGER NOT NULL,
+    subjects_requested INTEGER NOT NULL, subjects_found INTEGER NOT NULL,
+    superseded_by VARCHAR,            -- a newer plan for (one of) the same requests
+    lapsed_at TIMESTAMP);             -- its approval lapsed when it was replanned (--replan)
 CREATE TABLE IF NOT EXISTS plan_requests(plan_id VARCHAR, request_id VARCHAR);
-CREATE TABLE IF NOT EXISTS approvals(plan_id VARCHAR, approver VARCHAR, approved_at TIMESTAMP, plan_hash VARCHAR);
+CREATE TABLE IF NOT EXISTS approvals(
+    plan_id VARCHAR, approver VARCHAR, approved_at TIMESTAMP, plan_hash VARCHAR,
+    forced BOOLEAN NOT NULL, reason VARCHAR);
 """
 
 
@@ -48,15 +56,17 @@ class _Catalog:
     def __init__(self, store: Store):
         with store.view() as view:
             self.runs: dict[str, dict] = {}
-            for name, rid, trainer, family, wall, gpu, config, extra in view.execute(
+            for name, rid, trainer, family, wall, gpu, config, extra, total_steps, shards in view.execute(
                 """SELECT name, run_id, trainer, model_family, coalesce(wall_seconds, 0), coalesce(gpu_seconds, 0),
-                          config, extra FROM runs""").fetchall():
+                          config, extra, total_steps, n_shards FROM runs""").fetchall():
                 self.runs[name] = dict(rid=rid, trainer=trainer, family=family, wall=wall, gpu=gpu, config=config,
-                                       extra=extra, n_train=0, ckpts=[])
+                                       extra=extra, n_train=0, n_rows=0, ckpts=[], total_steps=total_steps,
+                                       shards=shards or 1)
             by_rid = {r["rid"]: r for r in self.runs.values()}
-            for rid, n in view.execute(
-                "SELECT run_id, sum(n_records) FROM run_inputs WHERE role = 'train' GROUP BY run_id").fetchall():
-                by_rid[rid]["n_train"] = int(n)
+            for rid, n, rows in view.execute(
+                "SELECT run_id, sum(n_records), sum(n_rows) FROM run_inputs WHERE role = 'train' GROUP BY run_id"
+            ).fetchall():
+                by_rid[rid]["n_train"], by_rid[rid]["n_rows"] = int(n), int(rows)
             for rid, step, shard, slice_ in view.execute(
                     "SELECT run_id, step, shard, slice FROM checkpoints ORDER BY run_id, step, position").fetchall():
                 by_rid[rid]["ckpts"].append((step, shard, slice_))
@@ -83,40 +93,68 @@ class _Catalog:
         cfg = json.loads(run["config"] or "{}")
         extra = json.loads(run["extra"] or "{}")
         ckpts = run["ckpts"]
-        steps = [c[0] for c in ckpts]
         stage_steps, prev = {}, 0
         for step, shard, slice_ in sorted(c for c in ckpts if c[1] is not None and c[2] is not None):
             stage_steps[(shard, slice_)] = step - prev
             prev = step
         got = self._facts[name] = dict(
             trainer=run["trainer"], family=run["family"], run_seconds=float(run["wall"]),
-            run_device="gpu" if run["gpu"] else "cpu", run_records=run["n_train"],
+            run_device="gpu" if run["gpu"] else "cpu", run_records=run["n_train"], run_rows=run["n_rows"],
+            shards=run["shards"],
             epochs=int(cfg.get("epochs", 1) or 1), iterations=int(cfg.get("max_iter", 100) or 100),
             dim=len(cfg.get("feature_cols", [])) + 1, certificate=extra.get("certified_removal"),
             budget_spent=float(extra.get("removal_budget_spent", 0.0)),
-            has_checkpoints=any(c[1] is None for c in ckpts), total_steps=max(steps) if steps else 0,
+            has_checkpoints=any(c[1] is None for c in ckpts), total_steps=run["total_steps"],
             stage_steps=stage_steps)
         return got
 
 
 def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = None) -> list[ModelFacts]:
-    """Facts for every affected model, parents before children.
+    """Facts for every affected model, in a topological order: every model after its affected parents.
 
     With the erased records' ordinals, certified-removal models whose recorded bound says the budget is
     spent get the exact budget their removal would use, computed by their trainer on the run's data.
     """
     runs = {r["id"]: r for r in impact.runs}
     version_rows = {d["id"]: d["rows"] for d in impact.datasets}  # rows hit, ≥ a run's share of them
-    models = impact.models
-    affected = {m["id"] for m in models}
+    models = {m["id"]: m for m in impact.models}
     if not models:
         return []
     cat = catalog or _Catalog(store)
     parents = cat.parents
+
+    def removed(run: str) -> int:
+        r = runs.get(run)
+        return sum(i["records"] for i in r["inputs"] if i["role"] == "train") if r else 0
+
+    def run_cost(model: str, whose: str) -> RunCost | str:
+        """The model's producing run, priced to be re-done without the erased records (or why it cannot be)."""
+        run = cat.model_run.get(model)
+        if run is None:
+            return f"{whose} {model} has no producing run recorded"
+        rf = cat.runs[run]
+        if rf["trainer"] is None:
+            return f"{whose} {model}'s run {run} has no recorded trainer entry point"
+        return RunCost(run, float(rf["wall"]), int(rf["n_train"]), removed(run))
+
+    ancestors_memo: dict[str, list[str]] = {}
+
+    def ancestors(model: str) -> list[str]:
+        """Every ancestor, each after its own ancestors."""
+        got = ancestors_memo.get(model)
+        if got is None:
+            seen: dict[str, None] = {}
+            for p in sorted(parents.get(model, [])):
+                for a in (*ancestors(p), p):
+                    seen.setdefault(a, None)
+            got = ancestors_memo[model] = list(seen)
+        return got
+
     out = []
-    for m in sorted(models, key=lambda m: (len(m["path"]), m["name"], m["version"])):
+    for mid in _topological(models, parents):
+        m = models[mid]
         rimp = runs.get(m["run"]) if m["direct"] else None
-        f = ModelFacts(model=m["id"], name=m["name"], stage=m["stage"], direct=m["direct"], records=0,
+        f = ModelFacts(model=mid, name=m["name"], stage=m["stage"], direct=m["direct"], records=0,
                        train_records=0, run=m["run"], **(cat.run_facts(m["run"]) if m["run"] else {}))
         if rimp:
             f.records = rimp["records"]
@@ -127,21 +165,82 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
             fs = rimp["first_seen"]
             if fs is not None and fs["clean_checkpoints"] >= 1:
                 f.clean_step = fs["last_clean_step"]
-        f.affected_parents = sorted(p for p in parents.get(m["id"], []) if p in affected)
-        # The newest ancestor that never saw the records, following first parents.
-        chain, cur = [m["id"]], m["id"]
-        while parents.get(cur):
-            cur = sorted(parents[cur])[0]
-            if cur not in affected:
-                f.clean_ancestor = cur
-                secs = [cat.run_seconds.get(cat.model_run.get(x)) for x in chain]
-                f.rederive_seconds = None if any(s is None for s in secs) else float(sum(secs))
+        f.affected_parents = sorted(p for p in parents.get(mid, []) if p in models)
+        # Retraining the whole chain from scratch: every ancestor's run (a run that made several of them once).
+        chain, seen_runs = [], {m["run"]}
+        for a in ancestors(mid):
+            rc = run_cost(a, "ancestor")
+            if isinstance(rc, str):
+                f.ancestor_runs, f.ancestors_blocked = None, rc
                 break
-            chain.append(cur)
+            if rc.run not in seen_runs:
+                seen_runs.add(rc.run)
+                chain.append(rc)
+        else:
+            f.ancestor_runs = chain
+        _clean_ancestor(f, mid, parents, models, run_cost)
         out.append(f)
     if record_ords is not None:
         _certified_needs(store, out, record_ords)
     return out
+
+
+def _topological(models: dict[str, dict], parents: dict[str, list[str]]) -> list[str]:
+    """The affected models, each after its affected parents (Kahn's algorithm; among the ready ones, models
+    that saw the records first, then by name and version)."""
+    import heapq
+
+    def key(mid: str):
+        m = models[mid]
+        return (len(m["path"]), m["name"], m["version"], mid)
+
+    children: dict[str, list[str]] = {}
+    waiting: dict[str, int] = {}
+    for mid in models:
+        aps = {p for p in parents.get(mid, []) if p in models}
+        waiting[mid] = len(aps)
+        for p in aps:
+            children.setdefault(p, []).append(mid)
+    ready = [key(mid) for mid, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        mid = heapq.heappop(ready)[-1]
+        order.append(mid)
+        for c in children.get(mid, []):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, key(c))
+    if len(order) != len(models):
+        raise ExpungeError("the affected models' derivation graph has a cycle")
+    return order
+
+
+def _clean_ancestor(f: ModelFacts, mid: str, parents: dict[str, list[str]], affected, run_cost) -> None:
+    """The newest ancestor that never saw the records, and the runs after it (this model's own last): follow
+    the one affected parent up the chain until a model whose parents are all clean."""
+    chain, cur = [mid], mid
+    while True:
+        ps = sorted(parents.get(cur, []))
+        if not ps:
+            f.replay_blocked = "no ancestor model that never saw the records"
+            return
+        aps = [p for p in ps if p in affected]
+        if not aps:
+            break
+        if len(aps) > 1:
+            f.replay_blocked = f"{cur} has several affected parents ({', '.join(aps)}): no single chain to replay"
+            return
+        cur = aps[0]
+        chain.append(cur)
+    replay = []
+    for x in reversed(chain):
+        rc = run_cost(x, "model" if x == mid else "ancestor")
+        if isinstance(rc, str):
+            f.replay_blocked = rc
+            return
+        replay.append(rc)
+    f.clean_ancestor, f.replay_runs = ", ".join(ps), replay
 
 
 def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None:
@@ -157,7 +256,7 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
         left = f.certificate.get("removal_budget", 0.0) - f.budget_spent
         if left <= 0 or CertifiedRemoval.consumption(f, limit=left) <= left:
             continue
-        if max(f.train_records, f.train_rows) * f.run_records * f.dim ** 2 > CERTIFIED_WORK:
+        if f.forget_rows() * f.run_records * f.dim ** 2 > CERTIFIED_WORK:
             continue  # k Hessians of n·d²: too much for planning; the recorded bound stands
         try:
             fn = getattr(load_trainer_module(f.trainer), "removal_need", None)
@@ -182,64 +281,108 @@ def _rate(f: ModelFacts, policy: Policy) -> float:
     return policy.gpu_hour if f.run_device == "gpu" else policy.cpu_hour
 
 
-def price(f: ModelFacts, policy: Policy, required: str, deadline: datetime, now: datetime) -> list[dict]:
-    """Every action, priced and judged, best first."""
+STRENGTH = {g: i for i, g in enumerate(GUARANTEES)}
+
+
+def price(f: ModelFacts, policy: Policy, required: str, deadline: datetime, now: datetime,
+          check: str = "mia") -> list[dict]:
+    """Every action, priced (the check its result must pass included) and judged; the chosen one first,
+    then the other admissible ones (why each lost), then the rest (why each was refused).
+
+    The choice: the strongest guarantee among the admissible actions whose price is at most the policy's
+    `max_premium` × the cheapest admissible price; the cheapest of those.
+    """
+    from expunge.orchestrator.checks import plan_check
+
     rule = policy.model(f.name)
+    rate = _rate(f, policy)
     cands = []
     for a in ACTIONS.values():
         why = a.check(f, policy)
         entry: dict = {"action": a.name, "guarantee": a.guarantee_for(f), "applicable": why is None}
         if why is None:
+            chk, why = plan_check(entry["guarantee"], f, policy, check)
+            entry["applicable"] = why is None
+        if why is None:
             est = a.estimate(f, policy)
-            entry.update(seconds=round(est.seconds, 3), cost=round(est.dollars(_rate(f, policy)), 6),
-                         reasons=est.reasons)
+            secs = est.seconds + chk["seconds"]
+            entry.update(seconds=round(secs, 6), cost=round(secs / 3600.0 * rate, 6),
+                         action_seconds=round(est.seconds, 6), reasons=est.reasons,
+                         check=dict(chk, seconds=round(chk["seconds"], 6)))
             if not stronger_or_equal(entry["guarantee"], required):
                 why = f"{entry['guarantee']} is weaker than the required {required}"
             elif rule.always_retrain and a.name != "full_retrain":
                 why = f"policy: model {f.name} must always be retrained"
-            elif now + timedelta(seconds=est.seconds) > deadline:
+            elif now + timedelta(seconds=secs) > deadline:
                 why = f"would finish after the deadline ({deadline:%Y-%m-%d %H:%M})"
         entry["admissible"] = why is None
         entry["why_not"] = why
         cands.append(entry)
-    order = {g: i for i, g in enumerate(reversed(GUARANTEES))}
-    cands.sort(key=lambda c: (not c["admissible"], c.get("seconds", float("inf")), order[c["guarantee"]],
-                              c["action"]))
-    return cands
+    admissible = sorted((c for c in cands if c["admissible"]),
+                        key=lambda c: (c["seconds"], -STRENGTH[c["guarantee"]], c["action"]))
+    ranked = []
+    if admissible:
+        cheapest = admissible[0]["seconds"]
+        limit = cheapest * policy.max_premium
+        best = min((c for c in admissible if c["seconds"] <= limit + 1e-9),
+                   key=lambda c: (-STRENGTH[c["guarantee"]], c["seconds"], c["action"]))
+        ranked = [best] + [c for c in admissible if c is not best]
+        for c in ranked[1:]:
+            c["why_not"] = _lost(c, best, cheapest, policy.max_premium)
+    rest = sorted((c for c in cands if not c["admissible"]),
+                  key=lambda c: (not c["applicable"], c.get("seconds", float("inf")), c["action"]))
+    return ranked + rest
+
+
+def _lost(c: dict, best: dict, cheapest: float, premium: float) -> str:
+    """Why an admissible candidate lost to the chosen one."""
+    if c["seconds"] < best["seconds"]:
+        return (f"{format_seconds(best['seconds'] - c['seconds'])} cheaper but only {c['guarantee']}: the policy pays "
+                f"up to {premium:g}× the cheapest for a stronger guarantee")
+    if STRENGTH[c["guarantee"]] > STRENGTH[best["guarantee"]]:
+        ratio = c["seconds"] / cheapest if cheapest > 0 else float("inf")
+        return (f"{c['guarantee']}, but {ratio:,.2f}× the cheapest admissible action, more than the {premium:g}× "
+                "the policy pays for a stronger guarantee")
+    return f"costs {format_seconds(c['seconds'] - best['seconds'])} more"
 
 
 def choose(facts: Sequence[ModelFacts], policy: Policy, required: str | dict[str, str],
-           deadline: datetime | dict[str, datetime], now: datetime) -> list[dict]:
-    """Pick per model; `required` and `deadline` may be per model (batched requests)."""
+           deadline: datetime | dict[str, datetime], now: datetime, check: str | dict[str, str] = "mia") -> list[dict]:
+    """Pick per model, in the order of `facts` (parents first); `required`, `deadline` and `check` may be
+    per model (batched requests)."""
     items = []
     chosen_guarantee: dict[str, str] = {}
+    retired: set[str] = set()
     for f in facts:
         req_g = required[f.model] if isinstance(required, dict) else required
         dl = deadline[f.model] if isinstance(deadline, dict) else deadline
+        chk = check.get(f.model, "mia") if isinstance(check, dict) else check
         # Re-deriving from unlearned parents is as good as the weakest of their unlearning; a parent
         # with no admissible action leaves nothing to re-derive from.
         pg = [chosen_guarantee.get(p) for p in f.affected_parents]
         f.parent_guarantee = (min(pg, key=GUARANTEES.index) if all(pg) else None) if pg else "exact"
-        cands = price(f, policy, req_g, dl, now)
+        f.retired_parents = [p for p in f.affected_parents if p in retired]
+        cands = price(f, policy, req_g, dl, now, chk)
         best = cands[0] if cands[0]["admissible"] else None
-        runner = next((c for c in cands[1:] if c["applicable"]), None)
-        if best and runner:
-            if runner["admissible"]:
-                runner = {**runner, "why_not": f"costs {format_seconds(runner['seconds'] - best['seconds'])} more"}
+        runner = cands[1] if best and len(cands) > 1 and cands[1]["admissible"] else None
         if best:
             chosen_guarantee[f.model] = best["guarantee"]
+            if best["action"] == "retire":
+                retired.add(f.model)
         items.append({
-            "model": f.model, "stage": f.stage, "direct": f.direct, "run": f.run, "records": f.records,
+            "model": f.model, "order": len(items) + 1, "after": list(f.affected_parents), "stage": f.stage,
+            "direct": f.direct, "run": f.run, "records": f.records, "train_records": f.train_records,
             "required_guarantee": req_g, "deadline": dl.isoformat() + "Z",
-            "chosen": {k: best[k] for k in ("action", "guarantee", "seconds", "cost", "reasons")} if best else None,
-            "runner_up": ({k: runner.get(k) for k in ("action", "guarantee", "seconds", "cost", "why_not")}
+            "chosen": {k: best[k] for k in ("action", "guarantee", "seconds", "action_seconds", "cost", "reasons",
+                                            "check")} if best else None,
+            "runner_up": ({k: runner[k] for k in ("action", "guarantee", "seconds", "cost", "why_not")}
                           if runner else None),
             # Priced candidates, best first; actions that do not apply to this model only say why.
-            "candidates": [{k: c[k] for k in ("action", "guarantee", "admissible", "seconds", "cost", "why_not")}
-                           for c in cands if c["applicable"]],
+            "candidates": [{**{k: c[k] for k in ("action", "guarantee", "admissible", "seconds", "cost", "why_not")},
+                            "check_seconds": c["check"]["seconds"]} for c in cands if c["applicable"]],
             "not_applicable": {c["action"]: c["why_not"] for c in cands if not c["applicable"]},
             "blocked_by": None if best else sorted({c["why_not"] for c in cands if c["why_not"]}),
-            "retrain_seconds": round(f.run_seconds, 3),
+            "retrain_seconds": round(f.run_seconds, 6),
             "retrain_cost": round(f.run_seconds / 3600 * _rate(f, policy), 6),
         })
     return items
@@ -311,6 +454,7 @@ def plan_and_encode(store: Store, request_ids: Sequence[str], policy: Policy,
     # earliest deadline (conservative: never later than the true one).
     per_model_g: dict[str, str] = {}
     per_model_d: dict[str, datetime] = {}
+    per_model_c: dict[str, str] = {}
     if len(reqs) == 1:
         groups = [(reqs, hashes, impact)]
     elif len(reqs) <= BATCH_EXACT:
@@ -329,22 +473,24 @@ def plan_and_encode(store: Store, request_ids: Sequence[str], policy: Policy,
     for rs, _, imp in groups:
         g = max((policy.category(r.category).weakest_guarantee for r in rs), key=GUARANTEES.index)
         d = min(r.deadline_at for r in rs)
+        c = max((policy.category(r.category).check for r in rs), key=CHECKS.index)
         for m in imp.models:
             per_model_g[m["id"]] = max(per_model_g.get(m["id"], g), g, key=GUARANTEES.index)
             per_model_d[m["id"]] = min(per_model_d.get(m["id"], d), d)
+            per_model_c[m["id"]] = max(per_model_c.get(m["id"], c), c, key=CHECKS.index)
     items = choose(gather(store, impact, store.engine().records_of(hashes)[0], catalog), policy, per_model_g,
-                   per_model_d, now)
+                   per_model_d, now, per_model_c)
     total = sum(i["chosen"]["seconds"] for i in items if i["chosen"])
     cost = sum(i["chosen"]["cost"] for i in items if i["chosen"])
     doc = {
-        "kind": "expunge.plan", "schema_version": 1,
+        "kind": "expunge.plan", "schema_version": 2,
         "requests": [r.id for r in reqs], "created_at": now.isoformat() + "Z",
         "policy": {"source": policy.source, "sha256": hashlib.sha256(canonical(policy.to_dict())).hexdigest()},
         "required_guarantee": required, "deadline": deadline.isoformat() + "Z",
         "subjects": {"requested": impact.requested, "found": impact.found}, "records": impact.records,
         "items": items,
-        "total": {"seconds": round(total, 3), "cost": round(cost, 6)},
-        "retrain_everything": {"seconds": round(sum(i["retrain_seconds"] for i in items), 3),
+        "total": {"seconds": round(total, 6), "cost": round(cost, 6)},
+        "retrain_everything": {"seconds": round(sum(i["retrain_seconds"] for i in items), 6),
                                "cost": round(sum(i["retrain_cost"] for i in items), 6)},
         "blocked": [i["model"] for i in items if i["chosen"] is None],
         "approval": {"required": policy.approval_required, "approvers": policy.approvers},
@@ -355,12 +501,12 @@ def plan_and_encode(store: Store, request_ids: Sequence[str], policy: Policy,
         for (r,), h, imp in groups:
             g = policy.category(r.category).weakest_guarantee
             for i in choose(gather(store, imp, store.engine().records_of(h)[0], catalog), policy, g, r.deadline_at,
-                            now):
+                            now, policy.category(r.category).check):
                 if i["chosen"]:
                     alone_s += i["chosen"]["seconds"]
                     alone_c += i["chosen"]["cost"]
-        doc["batching"] = {"alone_seconds": round(alone_s, 3), "alone_cost": round(alone_c, 6),
-                           "saving_seconds": round(alone_s - total, 3)}
+        doc["batching"] = {"alone_seconds": round(alone_s, 6), "alone_cost": round(alone_c, 6),
+                           "saving_seconds": round(alone_s - total, 6)}
     pieces = {k: _enc(v) for k, v in doc.items()}
     doc["id"] = hashlib.sha256(_join(pieces).encode()).hexdigest()
     return doc, pieces
@@ -370,12 +516,38 @@ def plan_path(store: Store, plan_id: str):
     return store.root / "plans" / f"{plan_id}.json"
 
 
-def save_plan(store: Store, doc: dict, pieces: dict[str, str] | None = None) -> str:
+def _approved_plans(con, request_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """(request, plan) pairs: the live (not superseded) approved plans of these requests."""
+    if not has_table(con, "plans"):
+        return []
+    return con.execute(
+        """SELECT DISTINCT pr.request_id, p.plan_id FROM plan_requests pr JOIN plans p USING (plan_id)
+           WHERE pr.request_id IN (SELECT unnest(?::VARCHAR[])) AND p.superseded_by IS NULL
+             AND EXISTS (SELECT 1 FROM approvals a WHERE a.plan_id = p.plan_id)
+           ORDER BY 1, 2""", [list(request_ids)]).fetchall()
+
+
+def check_replan(store: Store, request_ids: Sequence[str], replan: bool) -> None:
+    """Refuse to plan a request that already has an approved plan, unless `replan` (then the approval lapses
+    when the new plan is saved)."""
+    if replan:
+        return
+    with store.read() as con:
+        hit = _approved_plans(con, request_ids)
+    if hit:
+        req, pid = hit[0]
+        raise BadInput(f"request {req} already has an approved plan ({pid[:12]}); planning it again makes that "
+                       "approval lapse: pass --replan to do so")
+
+
+def save_plan(store: Store, doc: dict, pieces: dict[str, str] | None = None, *, replan: bool = False) -> str:
     """Write the plan document to `<store>/plans/<id>.json` (content-addressed, outside the catalog so
     writes do not copy it) and register it; its requests become planned unless it is blocked.
 
     The file is exactly the canonical form whose SHA-256 is the id (`sha256sum plans/<id>.json` checks a
     plan without expunge); a plan changed since it was made is refused. `pieces`: see `plan_and_encode`.
+    The new plan replaces the earlier plans of its requests: they can no longer be approved. A request with
+    an approved plan is refused unless `replan`, which records that the approval lapsed.
     """
     from expunge.lineage.fsutil import atomic_write_bytes
 
@@ -385,42 +557,90 @@ def save_plan(store: Store, doc: dict, pieces: dict[str, str] | None = None) -> 
         raise BadInput("the plan was changed after it was made (its content no longer matches its id); "
                        "make it again")
     if pieces is not None:  # what is registered must be what the file says
-        doc = dict(doc, requests=json.loads(pieces["requests"]), blocked=json.loads(pieces["blocked"]))
-    path = plan_path(store, doc["id"])
+        doc = {k: json.loads(pieces[k]) for k in ("requests", "blocked", "items", "total", "subjects", "approval")} | \
+            {"id": doc["id"]}
+    pid = doc["id"]
+    path = plan_path(store, pid)
     path.parent.mkdir(exist_ok=True)
     atomic_write_bytes(path, body)
     with store.write() as txn:
         txn.con.execute(DDL)
-        if not txn.one("SELECT count(*) FROM plans WHERE plan_id = ?", [doc["id"]]):
-            txn.con.execute("INSERT INTO plans VALUES (?, ?)", [doc["id"], _now()])
-            txn.con.execute("INSERT INTO plan_requests SELECT ?, unnest(?::VARCHAR[])", [doc["id"], doc["requests"]])
-        if not doc["blocked"]:
-            rq.set_status_many(txn, doc["requests"], "planned")
-    return doc["id"]
+        if txn.one("SELECT count(*) FROM plans WHERE plan_id = ?", [pid]):
+            return pid  # the same plan made again: nothing changes
+        approved = _approved_plans(txn.con, doc["requests"])
+        if approved and not replan:
+            req, old = approved[0]
+            raise BadInput(f"request {req} already has an approved plan ({old[:12]}); planning it again makes "
+                           "that approval lapse: pass --replan to do so")
+        now = _now()
+        txn.con.execute("INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                        [pid, now, len(doc["items"]), len(doc["blocked"]), doc["total"]["seconds"],
+                         doc["approval"]["approvers"] if doc["approval"]["required"] else 0,
+                         doc["subjects"]["requested"], doc["subjects"]["found"]])
+        txn.con.execute("INSERT INTO plan_requests SELECT ?, unnest(?::VARCHAR[])", [pid, doc["requests"]])
+        txn.con.execute(
+            """UPDATE plans SET superseded_by = ?,
+                      lapsed_at = CASE WHEN EXISTS (SELECT 1 FROM approvals a WHERE a.plan_id = plans.plan_id)
+                                       THEN ? END
+               WHERE plan_id <> ? AND superseded_by IS NULL AND plan_id IN
+                     (SELECT plan_id FROM plan_requests WHERE request_id IN (SELECT unnest(?::VARCHAR[])))""",
+            [pid, now, pid, doc["requests"]])
+        # The new plan's requests become planned unless it is blocked; an approved one goes back to planned
+        # in any case (its approval lapsed).
+        back = [r for (r,) in txn.con.execute("SELECT request_id FROM requests WHERE status = 'approved' AND "
+                                              "request_id IN (SELECT unnest(?::VARCHAR[]))", [doc["requests"]]).fetchall()]
+        rq.set_status_many(txn, back if doc["blocked"] else doc["requests"], "planned")
+    return pid
 
 
-def _find(con, store: Store, plan_id: str) -> tuple[str, dict]:
-    rows = [] if not has_table(con, "plans") or len(plan_id) < 8 else con.execute(
-        "SELECT plan_id FROM plans WHERE plan_id LIKE ? || '%'", [plan_id]).fetchall()
+def _find(con, store: Store, plan_id: str) -> str:
+    """The plan whose id is `plan_id` or starts with it (8+ characters, matched as literal text)."""
+    ident = plan_id.strip().lower()
+    if len(ident) < 8 or any(c not in "0123456789abcdef" for c in ident):
+        raise UnknownReference(f"unknown plan {plan_id!r} (a plan id is hexadecimal; give at least 8 characters)")
+    rows = [] if not has_table(con, "plans") else con.execute(
+        "SELECT plan_id FROM plans WHERE starts_with(plan_id, ?) ORDER BY plan_id LIMIT 2", [ident]).fetchall()
     if len(rows) != 1:
         raise UnknownReference(f"unknown plan {plan_id!r}" if not rows else f"plan id {plan_id!r} is ambiguous")
-    pid = rows[0][0]
+    return rows[0][0]
+
+
+def _read_verified(store: Store, pid: str) -> dict:
+    """The plan document, refused if its content no longer matches its id."""
     try:
-        doc = json.loads(plan_path(store, pid).read_bytes())
-        doc["id"] = pid
-        return pid, doc
+        body = plan_path(store, pid).read_bytes()
     except FileNotFoundError:
         raise UnknownReference(f"plan {pid[:12]} is registered but its document {plan_path(store, pid)} is missing") \
             from None
+    if hashlib.sha256(body).hexdigest() != pid:
+        raise BadInput(f"plan {pid[:12]} was changed after it was made (its content no longer matches its id); "
+                       "make a new plan")
+    doc = json.loads(body)
+    doc["id"] = pid
+    return doc
+
+
+def _status(con, pid: str) -> dict:
+    superseded, lapsed = con.execute("SELECT superseded_by, lapsed_at FROM plans WHERE plan_id = ?", [pid]).fetchone()
+    approvals = con.execute(
+        "SELECT approver, approved_at, plan_hash, forced, reason FROM approvals WHERE plan_id = ? ORDER BY approved_at",
+        [pid]).fetchall()
+    return {"superseded_by": superseded, "lapsed_at": lapsed.isoformat() + "Z" if lapsed else None,
+            "approvals": [{"by": a, "at": t.isoformat() + "Z", "plan_sha256": h}
+                          | ({"forced": True, "reason": r} if forced else {}) for a, t, h, forced, r in approvals]}
 
 
 def load_plan(store: Store, plan_id: str) -> dict:
+    """A saved plan (its hash checked) with its approvals and, if a newer plan replaced it, by which."""
     with store.read() as con:
-        pid, doc = _find(con, store, plan_id)
-        approvals = [] if not has_table(con, "approvals") else \
-            con.execute("SELECT approver, approved_at, plan_hash FROM approvals WHERE plan_id = ? ORDER BY approved_at",
-                        [pid]).fetchall()
-    doc["approvals"] = [{"by": a, "at": t.isoformat() + "Z", "plan_sha256": h} for a, t, h in approvals]
+        pid = _find(con, store, plan_id)
+        st = _status(con, pid)
+    doc = _read_verified(store, pid)
+    doc["approvals"] = st["approvals"]
+    if st["superseded_by"]:
+        doc["superseded_by"] = st["superseded_by"]
+        if st["lapsed_at"]:
+            doc["lapsed_at"] = st["lapsed_at"]
     return doc
 
 
@@ -429,24 +649,67 @@ def plan_exists_with_approvals(store: Store, plan_id: str) -> bool:
         return bool(con.execute("SELECT count(*) FROM approvals WHERE plan_id = ?", [plan_id]).fetchall()[0][0])
 
 
-def approve(store: Store, plan_id: str, by: str) -> dict:
-    """Record an approval; refuse a plan whose content no longer matches its id."""
+def plan_state(superseded_by, lapsed_at, blocked: int, approvals: int, needed: int) -> str:
+    if superseded_by:
+        return "lapsed" if lapsed_at else "superseded"
+    if blocked:
+        return "blocked"
+    return "approved" if approvals >= needed else "planned"
+
+
+def list_plans(store: Store, request_id: str | None = None) -> list[dict]:
+    """Saved plans, newest first (optionally those of one request), with their state and approvals."""
+    with store.read() as con:
+        if not has_table(con, "plans"):
+            return []
+        rows = con.execute(
+            """SELECT p.plan_id, p.created_at, p.models, p.blocked, p.total_seconds, p.approvers, p.subjects_requested,
+                      p.subjects_found, p.superseded_by, p.lapsed_at,
+                      (SELECT list(request_id ORDER BY request_id) FROM plan_requests r WHERE r.plan_id = p.plan_id),
+                      (SELECT count(*) FROM approvals a WHERE a.plan_id = p.plan_id)
+               FROM plans p
+               WHERE ? IS NULL OR p.plan_id IN (SELECT plan_id FROM plan_requests WHERE request_id = ?)
+               ORDER BY p.created_at DESC, p.plan_id""", [request_id, request_id]).fetchall()
+    out = []
+    for pid, at, models, blocked, secs, needed, req_n, found, sup, lapsed, reqs, n_appr in rows:
+        out.append({"id": pid, "created_at": at.isoformat() + "Z", "requests": reqs, "models": models,
+                    "blocked": blocked, "total_seconds": secs, "subjects": {"requested": req_n, "found": found},
+                    "approvals": n_appr, "approvals_needed": needed, "superseded_by": sup,
+                    "state": plan_state(sup, lapsed, blocked, n_appr, needed)})
+    return out
+
+
+def approve(store: Store, plan_id: str, by: str, *, force: bool = False, reason: str | None = None) -> dict:
+    """Record an approval. Refused: a plan whose content no longer matches its id, a blocked plan, a plan a
+    newer one replaced, and (without `force` and a reason) a plan whose subjects are not all in the store."""
     by = by.strip()
     if not by:
         raise BadInput("approve --by needs a name")
+    reason = (reason or "").strip() or None
+    if force and not reason:
+        raise BadInput("--force needs --reason TEXT: why approve a plan that does not cover every subject")
     with store.write() as txn:
         txn.con.execute(DDL)
-        pid, doc = _find(txn.con, store, plan_id)
-        if plan_hash(doc) != pid:
-            raise BadInput(f"plan {pid[:12]} was changed after it was made (its content no longer matches its id); "
-                           "make a new plan")
+        pid = _find(txn.con, store, plan_id)
+        doc = _read_verified(store, pid)
+        st = _status(txn.con, pid)
+        if st["superseded_by"]:
+            why = "its approval lapsed when " if st["lapsed_at"] else ""
+            raise BadInput(f"plan {pid[:12]} was replaced: {why}a newer plan for the same request(s) was made "
+                           f"({st['superseded_by'][:12]}); approve that one")
         if doc["blocked"]:
             raise BadInput(f"plan {pid[:12]} has models with no admissible action ({', '.join(doc['blocked'])}); "
                            "it cannot be approved")
-        prev = {a for (a,) in txn.con.execute("SELECT approver FROM approvals WHERE plan_id = ?", [pid]).fetchall()}
-        if by in prev:
+        subj = doc["subjects"]
+        if subj["found"] < subj["requested"] and not force:
+            raise BadInput(f"plan {pid[:12]}: only {subj['found']} of {subj['requested']} subject(s) found in the "
+                           "store, so the plan may miss data (a mistyped id? a wrong key?); check the request, or "
+                           "approve anyway with --force --reason TEXT")
+        if any(a["by"] == by for a in st["approvals"]):
             raise BadInput(f"{by} already approved plan {pid[:12]}")
-        txn.con.execute("INSERT INTO approvals VALUES (?, ?, ?, ?)", [pid, by, _now(), pid])
-        if len(prev) + 1 >= doc["approval"]["approvers"]:
+        forced = force and subj["found"] < subj["requested"]
+        txn.con.execute("INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?)",
+                        [pid, by, _now(), pid, forced, reason if forced else None])
+        if len(st["approvals"]) + 1 >= doc["approval"]["approvers"]:
             rq.set_status_many(txn, doc["requests"], "approved")
     return load_plan(store, pid)

@@ -1,7 +1,8 @@
 """The erasure policy: a TOML file (default shipped with the package, see default_policy.toml).
 
-Per data category the weakest guarantee allowed and the deadline; whether retiring a model is
-allowed; the thresholds approximate unlearning must pass; cost rates; per-model overrides;
+Per data category the weakest guarantee allowed, the deadline and how an approximate result is
+checked; whether retiring a model is allowed; the thresholds approximate unlearning must pass;
+how much more the planner pays for a stronger guarantee; cost rates; per-model overrides;
 whether a plan needs approval and by how many people.
 """
 
@@ -16,6 +17,10 @@ from expunge.errors import BadInput
 
 # Weakest first: a guarantee admits an action whose guarantee is at least as strong.
 GUARANTEES = ("approximate", "certified", "exact")
+# How an approximate result is checked before it counts, weakest first: membership inference of the forget
+# set against held-out non-members (AUC ≤ max_mia_auc), or against a retrained reference model (AUC ≤ the
+# reference's + max_mia_auc_gap; the reference costs a retrain). Both also check the accuracy drop.
+CHECKS = ("mia", "mia_retrained")
 
 
 def stronger_or_equal(guarantee: str, required: str) -> bool:
@@ -26,6 +31,7 @@ def stronger_or_equal(guarantee: str, required: str) -> bool:
 class CategoryRule:
     weakest_guarantee: str = "exact"
     deadline_days: int = 30
+    check: str = "mia"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class Policy:
     approvers: int = 1
     max_mia_auc_gap: float = 0.05
     max_accuracy_drop: float = 0.02
+    max_mia_auc: float = 0.55
+    max_premium: float = 2.0
+    retire_withdrawn: bool = True
     cpu_hour: float = 0.05
     gpu_hour: float = 2.5
     source: str = "default"
@@ -65,7 +74,7 @@ class Policy:
         return d
 
 
-_TOP = {"default_category", "allow_retire", "approval", "categories", "approximate", "costs", "models"}
+_TOP = {"default_category", "allow_retire", "retire_withdrawn", "approval", "categories", "approximate", "costs", "models", "risk"}
 
 
 def _check_keys(section: dict, allowed: set, where: str) -> None:
@@ -86,14 +95,17 @@ def parse_policy(doc: dict, source: str) -> Policy:
     _check_keys(doc, _TOP, "(top level)")
     cats = {}
     for name, c in doc.get("categories", {}).items():
-        _check_keys(c, {"weakest_guarantee", "deadline_days"}, f"categories.{name}")
+        _check_keys(c, {"weakest_guarantee", "deadline_days", "check"}, f"categories.{name}")
         g = c.get("weakest_guarantee", "exact")
         if g not in GUARANTEES:
             raise BadInput(f"policy categories.{name}.weakest_guarantee: {g!r} is not one of {', '.join(GUARANTEES)}")
         days = _typed(c.get("deadline_days", 30), int, f"categories.{name}.deadline_days")
         if days <= 0:
             raise BadInput(f"policy categories.{name}.deadline_days must be positive")
-        cats[name] = CategoryRule(g, days)
+        check = c.get("check", "mia")
+        if check not in CHECKS:
+            raise BadInput(f"policy categories.{name}.check: {check!r} is not one of {', '.join(CHECKS)}")
+        cats[name] = CategoryRule(g, days, check)
     default = _typed(doc.get("default_category", "default"), str, "default_category")
     if default not in cats:
         cats.setdefault(default, CategoryRule())
@@ -102,9 +114,19 @@ def parse_policy(doc: dict, source: str) -> Policy:
         _check_keys(m, {"never_retire", "always_retrain"}, f"models.{name}")
         models[name] = ModelRule(_typed(m.get("never_retire", False), bool, f"models.{name}.never_retire"),
                                  _typed(m.get("always_retrain", False), bool, f"models.{name}.always_retrain"))
-    ap, approx, costs = doc.get("approval", {}), doc.get("approximate", {}), doc.get("costs", {})
+    ap, approx, costs, risk = doc.get("approval", {}), doc.get("approximate", {}), doc.get("costs", {}), \
+        doc.get("risk", {})
     _check_keys(ap, {"required", "approvers"}, "approval")
-    _check_keys(approx, {"max_mia_auc_gap", "max_accuracy_drop"}, "approximate")
+    _check_keys(approx, {"max_mia_auc_gap", "max_accuracy_drop", "max_mia_auc"}, "approximate")
+    _check_keys(risk, {"max_premium"}, "risk")
+    premium = _typed(risk.get("max_premium", 2.0), float, "risk.max_premium")
+    if not 1.0 <= premium < float("inf"):
+        raise BadInput("policy risk.max_premium must be a finite number ≥ 1 (1: always the cheapest action)")
+    bounds = {}
+    for key, fallback in (("max_mia_auc_gap", 0.05), ("max_accuracy_drop", 0.02), ("max_mia_auc", 0.55)):
+        bounds[key] = _typed(approx.get(key, fallback), float, f"approximate.{key}")
+        if not 0.0 <= bounds[key] <= 1.0:
+            raise BadInput(f"policy approximate.{key} must be between 0 and 1")
     _check_keys(costs, {"cpu_hour", "gpu_hour"}, "costs")
     approvers = _typed(ap.get("approvers", 1), int, "approval.approvers")
     if approvers < 1:
@@ -112,9 +134,10 @@ def parse_policy(doc: dict, source: str) -> Policy:
     return Policy(
         default_category=default, allow_retire=_typed(doc.get("allow_retire", False), bool, "allow_retire"),
         categories=cats, models=models,
+        retire_withdrawn=_typed(doc.get("retire_withdrawn", True), bool, "retire_withdrawn"),
         approval_required=_typed(ap.get("required", True), bool, "approval.required"), approvers=approvers,
-        max_mia_auc_gap=_typed(approx.get("max_mia_auc_gap", 0.05), float, "approximate.max_mia_auc_gap"),
-        max_accuracy_drop=_typed(approx.get("max_accuracy_drop", 0.02), float, "approximate.max_accuracy_drop"),
+        max_mia_auc_gap=bounds["max_mia_auc_gap"], max_accuracy_drop=bounds["max_accuracy_drop"],
+        max_mia_auc=bounds["max_mia_auc"], max_premium=premium,
         cpu_hour=_typed(costs.get("cpu_hour", 0.05), float, "costs.cpu_hour"),
         gpu_hour=_typed(costs.get("gpu_hour", 2.5), float, "costs.gpu_hour"),
         source=source,

@@ -149,6 +149,12 @@ def subject_hashes(store: Store, request_ids: Sequence[str]) -> np.ndarray:
     return np.array(rows, dtype=np.uint64).reshape(-1, 2)
 
 
+def subjects_found(store: Store, request_id: str) -> int:
+    """How many of the request's subjects the store holds records of (the rest may be mistyped ids, ids under
+    another key, or customers whose data never reached the store)."""
+    return store.engine().records_of(subject_hashes(store, [request_id]))[1]
+
+
 def set_status_many(txn, request_ids: Sequence[str], status: str) -> None:
     """Move requests to `status`, all or none (each must allow the transition)."""
     ids = list(request_ids)
