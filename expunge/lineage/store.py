@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -25,10 +26,12 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import numpy as np
 
-from expunge.errors import BadInput, ExpungeError, SecretMismatch, StoreNotFound, UnknownReference
+from expunge.errors import BadInput, ExpungeError, SecretMismatch, StoreCorrupt, StoreNotFound, UnknownReference
 from expunge.lineage import catalog as C
 from expunge.lineage import keys
-from expunge.lineage.fsutil import WriterLock, atomic_write_bytes, fsync_dir, fsync_file
+from expunge.lineage.fsutil import (
+    WriterLock, atomic_write_bytes, check_file_name, create_private, fsync_dir, make_private_dir, seal_file,
+)
 
 DEFAULT_STORE = ".expunge"
 MERGE_FACTOR = 2  # merge the newest subject segments while the older one is < MERGE_FACTOR × newer
@@ -76,9 +79,8 @@ def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyC
     """A cursor whose default database is the catalog file at `path`; detached on exit, whatever happened."""
     cur = _hub_connection().cursor()
     alias = f"cat{next(_aliases)}"
-    quoted = str(path).replace("'", "''")
     try:
-        cur.execute(f"ATTACH '{quoted}' AS {alias}" + (" (READ_ONLY)" if read_only else ""))
+        cur.execute(f"ATTACH {sql_literal(str(path))} AS {alias}" + (" (READ_ONLY)" if read_only else ""))
     except BaseException:
         cur.close()
         raise
@@ -96,6 +98,17 @@ def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyC
             fresh.execute(f"DETACH DATABASE IF EXISTS {alias}")
         finally:
             fresh.close()
+
+
+def sql_literal(text: str) -> str:
+    """`text` as a DuckDB string literal, for the few places that cannot take a parameter (ATTACH, a
+    table function in a query built from parts): a store path may hold a quote."""
+    if "\0" in text:
+        raise BadInput(f"a path with a NUL character cannot be used: {text!r}")
+    return "'" + text.replace("'", "''") + "'"
+
+
+_GENERATION = re.compile(r"catalog-[0-9]{6,}\.duckdb")
 
 
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -170,8 +183,8 @@ class Store:
             raise BadInput(f"a store already exists at {root}")
         if root.exists() and any(root.iterdir()):
             raise BadInput(f"{root} exists and is not empty; choose another directory for the store")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / C.DATA).mkdir(exist_ok=True)
+        make_private_dir(root)
+        make_private_dir(root / C.DATA)
         if os.environ.get("EXPUNGE_SECRET"):
             secret = keys.load_secret(root)
         else:
@@ -185,6 +198,7 @@ class Store:
         tmp = root / (gen_name + ".tmp")
         # Small blocks: the catalog is copied on every write, and most tables hold a few rows.
         con = duckdb.connect(str(tmp), config={"default_block_size": "16384"})
+        os.chmod(tmp, 0o600)
         try:
             con.execute(C.DDL)
             con.executemany(
@@ -199,7 +213,7 @@ class Store:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        fsync_file(tmp)
+        seal_file(tmp)
         os.replace(tmp, root / gen_name)
         atomic_write_bytes(root / C.CURRENT, gen_name.encode())
         atomic_write_bytes(root / C.MARKER, json.dumps({"format": C.FORMAT, "tool": "expunge"}).encode())
@@ -227,7 +241,10 @@ class Store:
     # ---------------------------------------------------------------- reading
 
     def generation(self) -> str:
-        return (self.root / C.CURRENT).read_text().strip()
+        gen = (self.root / C.CURRENT).read_text().strip()
+        if not _GENERATION.fullmatch(gen):
+            raise StoreCorrupt(f"{self.root / C.CURRENT} names {gen[:80]!r}, not a catalog file of the store")
+        return gen
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -248,7 +265,8 @@ class Store:
             yield con
 
     def data_path(self, name: str) -> Path:
-        return self.data_dir / name
+        """The path of a data file named by the catalog; refuses a name that would leave data/."""
+        return self.data_dir / check_file_name(name, "data file")
 
     @contextmanager
     def view(self) -> Iterator["CatalogView"]:
@@ -286,8 +304,12 @@ class Store:
                 stale.unlink()
                 crashed = True
             if crashed:
+                for stale in self.root.glob(f".{C.CURRENT}.*.tmp"):  # an atomic_write_bytes cut short
+                    stale.unlink()
                 self._collect_garbage(gen)
-            shutil.copyfile(self.root / gen, tmp)
+            # A fresh 0600 file (O_EXCL, no symlink followed), then the live catalog's bytes.
+            with open(self.root / gen, "rb") as src, os.fdopen(create_private(tmp), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
             try:
                 with attached(tmp, read_only=False) as con:
                     self._drop_retired(con, num - 1)
@@ -300,10 +322,10 @@ class Store:
                     txn.discard_files()
                 raise
             for f in txn.new_files:
-                fsync_file(self.data_path(f))
+                seal_file(self.data_path(f))
             if txn.new_files:
                 fsync_dir(self.data_dir)
-            fsync_file(tmp)
+            seal_file(tmp)
             os.replace(tmp, self.root / new_gen)
             atomic_write_bytes(self.root / C.CURRENT, new_gen.encode())
             self._drop_old_generations(keep={gen, new_gen})
@@ -493,16 +515,22 @@ class Txn(CatalogView):
         self.new_files.append(name)
         return name
 
-    def write_bytes(self, suffix: str, data: bytes) -> str:
+    def create(self, suffix: str):
+        """A new data file (a fresh name, mode 0600, never an existing file or symlink), open for writing."""
         name = self.new_name(suffix)
-        with open(self.store.data_path(name), "wb") as fh:
+        return name, os.fdopen(create_private(self.store.data_path(name)), "wb")
+
+    def write_bytes(self, suffix: str, data: bytes) -> str:
+        name, fh = self.create(suffix)
+        with fh:
             fh.write(data)
         return name
 
     def write_parquet(self, table, suffix: str = ".parquet") -> str:
         import pyarrow.parquet as pq
 
-        name = self.new_name(suffix)
+        name, fh = self.create(suffix)
+        fh.close()  # Parquet's writer truncates the 0600 file we made rather than making its own
         pq.write_table(table, self.store.data_path(name), compression="zstd")
         return name
 
