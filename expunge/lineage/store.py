@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import numpy as np
 
-from expunge.errors import BadInput, ExpungeError, SecretMismatch, StoreCorrupt, StoreNotFound, UnknownReference
+from expunge.errors import BadInput, ExpungeError, StoreCorrupt, StoreNotFound, UnknownReference
 from expunge.lineage import catalog as C
 from expunge.lineage import keys
 from expunge.lineage.fsutil import (
@@ -111,6 +112,45 @@ def sql_literal(text: str) -> str:
 _GENERATION = re.compile(r"catalog-[0-9]{6,}\.duckdb")
 
 
+def _generation(root: Path) -> str:
+    """The live catalog file's name, from CURRENT."""
+    gen = (root / C.CURRENT).read_text().strip()
+    if not _GENERATION.fullmatch(gen):
+        raise StoreCorrupt(f"{root / C.CURRENT} names {gen[:80]!r}, not a catalog file of the store")
+    return gen
+
+
+def fault(point: str) -> None:
+    """Die here, as a crash would (SIGKILL: no cleanup), when $EXPUNGE_FAULT names this point; for tests."""
+    if os.environ.get("EXPUNGE_FAULT") == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rebuild_catalog(path: Path) -> None:
+    """Rewrite a catalog file into a fresh one holding only its live rows (no stale free blocks)."""
+    fresh = path.with_name(path.name + ".fresh")
+    fresh.unlink(missing_ok=True)
+    cur = _hub_connection().cursor()
+    src, dst = f"cat{next(_aliases)}", f"cat{next(_aliases)}"
+    try:
+        cur.execute(f"ATTACH {sql_literal(str(path))} AS {src} (READ_ONLY)")
+        cur.execute(f"ATTACH {sql_literal(str(fresh))} AS {dst} (BLOCK_SIZE 16384)")
+        cur.execute(f"COPY FROM DATABASE {src} TO {dst}")
+        cur.execute(f"CHECKPOINT {dst}")
+    finally:
+        cur.close()
+        fresh_cur = _hub_connection().cursor()
+        try:
+            fresh_cur.execute(f"DETACH DATABASE IF EXISTS {src}")
+            fresh_cur.execute(f"DETACH DATABASE IF EXISTS {dst}")
+        finally:
+            fresh_cur.close()
+    os.chmod(fresh, 0o600)
+    os.replace(fresh, path)
+
+
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the catalog a cursor from `attached` reads has the table (other attached catalogs do not count)."""
     return bool(con.execute("SELECT count(*) FROM information_schema.tables "
@@ -164,18 +204,25 @@ def split_ref(ref: str) -> tuple[str, int | None]:
 class Store:
     """A lineage store directory. Cheap to open; all writes are atomic and single-writer."""
 
-    def __init__(self, root: Path, secret: bytes):
+    def __init__(self, root: Path, secret: bytes | Sequence[bytes], key: "keys.Key | None" = None):
         self.root = root
         self.data_dir = root / C.DATA
         self.hasher = keys.SubjectHasher(secret)
+        self.key_layers: tuple[bytes, ...] = (bytes(secret),) if isinstance(secret, (bytes, bytearray)) else tuple(secret)
+        self.key = key  # where the key came from (None when the caller passed raw key bytes)
         self._engine = None
         self._engine_gen: str | None = None
 
     # ---------------------------------------------------------------- opening
 
     @classmethod
-    def init(cls, store: str | os.PathLike | None = None, *, exist_ok: bool = False) -> "Store":
-        """Create a store (and its key file, unless `$EXPUNGE_SECRET` is set)."""
+    def init(cls, store: str | os.PathLike | None = None, *, exist_ok: bool = False,
+             key_file: str | os.PathLike | None = None) -> "Store":
+        """Create a store, and its key file outside it unless the key is in `$EXPUNGE_SECRET`.
+
+        The key file is `key_file`, else `$EXPUNGE_KEY_FILE`, else `<key dir>/<store id>.key`
+        (see `expunge.lineage.keys`); an existing one is used as it is.
+        """
         root = resolve_root(store)
         if (root / C.MARKER).exists():
             if exist_ok:
@@ -183,17 +230,31 @@ class Store:
             raise BadInput(f"a store already exists at {root}")
         if root.exists() and any(root.iterdir()):
             raise BadInput(f"{root} exists and is not empty; choose another directory for the store")
+        store_id = uuid.uuid4().hex
+        key, kdf, made_key = keys.init_key(root, store_id, Path(key_file) if key_file is not None else None)
+        try:
+            return cls._create(root, store_id, key, kdf, key_file)
+        except BaseException:
+            if made_key:  # never leave a key without its store
+                key.path.unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def _create(cls, root: Path, store_id: str, key: "keys.Key", kdf: dict | None, key_file) -> "Store":
         make_private_dir(root)
         make_private_dir(root / C.DATA)
-        if os.environ.get("EXPUNGE_SECRET"):
-            secret = keys.load_secret(root)
-        else:
-            secret = keys.generate_secret()
-            kpath = keys.key_file_path(root)
-            if kpath.exists():
-                secret = keys.load_secret(root)
-            else:
-                keys.write_key_file(kpath, secret)
+        salt = secrets.token_bytes(16)
+        meta = [
+            ["format", str(C.FORMAT)],
+            ["store_id", store_id],
+            ["key_salt", salt.hex()],
+            ["key_layers", str(len(key.layers))],
+            ["key_check", keys.check_value(key.layers, salt)],
+            ["next_ordinal", "0"],
+            ["created_at", _now().isoformat()],
+        ]
+        if kdf is not None:
+            meta.append(["kdf", json.dumps(kdf, sort_keys=True)])
         gen_name = "catalog-000001.duckdb"
         tmp = root / (gen_name + ".tmp")
         # Small blocks: the catalog is copied on every write, and most tables hold a few rows.
@@ -201,50 +262,41 @@ class Store:
         os.chmod(tmp, 0o600)
         try:
             con.execute(C.DDL)
-            con.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [
-                    ["format", str(C.FORMAT)],
-                    ["key_fingerprint", keys.fingerprint(secret)],
-                    ["next_ordinal", "0"],
-                    ["created_at", _now().isoformat()],
-                ],
-            )
+            con.executemany("INSERT INTO meta VALUES (?, ?)", meta)
             con.execute("CHECKPOINT")
         finally:
             con.close()
         seal_file(tmp)
         os.replace(tmp, root / gen_name)
         atomic_write_bytes(root / C.CURRENT, gen_name.encode())
-        atomic_write_bytes(root / C.MARKER, json.dumps({"format": C.FORMAT, "tool": "expunge"}).encode())
-        return cls(root, secret)
+        marker = {"format": C.FORMAT, "tool": "expunge", "store_id": store_id}
+        if key_file is not None:
+            marker["key_file"] = os.path.abspath(key_file)
+        # The marker last: until it exists there is no store here, and `init` may be run again.
+        atomic_write_bytes(root / C.MARKER, json.dumps(marker).encode())
+        return cls(root, key.layers, key)
 
     @classmethod
     def open(cls, store: str | os.PathLike | None = None) -> "Store":
         root = resolve_root(store)
         if not (root / C.MARKER).exists() or not (root / C.CURRENT).exists():
             raise StoreNotFound(f"no expunge store at {root} (run `expunge init` or pass --store)")
-        secret = keys.load_secret(root)
-        st = cls(root, secret)
-        with st.read() as con:
+        with attached(root / _generation(root)) as con:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != str(C.FORMAT):
             raise StoreNotFound(
                 f"the store at {root} has format {meta.get('format')}; this expunge reads format {C.FORMAT} "
                 "(re-create it with this version, or use the expunge that made it)"
             )
-        fp = meta.get("key_fingerprint")
-        if fp != keys.fingerprint(secret):
-            raise SecretMismatch(f"the subject-hash secret does not belong to the store at {root}")
-        return st
+        key = keys.find_key(root, keys.read_marker(root), meta)
+        layers = keys.store_layers(key, meta, root)
+        keys.warn_if_weak(key, meta, root)
+        return cls(root, layers, key)
 
     # ---------------------------------------------------------------- reading
 
     def generation(self) -> str:
-        gen = (self.root / C.CURRENT).read_text().strip()
-        if not _GENERATION.fullmatch(gen):
-            raise StoreCorrupt(f"{self.root / C.CURRENT} names {gen[:80]!r}, not a catalog file of the store")
-        return gen
+        return _generation(self.root)
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -287,8 +339,14 @@ class Store:
     # ---------------------------------------------------------------- writing
 
     @contextmanager
-    def write(self) -> Iterator["Txn"]:
-        """A write transaction: all of it becomes visible at once, or none of it."""
+    def write(self, *, purge: bool = False) -> Iterator["Txn"]:
+        """A write transaction: all of it becomes visible at once, or none of it.
+
+        With `purge` (key rotation), what the write replaced is gone once it returns: the catalog is
+        rebuilt into a fresh file (a copied DuckDB file keeps deleted rows in its free blocks), and
+        the previous generations and every data file the new one does not reference are deleted
+        (a reader still on the previous generation then fails and must retry).
+        """
         lock = WriterLock(self.root / C.LOCK)
         lock.acquire()
         txn = None
@@ -315,6 +373,8 @@ class Store:
                     self._drop_retired(con, num - 1)
                     txn = Txn(self, con, num)
                     yield txn
+                if purge:
+                    _rebuild_catalog(tmp)
             except BaseException:
                 for p in self.root.glob(tmp.name + "*"):
                     p.unlink(missing_ok=True)
@@ -328,7 +388,12 @@ class Store:
             seal_file(tmp)
             os.replace(tmp, self.root / new_gen)
             atomic_write_bytes(self.root / C.CURRENT, new_gen.encode())
-            self._drop_old_generations(keep={gen, new_gen})
+            if purge:
+                fault("rotate:after-catalog")  # purge is key rotation's: test its crash between switch and purge
+                self._drop_old_generations(keep={new_gen})
+                self._collect_garbage(new_gen, only_live=True)
+            else:
+                self._drop_old_generations(keep={gen, new_gen})
         finally:
             lock.release()
 
@@ -345,15 +410,19 @@ class Store:
         if rows:
             con.execute("DELETE FROM retired_files WHERE since_gen <= ?", [current - 1])
 
-    def _collect_garbage(self, gen: str) -> None:
+    def _collect_garbage(self, gen: str, only_live: bool = False) -> None:
         """Remove data files left by a writer that crashed before switching generations.
 
-        Files of every generation still on disk are kept: readers may hold the previous one.
+        Files of every generation still on disk are kept: readers may hold the previous one. With
+        `only_live`, keep only the files generation `gen` reads (not even those it lists as retired).
         """
         live: set[str] = set()
-        for cat in self.root.glob("catalog-*.duckdb"):
+        cats = [self.root / gen] if only_live else self.root.glob("catalog-*.duckdb")
+        for cat in cats:
             with attached(cat) as con:
                 for table, col in C.FILE_COLUMNS:
+                    if only_live and table == "retired_files":
+                        continue
                     for (f,) in con.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL").fetchall():
                         live.add(f)
         for p in self.data_dir.iterdir():
