@@ -56,6 +56,9 @@ def rotate(
                        f"{res['records']:,} records and {res['requests']:,} requests re-hashed.")
             typer.echo(f"Key file: {res['key_file']} (now {res['key_layers']} layers; back it up again: "
                        "the old copy no longer opens the store)")
+            if res["sharded_runs"]:
+                typer.echo(f"Note: {res['sharded_runs']} sharded (SISA) run(s) assign shards by the keyed owner "
+                           "hash; a shard retrain after this rotation deals rows into different shards.")
 
     go()
 

@@ -114,8 +114,12 @@ def rotate(store: Store) -> dict:
         _set_key_meta(txn, new_layers)
         keys.write_key_file(key.path, new_layers, replace=True)
         fault("rotate:after-key")
+        # SISA trainers shard rows by the owner fingerprint, which the rotation changes: a later
+        # shard retrain of these runs would deal rows into other shards than at training time.
+        sharded = int(txn.one("SELECT count(*) FROM runs WHERE n_shards > 1"))
     _adopt(store, new_layers, key.path)
-    return {"store": str(store.root), "key_file": str(key.path), "key_layers": len(new_layers), **counts}
+    return {"store": str(store.root), "key_file": str(key.path), "key_layers": len(new_layers), **counts,
+            "sharded_runs": sharded}
 
 
 def _shred(path: Path) -> None:
