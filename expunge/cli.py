@@ -89,22 +89,31 @@ def _guard(fn):
 
 @app.command()
 @_guard
-def init(store: Optional[Path] = StoreOpt, json_out: bool = JsonOpt) -> None:
-    """Create a store (and its subject-hash key file unless $EXPUNGE_SECRET is set).
+def init(
+    store: Optional[Path] = StoreOpt,
+    key_file: Optional[Path] = typer.Option(
+        None, "--key-file", help="Where to keep the subject-hash key (default: <key dir>/<store id>.key, "
+        "the key dir being $EXPUNGE_KEY_DIR or ~/.config/expunge/keys); an existing key file is used.",
+        show_default=False),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Create a store, and its subject-hash key file outside it (unless $EXPUNGE_SECRET holds the key).
 
     Example: expunge init --store ./lineage
     """
-    from expunge.lineage.keys import key_file_path
     from expunge.lineage.store import Store
 
-    st = Store.init(store)
-    key = None if os.environ.get("EXPUNGE_SECRET") else str(key_file_path(st.root))
+    st = Store.init(store, key_file=key_file)
+    key = str(st.key.path) if st.key is not None and st.key.path is not None else None
     if json_out:
         _emit_json({"store": str(st.root), "key_file": key})
     else:
         typer.echo(f"Initialised an expunge store at {st.root}")
         if key:
-            typer.echo(f"Subject-hash key: {key} (back it up; keep it out of version control)")
+            typer.echo(f"Subject-hash key: {key}, outside the store: backups of the store do not include it. "
+                       "Back it up separately; without it the store cannot find a subject.")
+        else:
+            typer.echo("Subject-hash key: $EXPUNGE_SECRET (a passphrase is stretched with scrypt; it is kept nowhere)")
 
 
 @ingest_app.command("source")
@@ -693,6 +702,11 @@ def demo(
     from expunge.demo import run_demo
 
     run_demo(directory, json_out=json_out)
+
+
+from expunge.cli_key import register as _register_key_commands  # noqa: E402
+
+_register_key_commands(app)
 
 
 def main() -> None:

@@ -5,8 +5,10 @@
     │   ├── SchemaError          a document failed its JSON Schema
     │   └── UnknownReference     a parent dataset, model or run that is not in the store
     ├── StoreNotFound            no store at the given path (exit 2)
+    ├── StoreCorrupt             the store's files or names are not what expunge wrote (exit 2);
+    │                            refused before anything outside the store is touched
     ├── StoreBusy                another process is writing to the store (exit 3)
-    └── SecretMismatch           the subject-hash secret is not this store's (exit 2)
+    └── SecretMismatch           the subject-hash key is not this store's, or not safe to use (exit 2)
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class UnknownReference(BadInput):
 
 
 class StoreNotFound(ExpungeError):
+    exit_code = 2
+
+
+class StoreCorrupt(ExpungeError):
     exit_code = 2
 
 

@@ -41,8 +41,9 @@ def test_secret_from_env_and_mismatch(tmp_path, monkeypatch):
         Store.open(tmp_path / "s")
 
 
-def test_key_file_is_private(store):
-    mode = os.stat(store.root / "secret.key").st_mode & 0o777
+def test_key_file_is_private_and_outside_the_store(store):
+    assert not store.key.inside_store and not str(store.key.path).startswith(str(store.root))
+    mode = os.stat(store.key.path).st_mode & 0o777
     assert mode == 0o600
 
 

@@ -1,11 +1,13 @@
 """The store's on-disk layout and the DuckDB catalog schema.
 
-    <store>/STORE                  format marker (JSON)
-    <store>/secret.key             subject-hash key (unless $EXPUNGE_SECRET / $EXPUNGE_KEY_FILE)
+    <store>/STORE                  format marker (JSON: format, store_id, key_file if given at init)
     <store>/lock                   writer lock (flock)
     <store>/CURRENT                name of the live catalog file
     <store>/catalog-<gen>.duckdb   the catalog: small entities (datasets, runs, models, ...)
     <store>/data/                  immutable record-level files referenced by the catalog
+
+The subject-hash key is not here: see `keys` (a store made by an older expunge may still
+hold `secret.key`; `expunge key migrate` moves it out). The directory is 0700, files 0600.
 
 A write copies the live catalog, changes the copy, writes new data files, and
 then switches CURRENT with an atomic rename: a crash at any point leaves the

@@ -20,7 +20,7 @@ from expunge.lineage import catalog as C
 from expunge.lineage.keys import owner_fingerprint
 from expunge.lineage import segments as seglib
 from expunge.lineage.segments import Segment
-from expunge.lineage.store import MERGE_FACTOR, Store, Txn, VersionInfo, _now, check_name
+from expunge.lineage.store import MERGE_FACTOR, Store, Txn, VersionInfo, _now, check_name, sql_literal
 from expunge.lineage.tables import first_duplicate, id_column, id_lists, read_table, require_columns
 
 
@@ -49,7 +49,7 @@ def lookup_record_ordinals(txn: Txn, dataset_id: int, ids: pa.Array, with_owner:
     q = pa.table({"rid": ids, "pos": pa.array(np.arange(n, dtype=np.int64))})
     parts = " UNION ALL ".join(
         f"SELECT record_id AS rid, owner, (file_row_number + {start})::BIGINT AS ord "
-        f"FROM read_parquet('{path}', file_row_number = true)"
+        f"FROM read_parquet({sql_literal(path)}, file_row_number = true)"
         for path, start in segs
     )
     txn.con.register("_q_ids", q)
@@ -77,7 +77,7 @@ def _bulk_lookup(txn: Txn, hasher, dataset_id: int, rids: pa.Array, subs: pa.Arr
     segs = _record_ids_of_dataset(txn, dataset_id)
     ids_sql = " UNION ALL ".join(
         f"SELECT record_id AS rid, owner, (file_row_number + {start})::BIGINT AS ord "
-        f"FROM read_parquet('{path}', file_row_number = true)"
+        f"FROM read_parquet({sql_literal(path)}, file_row_number = true)"
         for path, start in segs
     ) or "SELECT NULL::VARCHAR AS rid, NULL::USMALLINT AS owner, NULL::BIGINT AS ord WHERE false"
     con.register("_q", pa.table({"rid": rids, "s": subs, "pos": pa.array(np.arange(n, dtype=np.int64))}))
@@ -146,8 +146,8 @@ def add_subject_segment(txn: Txn, hashes: np.ndarray, ords: np.ndarray) -> None:
             f"DELETE FROM subject_segments WHERE segment_id IN ({','.join(str(s) for s, _ in merge)})"
         )
         txn.retire([f for _, f in merge])
-    name = txn.new_name(".seg")
-    with open(txn.store.data_path(name), "wb") as fh:
+    name, fh = txn.create(".seg")
+    with fh:
         ns, nr = seglib.write(fh, *part)
     txn.con.execute(
         "INSERT INTO subject_segments VALUES (?, ?, ?, ?)",

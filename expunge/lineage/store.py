@@ -12,6 +12,8 @@ import contextlib
 import itertools
 import json
 import os
+import re
+import secrets
 import shutil
 import threading
 import time
@@ -25,10 +27,12 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import numpy as np
 
-from expunge.errors import BadInput, ExpungeError, SecretMismatch, StoreNotFound, UnknownReference
+from expunge.errors import BadInput, ExpungeError, StoreCorrupt, StoreNotFound, UnknownReference
 from expunge.lineage import catalog as C
 from expunge.lineage import keys
-from expunge.lineage.fsutil import WriterLock, atomic_write_bytes, fsync_dir, fsync_file
+from expunge.lineage.fsutil import (
+    WriterLock, atomic_write_bytes, check_file_name, create_private, fsync_dir, make_private_dir, seal_file,
+)
 
 DEFAULT_STORE = ".expunge"
 MERGE_FACTOR = 2  # merge the newest subject segments while the older one is < MERGE_FACTOR × newer
@@ -76,9 +80,8 @@ def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyC
     """A cursor whose default database is the catalog file at `path`; detached on exit, whatever happened."""
     cur = _hub_connection().cursor()
     alias = f"cat{next(_aliases)}"
-    quoted = str(path).replace("'", "''")
     try:
-        cur.execute(f"ATTACH '{quoted}' AS {alias}" + (" (READ_ONLY)" if read_only else ""))
+        cur.execute(f"ATTACH {sql_literal(str(path))} AS {alias}" + (" (READ_ONLY)" if read_only else ""))
     except BaseException:
         cur.close()
         raise
@@ -96,6 +99,56 @@ def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyC
             fresh.execute(f"DETACH DATABASE IF EXISTS {alias}")
         finally:
             fresh.close()
+
+
+def sql_literal(text: str) -> str:
+    """`text` as a DuckDB string literal, for the few places that cannot take a parameter (ATTACH, a
+    table function in a query built from parts): a store path may hold a quote."""
+    if "\0" in text:
+        raise BadInput(f"a path with a NUL character cannot be used: {text!r}")
+    return "'" + text.replace("'", "''") + "'"
+
+
+_GENERATION = re.compile(r"catalog-[0-9]{6,}\.duckdb")
+
+
+def _generation(root: Path) -> str:
+    """The live catalog file's name, from CURRENT."""
+    gen = (root / C.CURRENT).read_text().strip()
+    if not _GENERATION.fullmatch(gen):
+        raise StoreCorrupt(f"{root / C.CURRENT} names {gen[:80]!r}, not a catalog file of the store")
+    return gen
+
+
+def fault(point: str) -> None:
+    """Die here, as a crash would (SIGKILL: no cleanup), when $EXPUNGE_FAULT names this point; for tests."""
+    if os.environ.get("EXPUNGE_FAULT") == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rebuild_catalog(path: Path) -> None:
+    """Rewrite a catalog file into a fresh one holding only its live rows (no stale free blocks)."""
+    fresh = path.with_name(path.name + ".fresh")
+    fresh.unlink(missing_ok=True)
+    cur = _hub_connection().cursor()
+    src, dst = f"cat{next(_aliases)}", f"cat{next(_aliases)}"
+    try:
+        cur.execute(f"ATTACH {sql_literal(str(path))} AS {src} (READ_ONLY)")
+        cur.execute(f"ATTACH {sql_literal(str(fresh))} AS {dst} (BLOCK_SIZE 16384)")
+        cur.execute(f"COPY FROM DATABASE {src} TO {dst}")
+        cur.execute(f"CHECKPOINT {dst}")
+    finally:
+        cur.close()
+        fresh_cur = _hub_connection().cursor()
+        try:
+            fresh_cur.execute(f"DETACH DATABASE IF EXISTS {src}")
+            fresh_cur.execute(f"DETACH DATABASE IF EXISTS {dst}")
+        finally:
+            fresh_cur.close()
+    os.chmod(fresh, 0o600)
+    os.replace(fresh, path)
 
 
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -151,18 +204,25 @@ def split_ref(ref: str) -> tuple[str, int | None]:
 class Store:
     """A lineage store directory. Cheap to open; all writes are atomic and single-writer."""
 
-    def __init__(self, root: Path, secret: bytes):
+    def __init__(self, root: Path, secret: bytes | Sequence[bytes], key: "keys.Key | None" = None):
         self.root = root
         self.data_dir = root / C.DATA
         self.hasher = keys.SubjectHasher(secret)
+        self.key_layers: tuple[bytes, ...] = (bytes(secret),) if isinstance(secret, (bytes, bytearray)) else tuple(secret)
+        self.key = key  # where the key came from (None when the caller passed raw key bytes)
         self._engine = None
         self._engine_gen: str | None = None
 
     # ---------------------------------------------------------------- opening
 
     @classmethod
-    def init(cls, store: str | os.PathLike | None = None, *, exist_ok: bool = False) -> "Store":
-        """Create a store (and its key file, unless `$EXPUNGE_SECRET` is set)."""
+    def init(cls, store: str | os.PathLike | None = None, *, exist_ok: bool = False,
+             key_file: str | os.PathLike | None = None) -> "Store":
+        """Create a store, and its key file outside it unless the key is in `$EXPUNGE_SECRET`.
+
+        The key file is `key_file`, else `$EXPUNGE_KEY_FILE`, else `<key dir>/<store id>.key`
+        (see `expunge.lineage.keys`); an existing one is used as it is.
+        """
         root = resolve_root(store)
         if (root / C.MARKER).exists():
             if exist_ok:
@@ -170,64 +230,73 @@ class Store:
             raise BadInput(f"a store already exists at {root}")
         if root.exists() and any(root.iterdir()):
             raise BadInput(f"{root} exists and is not empty; choose another directory for the store")
-        root.mkdir(parents=True, exist_ok=True)
-        (root / C.DATA).mkdir(exist_ok=True)
-        if os.environ.get("EXPUNGE_SECRET"):
-            secret = keys.load_secret(root)
-        else:
-            secret = keys.generate_secret()
-            kpath = keys.key_file_path(root)
-            if kpath.exists():
-                secret = keys.load_secret(root)
-            else:
-                keys.write_key_file(kpath, secret)
+        store_id = uuid.uuid4().hex
+        key, kdf, made_key = keys.init_key(root, store_id, Path(key_file) if key_file is not None else None)
+        try:
+            return cls._create(root, store_id, key, kdf, key_file)
+        except BaseException:
+            if made_key:  # never leave a key without its store
+                key.path.unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def _create(cls, root: Path, store_id: str, key: "keys.Key", kdf: dict | None, key_file) -> "Store":
+        make_private_dir(root)
+        make_private_dir(root / C.DATA)
+        salt = secrets.token_bytes(16)
+        meta = [
+            ["format", str(C.FORMAT)],
+            ["store_id", store_id],
+            ["key_salt", salt.hex()],
+            ["key_layers", str(len(key.layers))],
+            ["key_check", keys.check_value(key.layers, salt)],
+            ["next_ordinal", "0"],
+            ["created_at", _now().isoformat()],
+        ]
+        if kdf is not None:
+            meta.append(["kdf", json.dumps(kdf, sort_keys=True)])
         gen_name = "catalog-000001.duckdb"
         tmp = root / (gen_name + ".tmp")
         # Small blocks: the catalog is copied on every write, and most tables hold a few rows.
         con = duckdb.connect(str(tmp), config={"default_block_size": "16384"})
+        os.chmod(tmp, 0o600)
         try:
             con.execute(C.DDL)
-            con.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [
-                    ["format", str(C.FORMAT)],
-                    ["key_fingerprint", keys.fingerprint(secret)],
-                    ["next_ordinal", "0"],
-                    ["created_at", _now().isoformat()],
-                ],
-            )
+            con.executemany("INSERT INTO meta VALUES (?, ?)", meta)
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        fsync_file(tmp)
+        seal_file(tmp)
         os.replace(tmp, root / gen_name)
         atomic_write_bytes(root / C.CURRENT, gen_name.encode())
-        atomic_write_bytes(root / C.MARKER, json.dumps({"format": C.FORMAT, "tool": "expunge"}).encode())
-        return cls(root, secret)
+        marker = {"format": C.FORMAT, "tool": "expunge", "store_id": store_id}
+        if key_file is not None:
+            marker["key_file"] = os.path.abspath(key_file)
+        # The marker last: until it exists there is no store here, and `init` may be run again.
+        atomic_write_bytes(root / C.MARKER, json.dumps(marker).encode())
+        return cls(root, key.layers, key)
 
     @classmethod
     def open(cls, store: str | os.PathLike | None = None) -> "Store":
         root = resolve_root(store)
         if not (root / C.MARKER).exists() or not (root / C.CURRENT).exists():
             raise StoreNotFound(f"no expunge store at {root} (run `expunge init` or pass --store)")
-        secret = keys.load_secret(root)
-        st = cls(root, secret)
-        with st.read() as con:
+        with attached(root / _generation(root)) as con:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != str(C.FORMAT):
             raise StoreNotFound(
                 f"the store at {root} has format {meta.get('format')}; this expunge reads format {C.FORMAT} "
                 "(re-create it with this version, or use the expunge that made it)"
             )
-        fp = meta.get("key_fingerprint")
-        if fp != keys.fingerprint(secret):
-            raise SecretMismatch(f"the subject-hash secret does not belong to the store at {root}")
-        return st
+        key = keys.find_key(root, keys.read_marker(root), meta)
+        layers = keys.store_layers(key, meta, root)
+        keys.warn_if_weak(key, meta, root)
+        return cls(root, layers, key)
 
     # ---------------------------------------------------------------- reading
 
     def generation(self) -> str:
-        return (self.root / C.CURRENT).read_text().strip()
+        return _generation(self.root)
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -248,7 +317,8 @@ class Store:
             yield con
 
     def data_path(self, name: str) -> Path:
-        return self.data_dir / name
+        """The path of a data file named by the catalog; refuses a name that would leave data/."""
+        return self.data_dir / check_file_name(name, "data file")
 
     @contextmanager
     def view(self) -> Iterator["CatalogView"]:
@@ -269,8 +339,14 @@ class Store:
     # ---------------------------------------------------------------- writing
 
     @contextmanager
-    def write(self) -> Iterator["Txn"]:
-        """A write transaction: all of it becomes visible at once, or none of it."""
+    def write(self, *, purge: bool = False) -> Iterator["Txn"]:
+        """A write transaction: all of it becomes visible at once, or none of it.
+
+        With `purge` (key rotation), what the write replaced is gone once it returns: the catalog is
+        rebuilt into a fresh file (a copied DuckDB file keeps deleted rows in its free blocks), and
+        the previous generations and every data file the new one does not reference are deleted
+        (a reader still on the previous generation then fails and must retry).
+        """
         lock = WriterLock(self.root / C.LOCK)
         lock.acquire()
         txn = None
@@ -286,13 +362,19 @@ class Store:
                 stale.unlink()
                 crashed = True
             if crashed:
+                for stale in self.root.glob(f".{C.CURRENT}.*.tmp"):  # an atomic_write_bytes cut short
+                    stale.unlink()
                 self._collect_garbage(gen)
-            shutil.copyfile(self.root / gen, tmp)
+            # A fresh 0600 file (O_EXCL, no symlink followed), then the live catalog's bytes.
+            with open(self.root / gen, "rb") as src, os.fdopen(create_private(tmp), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
             try:
                 with attached(tmp, read_only=False) as con:
                     self._drop_retired(con, num - 1)
                     txn = Txn(self, con, num)
                     yield txn
+                if purge:
+                    _rebuild_catalog(tmp)
             except BaseException:
                 for p in self.root.glob(tmp.name + "*"):
                     p.unlink(missing_ok=True)
@@ -300,13 +382,18 @@ class Store:
                     txn.discard_files()
                 raise
             for f in txn.new_files:
-                fsync_file(self.data_path(f))
+                seal_file(self.data_path(f))
             if txn.new_files:
                 fsync_dir(self.data_dir)
-            fsync_file(tmp)
+            seal_file(tmp)
             os.replace(tmp, self.root / new_gen)
             atomic_write_bytes(self.root / C.CURRENT, new_gen.encode())
-            self._drop_old_generations(keep={gen, new_gen})
+            if purge:
+                fault("rotate:after-catalog")  # purge is key rotation's: test its crash between switch and purge
+                self._drop_old_generations(keep={new_gen})
+                self._collect_garbage(new_gen, only_live=True)
+            else:
+                self._drop_old_generations(keep={gen, new_gen})
         finally:
             lock.release()
 
@@ -323,15 +410,19 @@ class Store:
         if rows:
             con.execute("DELETE FROM retired_files WHERE since_gen <= ?", [current - 1])
 
-    def _collect_garbage(self, gen: str) -> None:
+    def _collect_garbage(self, gen: str, only_live: bool = False) -> None:
         """Remove data files left by a writer that crashed before switching generations.
 
-        Files of every generation still on disk are kept: readers may hold the previous one.
+        Files of every generation still on disk are kept: readers may hold the previous one. With
+        `only_live`, keep only the files generation `gen` reads (not even those it lists as retired).
         """
         live: set[str] = set()
-        for cat in self.root.glob("catalog-*.duckdb"):
+        cats = [self.root / gen] if only_live else self.root.glob("catalog-*.duckdb")
+        for cat in cats:
             with attached(cat) as con:
                 for table, col in C.FILE_COLUMNS:
+                    if only_live and table == "retired_files":
+                        continue
                     for (f,) in con.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL").fetchall():
                         live.add(f)
         for p in self.data_dir.iterdir():
@@ -499,16 +590,22 @@ class Txn(CatalogView):
         self.new_files.append(name)
         return name
 
-    def write_bytes(self, suffix: str, data: bytes) -> str:
+    def create(self, suffix: str):
+        """A new data file (a fresh name, mode 0600, never an existing file or symlink), open for writing."""
         name = self.new_name(suffix)
-        with open(self.store.data_path(name), "wb") as fh:
+        return name, os.fdopen(create_private(self.store.data_path(name)), "wb")
+
+    def write_bytes(self, suffix: str, data: bytes) -> str:
+        name, fh = self.create(suffix)
+        with fh:
             fh.write(data)
         return name
 
     def write_parquet(self, table, suffix: str = ".parquet") -> str:
         import pyarrow.parquet as pq
 
-        name = self.new_name(suffix)
+        name, fh = self.create(suffix)
+        fh.close()  # Parquet's writer truncates the 0600 file we made rather than making its own
         pq.write_table(table, self.store.data_path(name), compression="zstd")
         return name
 
