@@ -328,11 +328,11 @@ def request_create(
     Example: expunge request create --subject cust-0042 --category marketing --reason "unsubscribe"
     """
     from expunge.orchestrator import requests as rq
-    from expunge.orchestrator.policy import load_policy
+    from expunge.orchestrator.policy import policy_for
 
     st = _open(store)
     r = rq.create(st, _read_subjects(subject, subjects_file), category=category, deadline_days=deadline,
-                  reason=reason, policy=load_policy(policy))
+                  reason=reason, policy=policy_for(st, policy))
     found = rq.subjects_found(st, r.id)
     if json_out:
         _emit_json(r.to_dict() | {"subjects_found": found})
@@ -408,14 +408,19 @@ def request_show(
 
 @policy_app.command("show")
 @_guard
-def policy_show(policy: Optional[Path] = PolicyOpt, json_out: bool = JsonOpt) -> None:
-    """Show the policy in force (categories, guarantees, deadlines, approval, cost rates, overrides).
+def policy_show(policy: Optional[Path] = PolicyOpt, store: Optional[Path] = StoreOpt,
+                json_out: bool = JsonOpt) -> None:
+    """Show a policy: the file given, else the store's (`expunge policy set`), else the one shipped with expunge.
 
     Example: expunge policy show --policy policy.toml
     """
-    from expunge.orchestrator.policy import load_policy
+    from expunge.lineage.store import resolve_root
+    from expunge.orchestrator.policy import load_policy, store_policy
 
-    p = load_policy(policy)
+    if policy is None and (store is not None or (resolve_root(None) / "STORE").exists()):
+        p = store_policy(_open(store))
+    else:
+        p = load_policy(policy)
     if json_out:
         _emit_json(p.to_dict())
         return
@@ -445,7 +450,7 @@ def policy_show(policy: Optional[Path] = PolicyOpt, json_out: bool = JsonOpt) ->
 @_guard
 def plan_cmd(
     args: List[str] = typer.Argument(..., help="REQUEST... | show PLAN | approve PLAN | list"),
-    by: Optional[str] = typer.Option(None, "--by", help="approve: who approves."),
+    key: Optional[Path] = typer.Option(None, "--key", help="approve: the approver's Ed25519 private key file."),
     force: bool = typer.Option(False, "--force", help="approve: a plan that misses subjects (needs --reason)."),
     reason: Optional[str] = typer.Option(None, "--reason", help="approve --force: why."),
     replan: bool = typer.Option(False, "--replan", help="Plan a request that has an approved plan (it lapses)."),
@@ -457,17 +462,20 @@ def plan_cmd(
 ) -> None:
     """Plan erasure requests (per affected model the action the policy prefers), list, show or approve plans.
 
-    expunge plan REQUEST... [--policy F] [--replan]  make and save a plan (exit 4 if a model has no admissible
-                                                     action); --replan lets an approved plan's approval lapse
+    expunge plan REQUEST... [--policy F] [--replan]  make and save a plan under the store's policy (or F; exit 4
+                                                     if a model has no admissible action); --replan lets an
+                                                     approved plan's approval lapse
     expunge plan list [--request R]                  saved plans, newest first, with their state
     expunge plan show PLAN                           a saved plan (id or a prefix of 8+ characters), hash-checked
-    expunge plan approve PLAN --by NAME              record an approval; a changed, blocked or replaced plan is
-                     [--force --reason TEXT]         refused, and one that misses subjects needs --force
+    expunge plan approve PLAN --key KEY              sign the plan with an approver's key named in the policy;
+                     [--force --reason TEXT]         a changed, stale, blocked or replaced plan, or one made
+                                                     under another policy than the store's, is refused; one
+                                                     that misses subjects needs --force
 
     Example: expunge plan req-000001 req-000002 --json
     """
     from expunge.orchestrator import planner
-    from expunge.orchestrator.policy import load_policy
+    from expunge.orchestrator.policy import policy_for
 
     st = _open(store)
     pieces = None  # the encoding made with a new plan's id, reused for --json
@@ -482,16 +490,17 @@ def plan_cmd(
         return
     if args[0] in ("show", "approve"):
         if len(args) != 2:
-            raise BadInput(f"usage: expunge plan {args[0]} PLAN" + (" --by NAME" if args[0] == "approve" else ""))
+            raise BadInput(f"usage: expunge plan {args[0]} PLAN" + (" --key KEY" if args[0] == "approve" else ""))
         if args[0] == "approve":
-            if not by:
-                raise BadInput("expunge plan approve needs --by NAME")
-            doc = planner.approve(st, args[1], by, force=force, reason=reason)
+            if not key:
+                raise BadInput("expunge plan approve needs --key KEY: approvals are signed with an approver's key "
+                               "named in the policy")
+            doc = planner.approve(st, args[1], key, force=force, reason=reason)
         else:
             doc = planner.load_plan(st, args[1])
     else:
         planner.check_replan(st, args, replan)
-        doc, pieces = planner.plan_and_encode(st, args, load_policy(policy))
+        doc, pieces = planner.plan_and_encode(st, args, policy_for(st, policy))
         planner.save_plan(st, doc, pieces, replan=replan)
         doc["approvals"] = []  # a new plan (a re-made identical one keeps its id and approvals)
         if planner.plan_exists_with_approvals(st, doc["id"]):
@@ -508,6 +517,55 @@ def plan_cmd(
             f"no admissible action for {', '.join(doc['blocked'])} (see the plan for the rules that block it)")
 
 
+@policy_app.command("set")
+@_guard
+def policy_set(
+    policy_file: Path = typer.Argument(..., help="Policy TOML file."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make a policy file the store's policy: plans are made under it, and only plans made under it can be
+    approved (its approvers' keys decide who may approve). The store keeps a copy under its hash.
+
+    Example: expunge policy set policy.toml
+    """
+    from expunge.orchestrator.policy import set_store_policy
+
+    p = set_store_policy(_open(store), policy_file)
+    if json_out:
+        _emit_json({"policy": p.source, "sha256": p.sha256(), "approvers": sorted(p.approver_keys)})
+    else:
+        typer.echo(f"The store's policy is now {p.source} ({p.sha256()[:12]}); approvers: "
+                   f"{', '.join(sorted(p.approver_keys)) or 'none named (plans cannot be approved)'}")
+
+
+approver_app = typer.Typer(help="Approvers' signing keys.", no_args_is_help=True)
+app.add_typer(approver_app, name="approver")
+
+
+@approver_app.command("keygen")
+@_guard
+def approver_keygen(
+    name: str = typer.Argument(..., help="The approver's name, as the policy will list it."),
+    out: Path = typer.Option(..., "--out", help="Where to write the private key (mode 0600; never overwritten)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make an Ed25519 key pair for an approver and print the policy line that names them.
+
+    Example: expunge approver keygen dpo --out ~/.ssh/expunge-dpo
+    """
+    from expunge.orchestrator.approvals import keygen
+
+    line = keygen(out, name)
+    entry = f'{name} = "{" ".join(line.split()[:2])}"'
+    if json_out:
+        _emit_json({"name": name, "private_key": str(out), "public_key": line, "policy_line": entry})
+    else:
+        typer.echo(f"Private key: {out} (keep it secret; `expunge plan approve PLAN --key {out}`)")
+        typer.echo("Add to the policy's [approval.keys] table, then `expunge policy set` it:")
+        typer.echo(f"  {entry}")
+
+
 def render_plan_list(plans: list[dict], console=None) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -516,9 +574,19 @@ def render_plan_list(plans: list[dict], console=None) -> None:
     if not plans:
         console.print("No plans.")
         return
-    t = Table(title="Plans", title_justify="left")
-    for col in ("plan", "created", "requests", "state", "models", "est. time", "approvals", "subjects found"):
-        t.add_column(col, no_wrap=col == "plan")
+    if console.width < 110:  # one line per plan: a table would cut ids and dates
+        console.print("Plans, newest first:")
+        for p in plans:
+            state = p["state"] + (f" by {p['superseded_by'][:12]}" if p["superseded_by"] else "")
+            console.print(f"  [bold]{p['id'][:12]}[/] {state}; {escape(', '.join(p['requests']))}; made "
+                          f"{p['created_at'][:16].replace('T', ' ')} UTC; {p['models']:,} model(s), "
+                          f"{_secs(p['total_seconds'])}; approvals {p['approvals']} of {p['approvals_needed']}; "
+                          f"subjects found {p['subjects']['found']} of {p['subjects']['requested']}",
+                          highlight=False)
+        return
+    t = Table(title="Plans, newest first", title_justify="left")
+    for col in ("plan", "created (UTC)", "requests", "state", "models", "est. time", "approvals", "subjects found"):
+        t.add_column(col, no_wrap=col in ("plan", "created (UTC)"))
     for p in plans:
         state = p["state"] + (f" by {p['superseded_by'][:12]}" if p["superseded_by"] else "")
         t.add_row(p["id"][:12], p["created_at"][:16].replace("T", " "), escape(", ".join(p["requests"])), state,

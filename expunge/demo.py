@@ -19,9 +19,25 @@ N_CUSTOMERS = 400
 SHARDS, SLICES = 4, 3
 
 
+def demo_policy(store: Store, root: Path) -> Path:
+    """The shipped policy with one approver, "you", whose key the demo makes (`root/approver.key`); it becomes
+    the store's policy. Returns the key file."""
+    from expunge.orchestrator.approvals import keygen
+    from expunge.orchestrator.policy import default_policy_text, set_store_policy
+
+    key = root / "approver.key"
+    if not key.exists():
+        pub = keygen(key, "you@demo")
+        (root / "policy.toml").write_text(default_policy_text() + "\n[approval.keys]\n"
+                                          f'you = "{" ".join(pub.split()[:2])}"\n')
+    set_store_policy(store, root / "policy.toml")
+    return key
+
+
 def build_demo(root: Path) -> tuple[Store, str]:
     """Build the demo store under `root`; return it and the customer to show."""
     store = Store.init(root / "store")
+    demo_policy(store, root)
     art = root / "artifacts"
     cust = synth.customers(N_CUSTOMERS, seed=1)
     tx1 = synth.transactions(3000, N_CUSTOMERS, seed=2)
@@ -108,9 +124,9 @@ def demo_plans(store: Store, subject: str) -> list[dict]:
     """Two erasure requests of different categories, and their plans (saved in the store)."""
     from expunge.orchestrator import requests as rq
     from expunge.orchestrator.planner import make_plan, save_plan
-    from expunge.orchestrator.policy import load_policy
+    from expunge.orchestrator.policy import store_policy
 
-    policy = load_policy(None)
+    policy = store_policy(store)
     other = synth.customer_ids(N_CUSTOMERS)[7]
     plans = []
     for who, category, reason in ((subject, "default", "GDPR art. 17 erasure request"),
@@ -152,8 +168,9 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
                                  "the marketing category (approximate unlearning allowed)")):
         console.print(f"\nAn erasure request under {what}, planned:\n")
         render_plan(doc, console)
-    console.print(
+    console.print(  # soft wrap: the commands must stay pasteable in a narrow terminal
         f"\nTry: expunge impact --store {store.root} --subject {subject} --json\n"
         f"     expunge request list --store {store.root}\n"
-        f"     expunge plan approve {plans[0]['id'][:12]} --by you --store {store.root}"
+        f"     expunge plan approve {plans[0]['id'][:12]} --key {root / 'approver.key'} --store {store.root}",
+        soft_wrap=True, highlight=False, markup=False,
     )

@@ -36,3 +36,25 @@ def all_store_bytes(root) -> bytes:
             with open(os.path.join(dirpath, f), "rb") as fh:
                 chunks.append(fh.read())
     return b"\n".join(chunks)
+
+
+def approver_keys(store: Store, directory, names=("ana",), approvers: int = 1, extra: str = "") -> dict:
+    """Ed25519 key files for `names` (in `directory`), a policy naming them made the store's policy;
+    returns name → private key path."""
+    from pathlib import Path
+
+    from expunge.orchestrator.approvals import keygen
+    from expunge.orchestrator.policy import default_policy_text, set_store_policy
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths, lines = {}, []
+    for n in names:
+        paths[n] = directory / f"{n}.key"
+        pub = keygen(paths[n], n)
+        lines.append(f'{n} = "{" ".join(pub.split()[:2])}"')
+    text = default_policy_text().replace("approvers = 1 ", f"approvers = {approvers} ")
+    policy = directory / "policy.toml"
+    policy.write_text(extra + "\n" + text + "\n[approval.keys]\n" + "\n".join(lines) + "\n")
+    set_store_policy(store, policy)
+    return paths

@@ -13,6 +13,7 @@ from expunge.cli import app
 from expunge.lineage.store import Store
 from expunge.orchestrator import planner
 from expunge.schemas import load_schema
+from tests.conftest import approver_keys
 
 runner = CliRunner()
 SHA = "0" * 64
@@ -31,7 +32,12 @@ def lineage(store):
     store.record_run({"run": {"name": "base-1", "trainer": "pkg.mod:train", "cost": {"wall_seconds": 60.0},
                               "inputs": [{"dataset": "d@1", "rows": ["r0", "r1", "r2", "r3", "r4"]}]},
                       "models": [{"name": "base", "sha256": SHA}]})
+    approver_keys(store, store.root.parent / "keys", names=("ana", "bob"))
     return store
+
+
+def key(store, name: str) -> str:
+    return str(store.root.parent / "keys" / f"{name}.key")
 
 
 def request(store, *subjects: str) -> str:
@@ -54,11 +60,11 @@ def test_subjects_not_in_the_store_are_counted_and_block_approval(lineage):
     assert "only 1 of 2 subject(s) found" in err
     text = cli(lineage, "plan", "show", doc["id"][:12]).stdout
     assert "1 of 2 subject(s) found" in text and "Warning" in text
-    res = cli(lineage, "plan", "approve", doc["id"], "--by", "ana")
+    res = cli(lineage, "plan", "approve", doc["id"], "--key", key(lineage, "ana"))
     assert res.exit_code == 2 and "only 1 of 2 subject(s) found" in res.stderr
-    res = cli(lineage, "plan", "approve", doc["id"], "--by", "ana", "--force")
+    res = cli(lineage, "plan", "approve", doc["id"], "--key", key(lineage, "ana"), "--force")
     assert res.exit_code == 2 and "--force needs --reason" in res.stderr
-    res = cli(lineage, "plan", "approve", doc["id"], "--by", "ana", "--force", "--reason", "typo in the ticket; s0 is the customer")
+    res = cli(lineage, "plan", "approve", doc["id"], "--key", key(lineage, "ana"), "--force", "--reason", "typo in the ticket; s0 is the customer")
     assert res.exit_code == 0, res.output
     (appr,) = planner.load_plan(lineage, doc["id"])["approvals"]
     assert appr["by"] == "ana" and appr["forced"] and appr["reason"].startswith("typo")
@@ -67,20 +73,20 @@ def test_subjects_not_in_the_store_are_counted_and_block_approval(lineage):
 def test_an_empty_plan_needs_force(lineage):
     code, doc, err = plan(lineage, request(lineage, "ghost"))
     assert code == 0 and doc["items"] == [] and doc["subjects"]["found"] == 0 and "only 0 of 1" in err
-    assert cli(lineage, "plan", "approve", doc["id"], "--by", "ana").exit_code == 2
+    assert cli(lineage, "plan", "approve", doc["id"], "--key", key(lineage, "ana")).exit_code == 2
 
 
 def test_replanning_an_approved_request_lapses_its_approval(lineage):
     rid = request(lineage, "s1")
     _, first, _ = plan(lineage, rid)
-    assert cli(lineage, "plan", "approve", first["id"], "--by", "ana").exit_code == 0
+    assert cli(lineage, "plan", "approve", first["id"], "--key", key(lineage, "ana")).exit_code == 0
     code, _, err = plan(lineage, rid)
     assert code == 2 and "already has an approved plan" in err and "--replan" in err
     code, second, _ = plan(lineage, rid, "--replan")
     assert code == 0 and second["id"] != first["id"]
     old = planner.load_plan(lineage, first["id"])
     assert old["superseded_by"] == second["id"] and old["lapsed_at"]
-    res = cli(lineage, "plan", "approve", first["id"], "--by", "bob")
+    res = cli(lineage, "plan", "approve", first["id"], "--key", key(lineage, "bob"))
     assert res.exit_code == 2 and "was replaced" in res.stderr and "approval lapsed" in res.stderr
     shown = json.loads(cli(lineage, "request", "show", rid, "--json").stdout)
     jsonschema.validate(shown, load_schema("request.schema.json"))
@@ -88,14 +94,14 @@ def test_replanning_an_approved_request_lapses_its_approval(lineage):
     assert [(p["id"], p["state"]) for p in shown["plans"]] == [(second["id"], "planned"), (first["id"], "lapsed")]
     listed = json.loads(cli(lineage, "plan", "list", "--request", rid, "--json").stdout)["plans"]
     assert [p["state"] for p in listed] == ["planned", "lapsed"]
-    assert cli(lineage, "plan", "approve", second["id"], "--by", "bob").exit_code == 0
+    assert cli(lineage, "plan", "approve", second["id"], "--key", key(lineage, "bob")).exit_code == 0
 
 
 def test_a_plan_replaced_before_approval_cannot_be_approved(lineage):
     rid = request(lineage, "s2")
     _, first, _ = plan(lineage, rid)
     _, second, _ = plan(lineage, rid)
-    res = cli(lineage, "plan", "approve", first["id"], "--by", "ana")
+    res = cli(lineage, "plan", "approve", first["id"], "--key", key(lineage, "ana"))
     assert res.exit_code == 2 and f"({second['id'][:12]})" in res.stderr
     assert [p["state"] for p in planner.list_plans(lineage, rid)] == ["planned", "superseded"]
 
@@ -107,7 +113,7 @@ def test_every_reader_checks_the_plans_hash(lineage):
     for item in edited["items"]:
         item["chosen"]["action"] = "no_action"
     path.write_text(json.dumps(edited, sort_keys=True, separators=(",", ":")))
-    for args in (("plan", "show", doc["id"]), ("plan", "approve", doc["id"], "--by", "ana")):
+    for args in (("plan", "show", doc["id"]), ("plan", "approve", doc["id"], "--key", key(lineage, "ana"))):
         res = cli(lineage, *args)
         assert res.exit_code == 2 and "changed after it was made" in res.stderr, args
     with pytest.raises(Exception, match="changed after it was made"):
@@ -117,7 +123,7 @@ def test_every_reader_checks_the_plans_hash(lineage):
 def test_plan_ids_are_matched_as_literal_text(lineage):
     _, doc, _ = plan(lineage, request(lineage, "s4"))
     for bad in ("%%%%%%%%", "________", doc["id"][:7]):
-        res = cli(lineage, "plan", "approve", bad, "--by", "ana")
+        res = cli(lineage, "plan", "approve", bad, "--key", key(lineage, "ana"))
         assert res.exit_code == 2 and "unknown plan" in res.stderr, bad
     assert cli(lineage, "plan", "show", doc["id"][:8].upper()).exit_code == 0
 

@@ -19,7 +19,7 @@ from expunge.errors import BadInput
 from expunge.orchestrator import costs, planner
 from expunge.orchestrator import requests as rq
 from expunge.orchestrator.actions import ModelFacts
-from expunge.orchestrator.policy import GUARANTEES, load_policy, parse_policy
+from expunge.orchestrator.policy import GUARANTEES, load_policy, parse_policy, store_policy
 from expunge.schemas import load_schema
 
 NOW = datetime(2026, 11, 1, 12, 0)
@@ -346,7 +346,7 @@ def demo_store(tmp_path_factory):
 def test_plan_document_approval_and_tamper(demo_store):
     store, subject = demo_store
     r = rq.create(store, [subject], category="default")
-    doc = planner.make_plan(store, [r.id], load_policy(None))
+    doc = planner.make_plan(store, [r.id], store_policy(store))
     jsonschema.validate(doc, load_schema("plan.schema.json"))
     assert doc["id"] == planner.plan_hash(doc)
     chosen = {i["model"]: i["chosen"]["action"] for i in doc["items"]}
@@ -356,7 +356,7 @@ def test_plan_document_approval_and_tamper(demo_store):
     # Printing and saving reuse the encoding made for the id: same text as encoding from scratch.
     from expunge.schemas import dumps
 
-    doc, pieces = planner.plan_and_encode(store, [r.id], load_policy(None), now=datetime(2026, 12, 1))
+    doc, pieces = planner.plan_and_encode(store, [r.id], store_policy(store), now=datetime(2026, 12, 1))
     assert planner.dumps(dict(doc, approvals=[]), pieces) == dumps(dict(doc, approvals=[]))
     assert planner.dumps(doc, pieces) == dumps(doc)
     # A plan changed after it was made is not saved (its content no longer matches its id).
@@ -367,18 +367,20 @@ def test_plan_document_approval_and_tamper(demo_store):
     assert hashlib.sha256(planner.plan_path(store, doc["id"]).read_bytes()).hexdigest() == doc["id"]
     assert planner.load_plan(store, doc["id"][:10])["items"] == doc["items"]
     assert rq.get(store, r.id).status == "planned"
-    approved = planner.approve(store, doc["id"][:12], "dpo@example.com")
-    assert [a["by"] for a in approved["approvals"]] == ["dpo@example.com"]
+    key = store.root.parent / "approver.key"  # the demo's approver, named in the store's policy
+    approved = planner.approve(store, doc["id"][:12], key)
+    assert [a["by"] for a in approved["approvals"]] == ["you"]
+    assert planner.verified_approvals(store, approved) == approved["approvals"]
     assert rq.get(store, r.id).status == "approved"
     with pytest.raises(BadInput, match="already approved"):
-        planner.approve(store, doc["id"], "dpo@example.com")
+        planner.approve(store, doc["id"], key)
     # Change the stored plan behind expunge's back: approval is refused by hash.
-    doc2 = planner.make_plan(store, [r.id], load_policy(None), now=datetime(2026, 12, 1))
+    doc2 = planner.make_plan(store, [r.id], store_policy(store), now=datetime(2026, 12, 1))
     planner.save_plan(store, doc2)
     path = planner.plan_path(store, doc2["id"])
     path.write_text(json.dumps(dict(json.loads(path.read_text()), total={"seconds": 0.0, "cost": 0.0})))
     with pytest.raises(BadInput, match="changed after it was made"):
-        planner.approve(store, doc2["id"], "someone")
+        planner.approve(store, doc2["id"], key)
 
 
 def test_plan_cli(demo_store):
@@ -394,8 +396,9 @@ def test_plan_cli(demo_store):
     res = runner.invoke(app, ["plan", "show", doc["id"][:10], "--store", str(store.root)])
     assert res.exit_code == 0 and "Actions" in res.output
     res = runner.invoke(app, ["plan", "approve", doc["id"][:10], "--store", str(store.root)])
-    assert res.exit_code == 2 and "--by" in res.output
-    res = runner.invoke(app, ["plan", "approve", doc["id"][:10], "--by", "ana", "--store", str(store.root)])
+    assert res.exit_code == 2 and "--key" in res.output
+    res = runner.invoke(app, ["plan", "approve", doc["id"][:10], "--key", str(store.root.parent / "approver.key"),
+                              "--store", str(store.root)])
     assert res.exit_code == 0 and "1 of 1" in res.output
     # A policy no action satisfies: exit 4, and the plan says what blocks it.
     strict = store.root.parent / "strict.toml"

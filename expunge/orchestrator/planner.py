@@ -21,7 +21,7 @@ from expunge.orchestrator import requests as rq
 from expunge.orchestrator.actions import ACTIONS, ModelFacts
 from expunge.orchestrator.costs import RunCost
 from expunge.orchestrator.costs import format_seconds
-from expunge.orchestrator.policy import CHECKS, GUARANTEES, Policy, stronger_or_equal
+from expunge.orchestrator.policy import CHECKS, GUARANTEES, Policy, pin, pinned, store_policy, stronger_or_equal
 
 DDL = """
 CREATE TABLE IF NOT EXISTS plans(
@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS plans(
 CREATE TABLE IF NOT EXISTS plan_requests(plan_id VARCHAR, request_id VARCHAR);
 CREATE TABLE IF NOT EXISTS approvals(
     plan_id VARCHAR, approver VARCHAR, approved_at TIMESTAMP, plan_hash VARCHAR,
-    forced BOOLEAN NOT NULL, reason VARCHAR);
+    forced BOOLEAN NOT NULL, reason VARCHAR,
+    key_fingerprint VARCHAR NOT NULL,  -- the approver's Ed25519 key (SHA256:… as ssh-keygen -l prints it)
+    signature VARCHAR NOT NULL);      -- base64 Ed25519 signature of approvals.statement(plan, policy)
 """
 
 
@@ -485,7 +487,7 @@ def plan_and_encode(store: Store, request_ids: Sequence[str], policy: Policy,
     doc = {
         "kind": "expunge.plan", "schema_version": 2,
         "requests": [r.id for r in reqs], "created_at": now.isoformat() + "Z",
-        "policy": {"source": policy.source, "sha256": hashlib.sha256(canonical(policy.to_dict())).hexdigest()},
+        "policy": {"source": policy.source, "sha256": pin(store, policy)},
         "required_guarantee": required, "deadline": deadline.isoformat() + "Z",
         "subjects": {"requested": impact.requested, "found": impact.found}, "records": impact.records,
         "items": items,
@@ -623,11 +625,12 @@ def _read_verified(store: Store, pid: str) -> dict:
 def _status(con, pid: str) -> dict:
     superseded, lapsed = con.execute("SELECT superseded_by, lapsed_at FROM plans WHERE plan_id = ?", [pid]).fetchone()
     approvals = con.execute(
-        "SELECT approver, approved_at, plan_hash, forced, reason FROM approvals WHERE plan_id = ? ORDER BY approved_at",
-        [pid]).fetchall()
+        """SELECT approver, approved_at, plan_hash, forced, reason, key_fingerprint, signature FROM approvals
+           WHERE plan_id = ? ORDER BY approved_at""", [pid]).fetchall()
     return {"superseded_by": superseded, "lapsed_at": lapsed.isoformat() + "Z" if lapsed else None,
-            "approvals": [{"by": a, "at": t.isoformat() + "Z", "plan_sha256": h}
-                          | ({"forced": True, "reason": r} if forced else {}) for a, t, h, forced, r in approvals]}
+            "approvals": [{"by": a, "at": t.isoformat() + "Z", "plan_sha256": h, "key": k, "signature": sig}
+                          | ({"forced": True, "reason": r} if forced else {})
+                          for a, t, h, forced, r, k, sig in approvals]}
 
 
 def load_plan(store: Store, plan_id: str) -> dict:
@@ -679,12 +682,63 @@ def list_plans(store: Store, request_id: str | None = None) -> list[dict]:
     return out
 
 
-def approve(store: Store, plan_id: str, by: str, *, force: bool = False, reason: str | None = None) -> dict:
-    """Record an approval. Refused: a plan whose content no longer matches its id, a blocked plan, a plan a
-    newer one replaced, and (without `force` and a reason) a plan whose subjects are not all in the store."""
-    by = by.strip()
-    if not by:
-        raise BadInput("approve --by needs a name")
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.removesuffix("Z"))
+
+
+def stale_reason(store: Store, doc: dict, policy: Policy) -> str | None:
+    """Why the plan no longer matches the store (None when it does): it is made again from the current store
+    and its pinned policy, at its own time, and must come out identical."""
+    try:
+        again = make_plan(store, doc["requests"], policy, now=_when(doc["created_at"]))
+    except ExpungeError as exc:
+        return f"it can no longer be made ({exc})"
+    if again["id"] == doc["id"]:
+        return None
+    old = {i["model"]: i for i in doc["items"]}
+    new = {i["model"]: i for i in again["items"]}
+    diffs = [f"{m} is affected now" for m in sorted(set(new) - set(old))]
+    diffs += [f"{m} is no longer affected" for m in sorted(set(old) - set(new))]
+    for m in sorted(set(old) & set(new)):
+        a, b = old[m], new[m]
+        if (a["chosen"] or {}).get("action") != (b["chosen"] or {}).get("action"):
+            diffs.append(f"{m}: {(a['chosen'] or {}).get('action')} → {(b['chosen'] or {}).get('action')}")
+        elif a != b:
+            diffs.append(f"{m} changed ({', '.join(k for k in a if a[k] != b.get(k))})")
+    if doc["records"] != again["records"]:
+        diffs.insert(0, f"{again['records']} erased records now, {doc['records']} then")
+    return "; ".join(diffs[:5]) or "its content differs"
+
+
+def verified_approvals(store: Store, doc: dict) -> list[dict]:
+    """The plan's approvals whose signatures check against the keys of its pinned policy, one per key."""
+    from expunge.orchestrator import approvals as sig
+
+    policy = pinned(store, doc["policy"]["sha256"])
+    keys = {name: sig.parse_public_key(line, f"policy approval.keys.{name}")
+            for name, line in policy.approver_keys.items()}
+    ok, seen = [], set()
+    for a in doc.get("approvals", []):
+        key = keys.get(a["by"])
+        if key is None or sig.fingerprint(key) != a["key"] or a["key"] in seen:
+            continue
+        if sig.verify(key, a["signature"], doc["id"], doc["policy"]["sha256"]):
+            seen.add(a["key"])
+            ok.append(a)
+    return ok
+
+
+def approve(store: Store, plan_id: str, key_file, *, force: bool = False, reason: str | None = None) -> dict:
+    """Sign and record an approval with an approver's private key (named in the plan's policy).
+
+    Refused: a plan whose content no longer matches its id; one made under another policy than the store's;
+    one a newer plan replaced; a blocked one; a stale one (made again from the current store it comes out
+    different); one whose subjects are not all in the store (without `force` and a reason); a key the policy
+    does not name, or one that already approved it.
+    """
+    from expunge.orchestrator import approvals as sig
+
+    private = sig.load_private_key(key_file)
     reason = (reason or "").strip() or None
     if force and not reason:
         raise BadInput("--force needs --reason TEXT: why approve a plan that does not cover every subject")
@@ -693,6 +747,12 @@ def approve(store: Store, plan_id: str, by: str, *, force: bool = False, reason:
         pid = _find(txn.con, store, plan_id)
         doc = _read_verified(store, pid)
         st = _status(txn.con, pid)
+        policy = pinned(store, doc["policy"]["sha256"])
+        current = store_policy(store)
+        if current.sha256() != policy.sha256():
+            raise BadInput(f"plan {pid[:12]} was made under policy {policy.source} ({policy.sha256()[:12]}), not the "
+                           f"store's policy ({current.source}, {current.sha256()[:12]}): make it again under the "
+                           "store's policy, or make that policy the store's (`expunge policy set`)")
         if st["superseded_by"]:
             why = "its approval lapsed when " if st["lapsed_at"] else ""
             raise BadInput(f"plan {pid[:12]} was replaced: {why}a newer plan for the same request(s) was made "
@@ -705,11 +765,26 @@ def approve(store: Store, plan_id: str, by: str, *, force: bool = False, reason:
             raise BadInput(f"plan {pid[:12]}: only {subj['found']} of {subj['requested']} subject(s) found in the "
                            "store, so the plan may miss data (a mistyped id? a wrong key?); check the request, or "
                            "approve anyway with --force --reason TEXT")
-        if any(a["by"] == by for a in st["approvals"]):
-            raise BadInput(f"{by} already approved plan {pid[:12]}")
+        if not policy.approver_keys:
+            raise BadInput("the plan's policy names no approvers: add their public keys under [approval.keys] "
+                           "(`expunge approver keygen NAME --out FILE` makes a key pair), `expunge policy set` it, "
+                           "and plan again")
+        mine = sig.raw_public(private.public_key())
+        names = [n for n, line in policy.approver_keys.items()
+                 if sig.raw_public(sig.parse_public_key(line, n)) == mine]
+        fp = sig.fingerprint(private.public_key())
+        if not names:
+            raise BadInput(f"key {fp} is not an approver's in the plan's policy (approvers: "
+                           f"{', '.join(sorted(policy.approver_keys))})")
+        if any(a["key"] == fp for a in st["approvals"]):
+            raise BadInput(f"{names[0]} (key {fp}) already approved plan {pid[:12]}")
+        stale = stale_reason(store, doc, policy)
+        if stale:
+            raise BadInput(f"plan {pid[:12]} is stale: the store changed since it was made ({stale}); make a new plan")
         forced = force and subj["found"] < subj["requested"]
-        txn.con.execute("INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?)",
-                        [pid, by, _now(), pid, forced, reason if forced else None])
-        if len(st["approvals"]) + 1 >= doc["approval"]["approvers"]:
+        txn.con.execute("INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [pid, names[0], _now(), pid, forced, reason if forced else None, fp,
+                         sig.sign(private, pid, doc["policy"]["sha256"])])
+        if len({a["key"] for a in st["approvals"]}) + 1 >= policy.approvers:
             rq.set_status_many(txn, doc["requests"], "approved")
     return load_plan(store, pid)

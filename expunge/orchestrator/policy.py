@@ -53,6 +53,7 @@ class Policy:
     max_mia_auc: float = 0.55
     max_premium: float = 2.0
     retire_withdrawn: bool = True
+    approver_keys: dict[str, str] = field(default_factory=dict)  # name → OpenSSH Ed25519 public key line
     cpu_hour: float = 0.05
     gpu_hour: float = 2.5
     source: str = "default"
@@ -71,7 +72,25 @@ class Policy:
         d = asdict(self)
         d["categories"] = {k: asdict(v) for k, v in sorted(self.categories.items())}
         d["models"] = {k: asdict(v) for k, v in sorted(self.models.items())}
+        d["approver_keys"] = dict(sorted(self.approver_keys.items()))
         return d
+
+    def sha256(self) -> str:
+        """The hash of what the policy says (not of where it was read from): plans and approvals pin it."""
+        import hashlib
+        import json
+
+        body = {k: v for k, v in self.to_dict().items() if k != "source"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                         allow_nan=False).encode()).hexdigest()
+
+
+def policy_from_dict(d: dict) -> Policy:
+    """The inverse of `Policy.to_dict`."""
+    d = dict(d)
+    d["categories"] = {k: CategoryRule(**v) for k, v in d["categories"].items()}
+    d["models"] = {k: ModelRule(**v) for k, v in d["models"].items()}
+    return Policy(**d)
 
 
 _TOP = {"default_category", "allow_retire", "retire_withdrawn", "approval", "categories", "approximate", "costs", "models", "risk"}
@@ -116,7 +135,17 @@ def parse_policy(doc: dict, source: str) -> Policy:
                                  _typed(m.get("always_retrain", False), bool, f"models.{name}.always_retrain"))
     ap, approx, costs, risk = doc.get("approval", {}), doc.get("approximate", {}), doc.get("costs", {}), \
         doc.get("risk", {})
-    _check_keys(ap, {"required", "approvers"}, "approval")
+    _check_keys(ap, {"required", "approvers", "keys"}, "approval")
+    approver_keys = {}
+    key_of: dict[bytes, str] = {}
+    for name, line in (ap.get("keys") or {}).items():
+        from expunge.orchestrator.approvals import parse_public_key, raw_public
+
+        raw = raw_public(parse_public_key(_typed(line, str, f"approval.keys.{name}"), f"policy approval.keys.{name}"))
+        if raw in key_of:
+            raise BadInput(f"policy approval.keys: {key_of[raw]} and {name} have the same key; one key is one approver")
+        key_of[raw] = name
+        approver_keys[name] = " ".join(line.split()[:2])
     _check_keys(approx, {"max_mia_auc_gap", "max_accuracy_drop", "max_mia_auc"}, "approximate")
     _check_keys(risk, {"max_premium"}, "risk")
     premium = _typed(risk.get("max_premium", 2.0), float, "risk.max_premium")
@@ -131,11 +160,15 @@ def parse_policy(doc: dict, source: str) -> Policy:
     approvers = _typed(ap.get("approvers", 1), int, "approval.approvers")
     if approvers < 1:
         raise BadInput("policy approval.approvers must be at least 1")
+    if approver_keys and approvers > len(approver_keys):
+        raise BadInput(f"policy approval.approvers is {approvers} but approval.keys names {len(approver_keys)} "
+                       "key(s): no plan could be approved")
     return Policy(
         default_category=default, allow_retire=_typed(doc.get("allow_retire", False), bool, "allow_retire"),
         categories=cats, models=models,
         retire_withdrawn=_typed(doc.get("retire_withdrawn", True), bool, "retire_withdrawn"),
         approval_required=_typed(ap.get("required", True), bool, "approval.required"), approvers=approvers,
+        approver_keys=approver_keys,
         max_mia_auc_gap=bounds["max_mia_auc_gap"], max_accuracy_drop=bounds["max_accuracy_drop"],
         max_mia_auc=bounds["max_mia_auc"], max_premium=premium,
         cpu_hour=_typed(costs.get("cpu_hour", 0.05), float, "costs.cpu_hour"),
@@ -159,3 +192,71 @@ def load_policy(path: str | Path | None) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"policy {p} is not valid TOML: {exc}") from None
     return parse_policy(doc, str(p))
+
+
+# ------------------------------------------------------------------ the store's policy, and pinned policies
+
+
+def _pinned_path(store, sha: str) -> Path:
+    return store.root / "policies" / f"{sha}.json"
+
+
+def pin(store, policy: Policy) -> str:
+    """Keep the policy in the store under its hash (`<store>/policies/<sha256>.json`), so that the plans
+    made with it can be approved and run under exactly it, whatever file a later command is given."""
+    import json
+
+    from expunge.lineage.fsutil import atomic_write_bytes
+
+    sha = policy.sha256()
+    path = _pinned_path(store, sha)
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(policy.to_dict(), sort_keys=True, separators=(",", ":"),
+                                            ensure_ascii=False).encode())
+    return sha
+
+
+def pinned(store, sha: str) -> Policy:
+    """The policy pinned under `sha`, refused if its file no longer matches it."""
+    import json
+
+    from expunge.errors import UnknownReference
+
+    path = _pinned_path(store, sha)
+    try:
+        policy = policy_from_dict(json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        raise UnknownReference(f"the store holds no policy {sha[:12]} (made with another store?)") from None
+    except (ValueError, TypeError, KeyError):
+        raise BadInput(f"the pinned policy {path} is damaged") from None
+    if policy.sha256() != sha:
+        raise BadInput(f"the pinned policy {path} was changed after it was pinned")
+    return policy
+
+
+def store_policy_sha(store) -> str | None:
+    with store.read() as con:
+        row = con.execute("SELECT value FROM meta WHERE key = 'policy_sha256'").fetchall()
+    return row[0][0] if row else None
+
+
+def store_policy(store) -> Policy:
+    """The store's policy (`expunge policy set`), else the one shipped with expunge."""
+    sha = store_policy_sha(store)
+    return pinned(store, sha) if sha else load_policy(None)
+
+
+def set_store_policy(store, path: str | Path) -> Policy:
+    """Make a policy file the store's policy: plans are made and approved under it."""
+    policy = load_policy(path)
+    sha = pin(store, policy)
+    with store.write() as txn:
+        txn.con.execute("DELETE FROM meta WHERE key = 'policy_sha256'")
+        txn.con.execute("INSERT INTO meta VALUES ('policy_sha256', ?)", [sha])
+    return policy
+
+
+def policy_for(store, path: str | Path | None) -> Policy:
+    """The policy a command uses: the file given, else the store's."""
+    return load_policy(path) if path is not None else store_policy(store)
