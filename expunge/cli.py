@@ -595,6 +595,79 @@ def render_plan_list(plans: list[dict], console=None) -> None:
     console.print(t)
 
 
+@app.command("run")
+@_guard
+def run_cmd(
+    plan_id: str = typer.Argument(..., help="Plan id (or a prefix of 8+ characters)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the plan and show what would run; change nothing."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Carry out an approved plan: each action in the plan's order, resumable after a crash or Ctrl-C.
+
+    Refused: a plan changed since it was made, replaced by a newer one, lacking its signed approvals, or stale
+    (the store changed since). Each action is applied exactly once; running the command again resumes.
+
+    Example: expunge run 5d93380232af
+    """
+    from expunge.orchestrator.execute import run_plan
+
+    st = _open(store)
+    if dry_run or json_out:
+        result = run_plan(st, plan_id, dry_run=dry_run)
+    else:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                      "{task.total}"), TimeElapsedColumn(), console=_console(), transient=False) as bar:
+            task = bar.add_task("Unlearning", total=None)
+
+            def event(kind: str, info: dict) -> None:
+                from rich.markup import escape
+
+                item = info["item"]
+                if bar.tasks[task].total is None:
+                    bar.update(task, total=len(info.get("all", [])) or None)
+                if kind == "start":
+                    bar.update(task, description=f"{item['order']}. {escape(item['model'])}: {item['chosen']['action']}")
+                elif kind in ("done", "skip"):
+                    bar.advance(task)
+
+            result = run_plan(st, plan_id, on_event=event)
+    if json_out:
+        _emit_json(result)
+    else:
+        render_run(result)
+
+
+def render_run(result: dict, console=None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or _console()
+    head = "Would run" if result["dry_run"] else "Ran"
+    console.print(f"{head} plan [bold]{result['plan'][:16]}[/] for {escape(', '.join(result['requests']))}: "
+                  f"{result['done']} of {result['total']} action(s) done.")
+    if console.width < 120:  # one entry per action: a table would cut the names
+        for a in result["actions"]:
+            check = "pending check" if a["pending_check"] else a["check"]
+            actual = _secs(a["actual_seconds"]) if a["actual_seconds"] is not None else "—"
+            new = f" → {escape(a['new_model'])}" if a["new_model"] else ""
+            console.print(f"  {a['order']}. [bold]{escape(a['model'])}[/]{new}: {a['action']} {a['state']}; "
+                          f"est. {_secs(a['estimated_seconds'])}, actual {actual}; {a['guarantee']}, {check}"
+                          + (f"; [red]{escape(a['error'])}[/]" if a["error"] else ""))
+        return
+    t = Table(title="Actions", title_justify="left")
+    for col in ("#", "model", "action", "state", "new version", "est.", "actual", "guarantee", "check"):
+        t.add_column(col, no_wrap=col in ("model", "new version"))
+    for a in result["actions"]:
+        check = "pending check" if a["pending_check"] else a["check"]
+        t.add_row(str(a["order"]), escape(a["model"]), a["action"], a["state"], escape(a["new_model"] or "—"),
+                  _secs(a["estimated_seconds"]), _secs(a["actual_seconds"]) if a["actual_seconds"] is not None
+                  else "—", a["guarantee"], check)
+    console.print(t)
+
+
 model_app = typer.Typer(help="Model versions.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 

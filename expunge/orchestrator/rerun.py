@@ -70,18 +70,42 @@ def recorded_request(store: Store, run: str) -> dict:
 def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
           exclude_subjects: Sequence[str] = (), exclude_records: np.ndarray | None = None,
           start_checkpoint: str | Path | None = None, init_model: str | Path | None = None,
-          shard: int | None = None, stage: str | None = None) -> dict:
-    """Call the run's trainer again; returns the new run's `record_run` result."""
+          shard: int | None = None, shard_checkpoints: dict | None = None, stage: str | None = None,
+          parents: list[dict] | None = None, config: dict | None = None) -> dict:
+    """Call the run's trainer again; returns the new run's `record_run` result. `parents` and `config`
+    replace the recorded ones (a model re-derived from its parent's new version)."""
     rec = recorded_request(store, run)
+    if parents is not None:
+        rec["parents"] = parents
+    if config is not None:
+        rec["config"] = config
     excluded = np.zeros(0, np.uint32) if exclude_records is None else np.asarray(exclude_records, np.uint32)
     if exclude_subjects:
         excluded = np.union1d(excluded, store.records_of_subjects(exclude_subjects)).astype(np.uint32)
+    if excluded.size:
+        rec["inputs"] = [i if i.get("role", "train") == "train" else _without(store, i, excluded)
+                         for i in rec["inputs"]]
     req = TrainRequest(
         store=store, run_name=new_name, inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
         out_dir=Path(out_dir), trainer=rec["trainer"], model_name=rec["model_name"],
         stage=stage or rec["stage"], parents=rec["parents"], exclude_records=excluded,
         start_checkpoint=Path(start_checkpoint) if start_checkpoint else None,
-        init_model=Path(init_model) if init_model else None, shard=shard,
+        init_model=Path(init_model) if init_model else None, shard=shard, shard_checkpoints=shard_checkpoints,
         code_version=rec["code_version"], model_family=rec["model_family"],
     )
     return load_trainer(rec["trainer"])(req)
+
+
+def _without(store: Store, inp: dict, excluded: np.ndarray) -> dict:
+    """A validation or evaluation input minus the rows built from excluded records: the erased data is not
+    used for anything, not even to measure (trainers exclude them from their train input themselves)."""
+    from expunge.lineage.rows import version_rows
+
+    vr = version_rows(store, inp["dataset"])
+    keep = vr.keep_mask(excluded)
+    if keep.all():
+        return inp
+    ids = vr.row_ids.to_pylist()
+    wanted = set(str(r) for r in inp["rows"]) if inp.get("rows") is not None else None
+    rows = [r for r, k in zip(ids, keep) if k and (wanted is None or r in wanted)]
+    return {**inp, "rows": rows}

@@ -50,6 +50,7 @@ class TrainRequest:
     start_checkpoint: Path | None = None   # replay: resume from this checkpoint of an earlier run
     init_model: Path | None = None         # fine-tune: start from these weights
     shard: int | None = None
+    shard_checkpoints: dict | None = None   # SISA: {shard: slice checkpoint to resume from, or None}
     code_version: str | None = None
     model_family: str | None = None
 

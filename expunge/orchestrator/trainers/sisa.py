@@ -11,9 +11,11 @@ epochs) plus shards (S, default 8), slices (R, default 4), aggregate ("mean" | "
 `epochs` is the monolithic budget: each stage gets round(2·epochs/(R+1)) epochs (≥ 1), which
 makes the total work about that of the monolithic model.
 
-Re-training (TrainRequest.shard = k): shards other than k are copied from `init_model` (the
-SISA model being unlearned), shard k is retrained from `start_checkpoint` (a slice checkpoint
-of shard k) or from scratch, on its rows minus the excluded records.
+Re-training (TrainRequest.shard_checkpoints = {k: slice checkpoint of shard k or None}, or
+shard = k with start_checkpoint): the other shards are copied from `init_model` (the SISA model
+being unlearned), each shard k is retrained from its checkpoint or from scratch, on its rows minus
+the excluded records, with the slice cut points saved in `init_model` (so the rows that remain keep
+their slices).
 """
 
 from __future__ import annotations
@@ -44,15 +46,26 @@ class SisaEnsemble(nn.Module):
         return probs.mean(0)
 
 
-def assignment(ds, shards: int, slices: int) -> tuple[np.ndarray, np.ndarray]:
-    """(shard, slice) of each row: shard by owner key, slices by newest record within the shard."""
+def cutpoints(ds, shard: np.ndarray, shards: int, slices: int) -> list[list[int]]:
+    """Per shard, the newest-record ordinals at which slices 1..R-1 begin (R equal slices by recency)."""
+    cuts = []
+    for s in range(shards):
+        ords = np.sort(ds.last_ords[shard == s])
+        cuts.append([int(ords[(r * ords.size) // slices]) if ords.size else 0 for r in range(1, slices)])
+    return cuts
+
+
+def assignment(ds, shards: int, slices: int, cuts: list[list[int]] | None = None):
+    """(shard, slice, cuts) of each row: shard by owner key, slice by the row's newest record against the
+    shard's cut points. A retrain passes the cut points the model was trained with, so removing rows never
+    moves the rows that remain to another slice (its slice checkpoints stay valid)."""
     shard = ds.owner_keys() % shards
+    cuts = cuts if cuts is not None else cutpoints(ds, shard, shards, slices)
     slice_ = np.zeros(len(ds), np.int64)
     for s in range(shards):
         rows = np.flatnonzero(shard == s)
-        order = rows[np.argsort(ds.last_ords[rows], kind="stable")]
-        slice_[order] = np.arange(order.size) * slices // max(order.size, 1)
-    return shard, slice_
+        slice_[rows] = np.searchsorted(np.asarray(cuts[s], np.int64), ds.last_ords[rows], side="right")
+    return shard, slice_, cuts
 
 
 def stage_epochs(epochs: int, slices: int) -> int:
@@ -76,15 +89,21 @@ def train(req: TrainRequest) -> dict:
     S, R = int(c.get("shards", 8)), int(c.get("slices", 4))
     torch.manual_seed(req.seed)
     ds = mlp.dataset(req)
-    shard, slice_ = assignment(ds, S, R)
     model = build(c)
     initial = [{k: v.clone() for k, v in m.state_dict().items()} for m in model.members]
-    todo = range(S)
+    todo, cuts = range(S), None
+    # Retraining shards: {shard: the slice checkpoint to resume from, or None for from scratch}.
+    starts = dict(req.shard_checkpoints or {})
     if req.shard is not None:
+        starts[int(req.shard)] = req.start_checkpoint
+    if starts:
         if req.init_model is None:
-            raise BadInput("retraining one SISA shard needs the model being unlearned (init_model)")
-        model.load_state_dict(torch.load(req.init_model)["model"])
-        todo = [int(req.shard)]
+            raise BadInput("retraining SISA shards needs the model being unlearned (init_model)")
+        saved = torch.load(req.init_model)
+        model.load_state_dict(saved["model"])
+        cuts = saved.get("cuts")
+        todo = sorted(starts)
+    shard, slice_, cuts = assignment(ds, S, R, cuts)
     loss_fn = nn.CrossEntropyLoss()
     batch, e_stage = c.get("batch_size", 64), stage_epochs(c.get("epochs", 5), R)
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
@@ -94,13 +113,13 @@ def train(req: TrainRequest) -> dict:
             member = model.members[s]
             gen = torch.Generator().manual_seed(req.seed * 1_000_003 + s)
             start = 0
-            if req.shard is not None and req.start_checkpoint is not None:
-                state = torch.load(req.start_checkpoint)
+            if starts.get(s) is not None:
+                state = torch.load(starts[s])
                 if int(state.get("shard", -1)) != s:
-                    raise BadInput(f"checkpoint {req.start_checkpoint} is not of shard {s}")
+                    raise BadInput(f"checkpoint {starts[s]} is not of shard {s}")
                 member.load_state_dict(state["model"])
                 start = int(state["slice"]) + 1
-            elif req.shard is not None:
+            elif starts:
                 member.load_state_dict(initial[s])  # from scratch, with the original initial weights
             opt = torch.optim.SGD(member.parameters(), lr=c.get("lr", 0.05))
             for r in range(R):
@@ -116,5 +135,5 @@ def train(req: TrainRequest) -> dict:
                         opt.step()
                 if r >= start:
                     tr.checkpoint(member, shard=s, slice=r, tag=f"shard{s}-slice{r}")
-        tr.final_model(model, req.model_name, stage=req.stage, parents=req.parents)
+        tr.final_model(model, req.model_name, stage=req.stage, parents=req.parents, cuts=cuts)
     return tr.result

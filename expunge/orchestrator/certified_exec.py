@@ -1,0 +1,83 @@
+"""Executing certified removal: Newton steps on the certified logistic regression (Guo et al., ICML 2020).
+
+One Newton step per erased training row, in the run's row order (the order the plan priced); the steps'
+data-dependent gradient-residual bounds (their Corollary 1) are added to the budget already spent and must
+stay within the removal budget the run recorded, else nothing changes. The new model version is recorded
+with a run of its own: the inputs minus the erased rows, the certificate, and the budget now spent, so it
+can be unlearned again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from expunge.orchestrator.execute import ActionFailed, Context, Outcome, model_of_run
+
+
+def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
+    import json
+
+    import torch
+
+    from expunge.lineage.runs import sha256_file
+    from expunge.orchestrator.rerun import recorded_request
+    from expunge.orchestrator.trainers import TrainRequest, logreg_certified as lc, mlp
+
+    run = info["run"]
+    name = f"{run}.x{ctx.tag}"
+    done = model_of_run(ctx.store, name)
+    if done:
+        return Outcome(done, {"adopted": True})
+    t0 = time.perf_counter()
+    rec = recorded_request(ctx.store, run)
+    with ctx.store.read() as con:
+        extra, wall, cpu, total_steps = con.execute(
+            "SELECT extra, wall_seconds, cpu_seconds, total_steps FROM runs WHERE name = ?", [run]).fetchone()
+    extra = json.loads(extra or "{}")
+    cert = extra.get("certified_removal")
+    if not cert:
+        raise ActionFailed(f"run {run} recorded no certificate")
+    spent = float(extra.get("removal_budget_spent", 0.0))
+    req = TrainRequest(store=ctx.store, run_name=run, inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
+                       out_dir=Path("."), trainer=rec["trainer"], model_name=rec["model_name"])
+    full = mlp.dataset(req)
+    req.exclude_records = ctx.erased
+    kept = mlp.dataset(req)
+    keep_ids = set(kept.row_ids)
+    remove = [i for i, rid in enumerate(full.row_ids) if rid not in keep_ids]
+    if not info["path"] or sha256_file(Path(info["path"])) != info["sha256"]:
+        raise ActionFailed(f"{item['model']}: its artifact does not match the sha256 recorded for it")
+    state = torch.load(info["path"], weights_only=True)
+    x, y = lc.design(full)
+    w = state["model"]["w"].double()
+    new_w, bounds = lc.newton_removal(x, y, w, cert["lam"], remove)
+    used = float(sum(bounds))
+    base = float(cert.get("train_grad_norm", 0.0))
+    if base + spent + used > cert["removal_budget"]:
+        raise ActionFailed(f"{item['model']}: removing {len(remove)} row(s) needs {used:.3g} of the removal budget, "
+                           f"{cert['removal_budget'] - spent - base:.3g} left: nothing was changed")
+    out = ctx.out_dir(name)
+    path = out / "model.pt"
+    tmp = out / "model.pt.tmp"
+    torch.save({"model": {"w": new_w.to(state["model"]["w"].dtype)}, "certificate": cert,
+                "removed_rows": len(remove), "removal_budget_spent": spent + used}, tmp)
+    tmp.replace(path)
+    inputs = [dict(i) for i in rec["inputs"]]
+    for i in inputs:
+        if i.get("role", "train") == "train":
+            i["rows"] = list(kept.row_ids)
+    ctx.store.record_run({
+        "run": {"name": name, "trainer": rec["trainer"], "config": rec["config"], "seed": rec["seed"],
+                "code_version": rec["code_version"], "model_family": rec["model_family"], "inputs": inputs,
+                # For planning it is still a model that cost the original run to train.
+                "cost": {"wall_seconds": wall or 0.0, "cpu_seconds": cpu or 0.0},
+                **({"total_steps": total_steps} if total_steps is not None else {}),
+                "extra": {**extra, "removal_budget_spent": spent + used,
+                          "certified_removal": {k: v for k, v in cert.items()
+                                                if k not in ("n", "hessian_min_eig", "x_spectral_sq", "w_norm")},
+                          "removed_by": {"plan": ctx.plan["id"], "newton_steps": len(remove), "bound": used}}},
+        "models": [{"name": info["name"], "path": str(path), "stage": item["stage"], "parents": rec["parents"]}]})
+    return Outcome(model_of_run(ctx.store, name),
+                   {"newton_steps": len(remove), "budget_used": used, "budget_left":
+                    cert["removal_budget"] - base - spent - used, "seconds": time.perf_counter() - t0})

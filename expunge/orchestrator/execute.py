@@ -1,0 +1,425 @@
+"""Carrying out an approved plan: every action in the plan's order, persisted as it goes, each exactly once.
+
+Before anything runs the plan must match its hash, be the live plan of its requests, carry the approvals
+its pinned policy asks for (signatures checked) and still match the store (made again, it comes out the
+same). Each action's state lives in the catalog (pending → running → done | failed). An action writes its
+results under names derived from the plan (run `<run>.x<plan8>`, artifacts under
+`<store>/models/<plan8>/`), then a final write marks it done, records the new model version as replacing
+the old one (which becomes superseded; the new one takes its stage) and the actual cost beside the
+estimate. A rerun after a crash resumes: a finished step's run is found by its name and adopted, never
+applied twice; a half-written output directory is removed and the step done again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from expunge.errors import BadInput, ExpungeError
+from expunge.lineage.store import Store, _now, has_table
+
+DDL = """
+CREATE TABLE IF NOT EXISTS executions(
+    plan_id VARCHAR PRIMARY KEY, started_at TIMESTAMP NOT NULL, ended_at TIMESTAMP, state VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS execution_actions(
+    plan_id VARCHAR NOT NULL, position INTEGER NOT NULL, model VARCHAR NOT NULL, action VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,           -- pending | running | done | failed
+    new_model VARCHAR, est_seconds DOUBLE, wall_seconds DOUBLE, cpu_seconds DOUBLE,
+    started_at TIMESTAMP, ended_at TIMESTAMP, attempts INTEGER NOT NULL, detail VARCHAR, error VARCHAR);
+CREATE TABLE IF NOT EXISTS model_replacements(
+    model_id INTEGER NOT NULL, replaces_model_id INTEGER NOT NULL, plan_id VARCHAR NOT NULL,
+    action VARCHAR NOT NULL, guarantee VARCHAR NOT NULL,
+    pending_check BOOLEAN NOT NULL);  -- an approximate result is not promoted before its check passes
+"""
+
+
+class ActionFailed(ExpungeError):
+    exit_code = 5
+
+
+# Actions that redo part of a training run (the rest is reused from the old model).
+PARTIAL = ("sisa_shard_retrain", "checkpoint_replay")
+
+
+@dataclass
+class Outcome:
+    """What an action produced: the new model version (None: none, e.g. retire), and facts for the record."""
+
+    new_model: str | None = None
+    detail: dict = field(default_factory=dict)
+    pending_check: bool = False
+
+
+@dataclass
+class Context:
+    store: Store
+    plan: dict
+    erased: np.ndarray                    # record ordinals of the requests' subjects
+    new: dict[str, str] = field(default_factory=dict)  # model → its new version made by this plan
+
+    @property
+    def tag(self) -> str:
+        return self.plan["id"][:8]
+
+    def out_dir(self, run_name: str) -> Path:
+        """A fresh output directory for a step (whatever an interrupted attempt left there is removed)."""
+        d = self.store.root / "models" / self.tag / run_name
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True, mode=0o700)
+        return d
+
+
+# ------------------------------------------------------------------ catalog lookups
+
+
+def model_info(store: Store, ref: str) -> dict:
+    with store.view() as view:
+        m = view.resolve_model(ref)
+        path, sha, stage, run = view.execute(
+            """SELECT m.artifact_path, m.sha256, m.stage, r.name FROM models m LEFT JOIN runs r USING (run_id)
+               WHERE m.model_id = ?""", [m["model_id"]]).fetchall()[0]
+        parents = view.execute(
+            """SELECT p.name || '@' || p.version_no, mp.relation FROM model_parents mp
+               JOIN models p ON p.model_id = mp.parent_model_id WHERE mp.model_id = ? ORDER BY 1""",
+            [m["model_id"]]).fetchall()
+    return {"id": m["label"], "model_id": m["model_id"], "name": m["name"], "path": path, "sha256": sha,
+            "stage": stage, "run": run, "parents": [{"model": p, "relation": r} for p, r in parents]}
+
+
+def model_of_run(store: Store, run: str) -> str | None:
+    """The model version a run produced (None if the run is not recorded)."""
+    with store.read() as con:
+        rows = con.execute("""SELECT m.name || '@' || m.version_no FROM models m JOIN runs r USING (run_id)
+                              WHERE r.name = ? ORDER BY m.model_id LIMIT 1""", [run]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def checkpoint_path(store: Store, run: str, step: int | None = None, shard: int | None = None,
+                    slice_: int | None = None) -> str:
+    with store.read() as con:
+        if shard is None:
+            rows = con.execute("""SELECT c.path FROM checkpoints c JOIN runs r USING (run_id)
+                                  WHERE r.name = ? AND c.step = ? AND c.shard IS NULL""", [run, step]).fetchall()
+        else:
+            rows = con.execute("""SELECT c.path FROM checkpoints c JOIN runs r USING (run_id)
+                                  WHERE r.name = ? AND c.shard = ? AND c.slice = ?""", [run, shard, slice_]).fetchall()
+    if not rows or not rows[0][0]:
+        raise ActionFailed(f"run {run}: the checkpoint the plan replays from is not recorded")
+    return rows[0][0]
+
+
+# ------------------------------------------------------------------ steps shared by the actions
+
+
+def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | None = None, **kw) -> str:
+    """Re-run a recorded run without the erased records (its parents replaced by their new versions in
+    `subst`), under a name derived from the plan; if an earlier attempt already recorded it, adopt it."""
+    from expunge.orchestrator.rerun import recorded_request, rerun
+
+    name = f"{run}.x{ctx.tag}"
+    done = model_of_run(ctx.store, name)
+    if done:
+        return done
+    rec = recorded_request(ctx.store, run)
+    subst = subst or {}
+    parents = [{"model": subst.get(p["model"], p["model"]), "relation": p["relation"]} for p in rec["parents"]]
+    config = {k: subst.get(v, v) if isinstance(v, str) else v for k, v in rec["config"].items()}
+    fine_tuned = [p["model"] for p in parents if p["relation"] == "fine-tune"]
+    if fine_tuned and "init_model" not in kw:
+        kw["init_model"] = model_info(ctx.store, fine_tuned[0])["path"]  # fine-tune: start from the parent
+    rerun(ctx.store, run, new_name=name, out_dir=ctx.out_dir(name), exclude_records=ctx.erased, stage=stage,
+          parents=parents, config=config, **kw)
+    made = model_of_run(ctx.store, name)
+    if made is None:
+        raise ActionFailed(f"re-running {run} recorded no model version")
+    return made
+
+
+def _ancestors(store: Store, ref: str) -> list[str]:
+    """Every ancestor of a model version, each after its own ancestors."""
+    out: dict[str, None] = {}
+
+    def walk(r: str) -> None:
+        for p in model_info(store, r)["parents"]:
+            walk(p["model"])
+            out.setdefault(p["model"], None)
+
+    walk(ref)
+    return list(out)
+
+
+def _rebuild_chain(ctx: Context, chain: list[str], item: dict, subst: dict[str, str]) -> str:
+    """Re-run the runs of `chain` (oldest first) each on its parents' new versions; the last one is the
+    item's model, recorded with its stage; the others are stepping stones recorded as archived."""
+    for ref in chain:
+        info = model_info(ctx.store, ref)
+        if not info["run"]:
+            raise ActionFailed(f"{ref} has no producing run to re-run")
+        last = ref == chain[-1]
+        subst[ref] = rerun_step(ctx, info["run"], stage=item["stage"] if last else "archived", subst=dict(subst))
+    return subst[chain[-1]]
+
+
+# ------------------------------------------------------------------ the actions
+
+
+def _no_action(ctx: Context, item: dict) -> Outcome:
+    return Outcome(detail={"why": "the records never reached training"})
+
+
+def _retire(ctx: Context, item: dict) -> Outcome:
+    info = model_info(ctx.store, item["model"])
+    if info["stage"] != "archived":
+        ctx.store.set_model_stage(item["model"], "archived", reason=f"retired by plan {ctx.tag} "
+                                  f"(requests {', '.join(ctx.plan['requests'])})")
+    return Outcome(detail={"from_stage": info["stage"]})
+
+
+def _full_retrain(ctx: Context, item: dict) -> Outcome:
+    chain = [*_ancestors(ctx.store, item["model"]), item["model"]]
+    return Outcome(_rebuild_chain(ctx, chain, item, {}), {"runs": len(chain)})
+
+
+def _clean_ancestor_replay(ctx: Context, item: dict) -> Outcome:
+    """Follow the one affected parent up to the newest clean ancestor; re-run the runs after it."""
+    affected = {i["model"] for i in ctx.plan["items"]}
+    chain, cur = [item["model"]], item["model"]
+    while True:
+        aps = [p["model"] for p in model_info(ctx.store, cur)["parents"] if p["model"] in affected]
+        if not aps:
+            break
+        cur = aps[0]
+        chain.append(cur)
+    return Outcome(_rebuild_chain(ctx, chain[::-1], item, {}), {"runs": len(chain)})
+
+
+def _rederive(ctx: Context, item: dict) -> Outcome:
+    subst = {p: ctx.new[p] for p in item["after"] if p in ctx.new}
+    missing = [p for p in item["after"] if p not in ctx.new]
+    if missing:
+        raise ActionFailed(f"{item['model']}: its parent(s) {', '.join(missing)} have no new version to re-derive "
+                           "from")
+    info = model_info(ctx.store, item["model"])
+    return Outcome(rerun_step(ctx, info["run"], stage=item["stage"], subst=subst), {"parents": subst})
+
+
+def _checkpoint_replay(ctx: Context, item: dict) -> Outcome:
+    info = model_info(ctx.store, item["model"])
+    step = _clean_step(ctx, info["run"])
+    ckpt = checkpoint_path(ctx.store, info["run"], step=step)
+    return Outcome(rerun_step(ctx, info["run"], stage=item["stage"], start_checkpoint=ckpt), {"from_step": step})
+
+
+def _clean_step(ctx: Context, run: str) -> int:
+    imp = ctx.store.impact_hashed(_hashes(ctx))
+    r = next((r for r in imp.runs if r["id"] == run), None)
+    fs = (r or {}).get("first_seen")
+    if not fs or fs["last_clean_step"] is None:
+        raise ActionFailed(f"run {run}: no checkpoint before the records were first seen")
+    return int(fs["last_clean_step"])
+
+
+def _hashes(ctx: Context) -> np.ndarray:
+    from expunge.orchestrator import requests as rq
+
+    return rq.subject_hashes(ctx.store, ctx.plan["requests"])
+
+
+def _sisa_shards(ctx: Context, item: dict) -> Outcome:
+    info = model_info(ctx.store, item["model"])
+    imp = ctx.store.impact_hashed(_hashes(ctx))
+    r = next(r for r in imp.runs if r["id"] == info["run"])
+    starts = {}
+    for s in r["shards"]:
+        if s["first_slice"] is None:
+            continue
+        k, first = int(s["shard"]), int(s["first_slice"])
+        starts[k] = None if first == 0 else checkpoint_path(ctx.store, info["run"], shard=k, slice_=first - 1)
+    if not starts:
+        raise ActionFailed(f"{item['model']}: no affected shard recorded")
+    new = rerun_step(ctx, info["run"], stage=item["stage"], init_model=info["path"], shard_checkpoints=starts)
+    return Outcome(new, {"shards": {str(k): ("scratch" if v is None else Path(v).name) for k, v in starts.items()}})
+
+
+def _certified(ctx: Context, item: dict) -> Outcome:
+    from expunge.orchestrator.certified_exec import certified_removal
+
+    return certified_removal(ctx, item, model_info(ctx.store, item["model"]))
+
+
+EXECUTORS: dict[str, Callable[[Context, dict], Outcome]] = {
+    "no_action": _no_action, "retire": _retire, "full_retrain": _full_retrain,
+    "clean_ancestor_replay": _clean_ancestor_replay, "rederive_from_parent": _rederive,
+    "checkpoint_replay": _checkpoint_replay, "sisa_shard_retrain": _sisa_shards,
+    "certified_removal": _certified,
+}
+
+
+def executor(action: str) -> Callable[[Context, dict], Outcome]:
+    try:
+        return EXECUTORS[action]
+    except KeyError:
+        raise ActionFailed(f"action {action!r} cannot be executed yet") from None
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _state(store: Store, pid: str) -> dict[int, dict]:
+    with store.read() as con:
+        if not has_table(con, "execution_actions"):
+            return {}
+        rows = con.execute("""SELECT position, model, action, state, new_model, attempts, wall_seconds, cpu_seconds,
+                                     est_seconds, detail, error FROM execution_actions WHERE plan_id = ?""",
+                           [pid]).fetchall()
+    return {r[0]: dict(position=r[0], model=r[1], action=r[2], state=r[3], new_model=r[4], attempts=r[5],
+                       wall_seconds=r[6], cpu_seconds=r[7], est_seconds=r[8],
+                       detail=json.loads(r[9]) if r[9] else {}, error=r[10]) for r in rows}
+
+
+def check_runnable(store: Store, doc: dict) -> None:
+    """Refuse a plan that a newer one replaced, lacks its approvals, is blocked or no longer matches the store."""
+    from expunge.orchestrator import planner
+    from expunge.orchestrator.policy import pinned
+
+    pid = doc["id"]
+    if doc.get("superseded_by"):
+        raise BadInput(f"plan {pid[:12]} was replaced by a newer plan ({doc['superseded_by'][:12]}); run that one")
+    if doc["blocked"]:
+        raise BadInput(f"plan {pid[:12]} has models with no admissible action; it cannot run")
+    policy = pinned(store, doc["policy"]["sha256"])
+    if policy.approval_required:
+        ok = planner.verified_approvals(store, doc)
+        if len(ok) < policy.approvers:
+            raise BadInput(f"plan {pid[:12]} has {len(ok)} of the {policy.approvers} signed approval(s) its policy "
+                           "requires; `expunge plan approve` it first")
+    stale = planner.stale_reason(store, doc, policy)
+    if stale:
+        raise BadInput(f"plan {pid[:12]} is stale: the store changed since it was made ({stale}); make a new plan")
+
+
+def start(store: Store, doc: dict) -> None:
+    """Record the execution and its actions as pending, and the requests as executing: one write."""
+    from expunge.orchestrator import requests as rq
+
+    with store.write() as txn:
+        txn.con.execute(DDL)
+        if txn.one("SELECT count(*) FROM executions WHERE plan_id = ?", [doc["id"]]):
+            return
+        now = _now()
+        txn.con.execute("INSERT INTO executions VALUES (?, ?, NULL, 'running')", [doc["id"], now])
+        for pos, item in enumerate(doc["items"]):
+            c = item["chosen"]
+            txn.con.execute("INSERT INTO execution_actions VALUES (?, ?, ?, ?, 'pending', NULL, ?, NULL, NULL, NULL,"
+                            " NULL, 0, NULL, NULL)", [doc["id"], pos, item["model"], c["action"], c["seconds"]])
+        rq.set_status_many(txn, doc["requests"], "executing")
+
+
+def _mark(store: Store, pid: str, pos: int, **fields) -> None:
+    with store.write() as txn:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        txn.con.execute(f"UPDATE execution_actions SET {sets} WHERE plan_id = ? AND position = ?",
+                        [*fields.values(), pid, pos])
+
+
+def _finish(store: Store, doc: dict, pos: int, item: dict, out: Outcome, wall: float, cpu: float) -> None:
+    """Mark the action done; record the new version as replacing the old one (the old is superseded, the new
+    takes its stage), with the training cost the old run recorded for future planning. One write."""
+    with store.write() as txn:
+        if out.new_model:
+            old = txn.resolve_model(item["model"])
+            new = txn.resolve_model(out.new_model)
+            if item["chosen"]["action"] in PARTIAL:
+                # It did part of a training: for planning, the new run still cost what the old one did.
+                txn.con.execute(
+                    """UPDATE runs SET wall_seconds = o.wall_seconds, cpu_seconds = o.cpu_seconds,
+                              gpu_seconds = o.gpu_seconds, total_steps = o.total_steps
+                       FROM (SELECT wall_seconds, cpu_seconds, gpu_seconds, total_steps FROM runs
+                             WHERE run_id = (SELECT run_id FROM models WHERE model_id = ?)) o
+                       WHERE runs.run_id = (SELECT run_id FROM models WHERE model_id = ?)""",
+                    [old["model_id"], new["model_id"]])
+            txn.con.execute("INSERT INTO model_replacements VALUES (?, ?, ?, ?, ?, ?)",
+                            [new["model_id"], old["model_id"], doc["id"], item["chosen"]["action"],
+                             item["chosen"]["guarantee"], out.pending_check])
+            if not out.pending_check:
+                stage = txn.one("SELECT stage FROM models WHERE model_id = ?", [old["model_id"]])
+                txn.con.execute("UPDATE models SET stage = ? WHERE model_id = ?", [stage, new["model_id"]])
+                txn.con.execute("UPDATE models SET stage = 'superseded' WHERE model_id = ?", [old["model_id"]])
+                txn.con.execute("INSERT INTO model_stages VALUES (?, ?, ?, 'superseded', ?)",
+                                [old["model_id"], _now(), stage, f"replaced by {out.new_model} (plan {doc['id'][:8]})"])
+        txn.con.execute(
+            """UPDATE execution_actions SET state = 'done', new_model = ?, wall_seconds = ?, cpu_seconds = ?,
+                      ended_at = ?, detail = ?, error = NULL WHERE plan_id = ? AND position = ?""",
+            [out.new_model, wall, cpu, _now(), json.dumps(out.detail, sort_keys=True, default=str), doc["id"], pos])
+
+
+def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, on_event: Callable[[str, dict], None] | None = None,
+             ) -> dict:
+    """Execute (or with `dry_run`, show) the plan's actions in order; resumable. Returns the summary."""
+    from expunge.lineage.store import fault
+    from expunge.orchestrator import planner
+
+    doc = planner.load_plan(store, plan_id)
+    pid = doc["id"]
+    state = _state(store, pid)
+    if not state:
+        check_runnable(store, doc)
+    if dry_run:
+        return summary(store, doc, state, dry_run=True)
+    start(store, doc)
+    state = _state(store, pid)
+    hashes = _hashes(Context(store, doc, np.zeros(0, np.uint32)))
+    ctx = Context(store, doc, store.engine().records_of(hashes)[0])
+    for pos, st in sorted(state.items()):
+        if st["state"] == "done" and st["new_model"]:
+            ctx.new[st["model"]] = st["new_model"]
+    emit = on_event or (lambda kind, info: None)
+    for pos, item in enumerate(doc["items"]):
+        st = state[pos]
+        if st["state"] == "done":
+            emit("skip", {"position": pos, "item": item, "state": st, "all": doc["items"]})
+            continue
+        emit("start", {"position": pos, "item": item, "state": st, "all": doc["items"]})
+        _mark(store, pid, pos, state="running", started_at=_now(), attempts=st["attempts"] + 1)
+        fault(f"run:before-action-{pos}")
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            out = executor(item["chosen"]["action"])(ctx, item)
+        except Exception as exc:  # recorded, then re-raised as one line
+            msg = str(exc) if isinstance(exc, ExpungeError) else f"{type(exc).__name__}: {exc}"
+            _mark(store, pid, pos, state="failed", ended_at=_now(), error=msg[:2000])
+            emit("failed", {"position": pos, "item": item, "error": msg})
+            if isinstance(exc, ExpungeError):
+                raise ActionFailed(f"{item['model']}: {item['chosen']['action']} failed: {msg}") from None
+            raise
+        fault(f"run:after-action-{pos}")
+        _finish(store, doc, pos, item, out, time.perf_counter() - t0, time.process_time() - c0)
+        if out.new_model:
+            ctx.new[item["model"]] = out.new_model
+        emit("done", {"position": pos, "item": item, "outcome": out})
+    with store.write() as txn:
+        txn.con.execute("UPDATE executions SET state = 'done', ended_at = ? WHERE plan_id = ? AND state <> 'done'",
+                        [_now(), pid])
+    return summary(store, doc, _state(store, pid))
+
+
+def summary(store: Store, doc: dict, state: dict[int, dict], dry_run: bool = False) -> dict:
+    rows = []
+    for pos, item in enumerate(doc["items"]):
+        st = state.get(pos, {})
+        c = item["chosen"]
+        rows.append({"order": item["order"], "model": item["model"], "action": c["action"],
+                     "guarantee": c["guarantee"], "state": st.get("state", "pending"),
+                     "new_model": st.get("new_model"), "estimated_seconds": c["seconds"],
+                     "actual_seconds": st.get("wall_seconds"), "cpu_seconds": st.get("cpu_seconds"),
+                     "check": c["check"]["kind"], "pending_check": c["guarantee"] == "approximate",
+                     "attempts": st.get("attempts", 0), "error": st.get("error")})
+    return {"kind": "expunge.run", "plan": doc["id"], "requests": doc["requests"], "dry_run": dry_run,
+            "actions": rows, "done": sum(r["state"] == "done" for r in rows), "total": len(rows)}

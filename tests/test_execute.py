@@ -1,0 +1,163 @@
+"""`expunge run`: exact actions on the reference trainers against independent retrains, lineage after
+execution, refusals, and exactly-once resumption after SIGKILL at several points."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from expunge.errors import BadInput  # noqa: E402
+from expunge.orchestrator import execute, planner  # noqa: E402
+from expunge.orchestrator import requests as rq  # noqa: E402
+from expunge.orchestrator.policy import store_policy  # noqa: E402
+
+
+def weights(path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """The demo store, its default-category request (exact unlearning) planned, approved and run."""
+    from expunge.demo import build_demo
+
+    root = tmp_path_factory.mktemp("exec")
+    store, subject = build_demo(root)
+    r = rq.create(store, [subject], category="default", policy=store_policy(store))
+    doc = planner.make_plan(store, [r.id], store_policy(store))
+    planner.save_plan(store, doc)
+    with pytest.raises(BadInput, match="signed approval"):
+        execute.run_plan(store, doc["id"])
+    planner.approve(store, doc["id"], root / "approver.key")
+    result = execute.run_plan(store, doc["id"])
+    return store, subject, doc, result, root
+
+
+def info(store, ref):
+    return execute.model_info(store, ref)
+
+
+def test_every_action_ran_once_and_the_new_versions_hold_none_of_the_records(executed):
+    store, subject, doc, result, _ = executed
+    assert result["done"] == result["total"] == len(doc["items"])
+    new = {a["model"]: a["new_model"] for a in result["actions"]}
+    assert all(new.values())
+    # Lineage proof: the subject's impact reaches none of the new versions (nor their runs).
+    hit = {m["id"] for m in store.impact([subject]).models}
+    assert not hit & set(new.values())
+    for old, made in new.items():
+        o, n = info(store, old), info(store, made)
+        assert n["stage"] == (doc_item := next(i for i in doc["items"] if i["model"] == old))["stage"]
+        assert o["stage"] == "superseded"
+        assert n["parents"] == [{"model": new.get(p["model"], p["model"]), "relation": p["relation"]}
+                                for p in o["parents"]] or doc_item["chosen"]["action"] != "rederive_from_parent"
+    # Running it again does nothing more.
+    again = execute.run_plan(store, doc["id"])
+    assert [a["new_model"] for a in again["actions"]] == [a["new_model"] for a in result["actions"]]
+
+
+def test_sisa_shard_retrain_equals_retraining_the_shard_from_scratch(executed, tmp_path):
+    """Untouched shards are the old weights byte for byte; the retrained shard equals that shard retrained from
+    scratch (its original initial weights, the same seed) without the erased records."""
+    from expunge.orchestrator.rerun import rerun
+
+    store, subject, doc, result, _ = executed
+    new = next(a["new_model"] for a in result["actions"] if a["model"] == "churn@1")
+    old_w, new_w = weights(info(store, "churn@1")["path"]), weights(info(store, new)["path"])
+    shards = next(r for r in store.impact([subject]).runs if r["id"] == "churn-sisa-1")["shards"]
+    hit = {s["shard"] for s in shards if s["first_slice"] is not None}
+    assert len(hit) == 1
+    for k in old_w:
+        member = int(k.split(".")[1])
+        assert torch.equal(old_w[k], new_w[k]) == (member not in hit), k
+    erased = store.records_of_subjects([subject])
+    ref = rerun(store, "churn-sisa-1", new_name="ref-scratch", out_dir=tmp_path / "ref", exclude_records=erased,
+                init_model=info(store, "churn@1")["path"], shard_checkpoints={next(iter(hit)): None})
+    assert same(weights(info(store, ref["models"][0]["id"])["path"]), new_w)
+
+
+def test_full_retrain_equals_training_without_the_records(executed, tmp_path):
+    from expunge.orchestrator.trainers import TrainRequest, mlp
+    from expunge.orchestrator.rerun import recorded_request
+
+    store, subject, doc, result, _ = executed
+    new = next(a["new_model"] for a in result["actions"] if a["model"] == "churn-mlp@1")
+    rec = recorded_request(store, "churn-mlp-1")
+    req = TrainRequest(store=store, run_name="ref-mlp", inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
+                       out_dir=tmp_path, trainer=mlp.ENTRY_POINT, model_name="ref-mlp",
+                       exclude_records=store.records_of_subjects([subject]))
+    out = mlp.train(req)
+    assert same(weights(info(store, out["models"][0]["id"])["path"]), weights(info(store, new)["path"]))
+    assert not same(weights(info(store, "churn-mlp@1")["path"]), weights(info(store, new)["path"]))
+
+
+def test_rederived_student_learned_from_the_new_teacher(executed):
+    store, _, _, result, _ = executed
+    new = {a["model"]: a["new_model"] for a in result["actions"]}
+    with store.read() as con:
+        config = json.loads(con.execute("SELECT r.config FROM runs r JOIN models m USING (run_id) WHERE "
+                                        "m.name || '@' || m.version_no = ?", [new["churn-student@1"]]).fetchone()[0])
+    assert config["teacher"] == new["churn-ft@1"]
+    assert info(store, new["churn-ft@1"])["parents"] == [{"model": new["churn-mlp@1"], "relation": "fine-tune"}]
+
+
+def test_a_replaced_or_changed_plan_does_not_run(executed):
+    store, subject, doc, _, root = executed
+    r = rq.create(store, [subject], category="default", policy=store_policy(store))
+    first = planner.make_plan(store, [r.id], store_policy(store))
+    planner.save_plan(store, first)
+    planner.approve(store, first["id"], root / "approver.key")
+    second = planner.make_plan(store, [r.id], store_policy(store), now=planner._when(first["created_at"]).replace(
+        microsecond=1))
+    planner.save_plan(store, second, replan=True)
+    with pytest.raises(BadInput, match="replaced by a newer plan"):
+        execute.run_plan(store, first["id"])
+
+
+# ------------------------------------------------------------------ crashes
+
+
+def _run(store_root: Path, plan_id: str, fault: str | None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("EXPUNGE_FAULT", None)
+    if fault:
+        env["EXPUNGE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "expunge.cli", "run", plan_id, "--store", str(store_root), "--json"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("points", [("run:before-action-0",), ("run:after-action-2", "run:after-action-4")])
+def test_killed_runs_resume_and_apply_each_action_once(tmp_path, points):
+    from expunge.demo import build_demo
+
+    store, subject = build_demo(tmp_path)
+    r = rq.create(store, [subject], category="default", policy=store_policy(store))
+    doc = planner.make_plan(store, [r.id], store_policy(store))
+    planner.save_plan(store, doc)
+    planner.approve(store, doc["id"], tmp_path / "approver.key")
+    for point in points:
+        res = _run(store.root, doc["id"], point)
+        assert res.returncode == -9, (point, res.stderr[-2000:])
+    res = _run(store.root, doc["id"], None)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["done"] == out["total"] == len(doc["items"])
+    # Exactly once: one run per re-run step, one new version per model, nothing made twice.
+    with store.read() as con:
+        names = [n for (n,) in con.execute("SELECT name FROM runs WHERE name LIKE ?", [f"%.x{doc['id'][:8]}"]).fetchall()]
+        versions = dict(con.execute("SELECT name, max(version_no) FROM models GROUP BY name").fetchall())
+    assert len(names) == len(set(names))
+    assert all(v == 2 for v in versions.values()), versions
+    attempts = {a["model"]: a["attempts"] for a in out["actions"]}
+    assert max(attempts.values()) <= 2
