@@ -519,3 +519,11 @@ def test_a_model_of_two_affected_parents_is_as_good_as_the_weaker():
     assert items[2]["chosen"]["action"] == "rederive_from_parent"
     _check_against_reference(([approx_teacher, exact_teacher, student], policy, "approximate",
                               NOW + timedelta(days=3), "mia"))
+
+
+def test_sisa_needs_the_stages_of_every_affected_shard():
+    """A SISA version made by an earlier shard retrain records only that shard's stages: a record in another
+    shard must not be priced as 0 steps."""
+    f = sisa_last_slice(stage_steps={(3, r): (r + 1) * 10 for r in range(4)}, affected_shards={5: 1})
+    item = choose_one(f, required="approximate")
+    assert "no slice checkpoints recorded for shard(s) 5" in item["not_applicable"]["sisa_shard_retrain"]

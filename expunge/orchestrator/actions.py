@@ -146,6 +146,9 @@ class SisaShardRetrain(Action):
             return "no recorded trainer entry point"
         if not f.stage_steps or not f.affected_shards:
             return "no shard/slice facts and slice checkpoints recorded"
+        missing = sorted(s for s, r in f.affected_shards.items() if (s, r) not in f.stage_steps)
+        if missing:  # e.g. a version made by an earlier shard retrain records only that shard's stages
+            return f"no slice checkpoints recorded for shard(s) {', '.join(map(str, missing))}"
         return None
 
     def estimate(self, f, policy):
