@@ -640,6 +640,45 @@ def run_cmd(
         render_run(result)
 
 
+@app.command("residuals")
+@_guard
+def residuals_cmd(
+    request_id: str = typer.Argument(..., help="Request id, e.g. req-000001."),
+    purge: bool = typer.Option(False, "--purge", help="Delete the copies that are present and not held."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """List (or --purge) the files that still hold a request's erased records' influence after its plan ran:
+    superseded and retired model versions and their checkpoints. A file is deleted only if its content is
+    still the recorded one; a policy hold keeps it, and says why.
+
+    Example: expunge residuals req-000001 --purge
+    """
+    from expunge.orchestrator import residuals as res
+
+    st = _open(store)
+    got = res.purge(st, request_id) if purge else res.residuals(st, request_id)
+    if json_out:
+        _emit_json(got)
+        return
+    from collections import Counter
+
+    from rich.markup import escape
+
+    console = _console()
+    if not got["plans"]:
+        console.print(f"No plan of {request_id} has run yet: nothing is residual.")
+        return
+    counts = Counter(r["state"] for r in got["residuals"])
+    console.print(f"{request_id}: {len(got['residuals'])} residual file(s): "
+                  + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
+    for r in got["residuals"]:
+        console.print(f"  {r['state']:9} {r['kind']:10} {escape(r['model'])}  {escape(r['path'])}  ({escape(r['why'])})",
+                      highlight=False, soft_wrap=True)
+    if counts.get("present"):
+        console.print(f"Delete them with: expunge residuals {request_id} --purge", soft_wrap=True)
+
+
 def render_run(result: dict, console=None) -> None:
     from rich.markup import escape
     from rich.table import Table

@@ -161,3 +161,31 @@ def test_killed_runs_resume_and_apply_each_action_once(tmp_path, points):
     assert all(v == 2 for v in versions.values()), versions
     attempts = {a["model"]: a["attempts"] for a in out["actions"]}
     assert max(attempts.values()) <= 2
+
+
+def test_residual_copies_are_listed_purged_and_held(executed, tmp_path):
+    from expunge.orchestrator import residuals as res
+    from expunge.orchestrator.policy import parse_policy
+
+    store, subject, doc, result, _ = executed
+    rid = doc["requests"][0]
+    got = res.residuals(store, rid)
+    models = {r["model"] for r in got["residuals"]}
+    assert models == {a["model"] for a in result["actions"]}  # every replaced version
+    assert all(r["state"] == "present" for r in got["residuals"])
+    assert {r["kind"] for r in got["residuals"]} == {"model", "checkpoint"}
+    # A hold keeps churn's old files; a file whose content changed is left alone.
+    held = parse_policy({"residuals": {"hold": {"churn": "litigation hold LH-7"}}}, "t")
+    changed = next(r for r in got["residuals"] if r["model"] == "fraud@1" and r["kind"] == "checkpoint")
+    Path(changed["path"]).write_bytes(b"not the checkpoint any more")
+    out = res.purge(store, rid, held)
+    by = {(r["model"], r["path"]): r for r in out["residuals"]}
+    for (model, path), r in by.items():
+        if model == "churn@1":
+            assert r["state"] == "held" and "LH-7" in r["why"] and Path(path).exists()
+        elif path == changed["path"]:
+            assert r["state"] == "changed" and Path(path).exists()
+        else:
+            assert r["state"] == "purged" and not Path(path).exists()
+    again = res.residuals(store, rid, held)
+    assert {r["state"] for r in again["residuals"]} == {"held", "changed", "purged"}

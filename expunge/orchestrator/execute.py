@@ -407,7 +407,15 @@ def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, on_event: Cal
     with store.write() as txn:
         txn.con.execute("UPDATE executions SET state = 'done', ended_at = ? WHERE plan_id = ? AND state <> 'done'",
                         [_now(), pid])
-    return summary(store, doc, _state(store, pid))
+    from expunge.orchestrator.policy import pinned
+
+    policy = pinned(store, doc["policy"]["sha256"])
+    out = summary(store, doc, _state(store, pid))
+    if policy.purge_residuals:
+        from expunge.orchestrator.residuals import purge
+
+        out["purged"] = sum(purge(store, r, policy)["purged"] for r in doc["requests"])
+    return out
 
 
 def summary(store: Store, doc: dict, state: dict[int, dict], dry_run: bool = False) -> dict:

@@ -54,6 +54,8 @@ class Policy:
     max_premium: float = 2.0
     retire_withdrawn: bool = True
     approver_keys: dict[str, str] = field(default_factory=dict)  # name → OpenSSH Ed25519 public key line
+    purge_residuals: bool = False        # delete residual copies as soon as a request's plan has run
+    holds: dict[str, str] = field(default_factory=dict)  # model name → why its old files are kept
     cpu_hour: float = 0.05
     gpu_hour: float = 2.5
     source: str = "default"
@@ -93,7 +95,7 @@ def policy_from_dict(d: dict) -> Policy:
     return Policy(**d)
 
 
-_TOP = {"default_category", "allow_retire", "retire_withdrawn", "approval", "categories", "approximate", "costs", "models", "risk"}
+_TOP = {"default_category", "allow_retire", "retire_withdrawn", "residuals", "approval", "categories", "approximate", "costs", "models", "risk"}
 
 
 def _check_keys(section: dict, allowed: set, where: str) -> None:
@@ -148,6 +150,9 @@ def parse_policy(doc: dict, source: str) -> Policy:
         approver_keys[name] = " ".join(line.split()[:2])
     _check_keys(approx, {"max_mia_auc_gap", "max_accuracy_drop", "max_mia_auc"}, "approximate")
     _check_keys(risk, {"max_premium"}, "risk")
+    res = doc.get("residuals", {})
+    _check_keys(res, {"purge", "hold"}, "residuals")
+    holds = {str(k): _typed(v, str, f"residuals.hold.{k}") for k, v in (res.get("hold") or {}).items()}
     premium = _typed(risk.get("max_premium", 2.0), float, "risk.max_premium")
     if not 1.0 <= premium < float("inf"):
         raise BadInput("policy risk.max_premium must be a finite number ≥ 1 (1: always the cheapest action)")
@@ -169,6 +174,7 @@ def parse_policy(doc: dict, source: str) -> Policy:
         retire_withdrawn=_typed(doc.get("retire_withdrawn", True), bool, "retire_withdrawn"),
         approval_required=_typed(ap.get("required", True), bool, "approval.required"), approvers=approvers,
         approver_keys=approver_keys,
+        purge_residuals=_typed(res.get("purge", False), bool, "residuals.purge"), holds=holds,
         max_mia_auc_gap=bounds["max_mia_auc_gap"], max_accuracy_drop=bounds["max_accuracy_drop"],
         max_mia_auc=bounds["max_mia_auc"], max_premium=premium,
         cpu_hour=_typed(costs.get("cpu_hour", 0.05), float, "costs.cpu_hour"),
