@@ -600,6 +600,8 @@ def render_plan_list(plans: list[dict], console=None) -> None:
 def run_cmd(
     plan_id: str = typer.Argument(..., help="Plan id (or a prefix of 8+ characters)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the plan and show what would run; change nothing."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Run up to N independent actions at once (worker processes)."),
+    executor: str = typer.Option("local", "--executor", help="Where actions run: local (this machine)."),
     store: Optional[Path] = StoreOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -612,9 +614,12 @@ def run_cmd(
     """
     from expunge.orchestrator.execute import run_plan
 
+    if executor != "local":
+        raise BadInput(f"unknown executor {executor!r}: this expunge runs actions with 'local' (a cluster executor "
+                       "implements the same submit/shutdown interface: expunge.orchestrator.execute.LocalExecutor)")
     st = _open(store)
     if dry_run or json_out:
-        result = run_plan(st, plan_id, dry_run=dry_run)
+        result = run_plan(st, plan_id, dry_run=dry_run, jobs=jobs)
     else:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -633,7 +638,7 @@ def run_cmd(
                 elif kind in ("done", "skip"):
                     bar.advance(task)
 
-            result = run_plan(st, plan_id, on_event=event)
+            result = run_plan(st, plan_id, jobs=jobs, on_event=event)
     if json_out:
         _emit_json(result)
     else:

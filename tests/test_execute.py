@@ -189,3 +189,74 @@ def test_residual_copies_are_listed_purged_and_held(executed, tmp_path):
             assert r["state"] == "purged" and not Path(path).exists()
     again = res.residuals(store, rid, held)
     assert {r["state"] for r in again["residuals"]} == {"held", "changed", "purged"}
+
+
+def test_parallel_jobs_respect_the_order_and_give_the_same_models(tmp_path):
+    """--jobs 2: independent actions in worker processes, children after their parents; the artifacts are
+    the ones a sequential run makes (the reference trainers are deterministic)."""
+    from expunge.demo import build_demo
+    from expunge.lineage.runs import sha256_file
+
+    store, subject = build_demo(tmp_path)
+    r = rq.create(store, [subject], category="default", policy=store_policy(store))
+    doc = planner.make_plan(store, [r.id], store_policy(store))
+    planner.save_plan(store, doc)
+    planner.approve(store, doc["id"], tmp_path / "approver.key")
+    order = []
+    out = execute.run_plan(store, doc["id"], jobs=2,
+                           on_event=lambda kind, i: order.append((kind, i["item"]["model"])))
+    assert out["done"] == out["total"]
+    pos = {e: k for k, e in enumerate(order)}
+    for item in doc["items"]:
+        for parent in item["after"]:
+            assert pos[("done", parent)] < pos[("start", item["model"])], (parent, item["model"])
+    new = {a["model"]: a["new_model"] for a in out["actions"]}
+    # The same artifact as the sequential executor's re-run of the same step (deterministic trainers).
+    from expunge.orchestrator.rerun import rerun
+
+    ref = rerun(store, "churn-mlp-1", new_name="seq-ref", out_dir=tmp_path / "seq",
+                exclude_records=store.records_of_subjects([subject]))
+    assert same(weights(info(store, ref["models"][0]["id"])["path"]), weights(info(store, new["churn-mlp@1"])["path"]))
+    assert sha256_file(Path(info(store, new["churn-mlp@1"])["path"])) == info(store, new["churn-mlp@1"])["sha256"]
+
+
+def test_certified_removal_spends_what_the_newton_steps_bound_and_refuses_over_budget(tmp_path):
+    """The demo's certified model, unlearned with Newton steps: the new run's budget spent equals the sum of the
+    steps' bounds recomputed here on the same data; a budget too small is refused before any weight changes."""
+    from expunge.demo import build_demo
+    from expunge.orchestrator.rerun import recorded_request
+    from expunge.orchestrator.trainers import TrainRequest, logreg_certified as lc, mlp
+
+    store, subject = build_demo(tmp_path)
+    rec = recorded_request(store, "churn-certified-1")
+    req = TrainRequest(store=store, run_name="x", inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
+                       out_dir=tmp_path, trainer=rec["trainer"], model_name="x")
+    full = mlp.dataset(req)
+    mine = set(mlp.dataset(TrainRequest(**{**req.__dict__, "exclude_records": store.records_of_subjects([subject])}))
+               .row_ids)
+    remove = [i for i, r in enumerate(full.row_ids) if r not in mine]
+    x, y = lc.design(full)
+    w0 = weights(info(store, "churn-certified@1")["path"])["w"].double()
+    expect_w, bounds = lc.newton_removal(x, y, w0, rec["config"].get("lam", 1e-3), remove)
+    item = {"model": "churn-certified@1", "stage": "staging", "after": [],
+            "chosen": {"action": "certified_removal", "guarantee": "certified"}}
+    ctx = execute.Context(store, {"id": "f" * 64, "requests": [], "items": [item]},
+                          store.records_of_subjects([subject]))
+    # Over budget: refused, and nothing recorded or written.
+    with store.write() as txn:
+        extra = json.loads(txn.one("SELECT extra FROM runs WHERE name = 'churn-certified-1'"))
+        extra["removal_budget_spent"] = extra["certified_removal"]["removal_budget"]
+        txn.con.execute("UPDATE runs SET extra = ? WHERE name = 'churn-certified-1'", [json.dumps(extra)])
+    with pytest.raises(execute.ActionFailed, match="nothing was changed"):
+        execute.EXECUTORS["certified_removal"](ctx, item)
+    assert execute.model_of_run(store, "churn-certified-1.xffffffff") is None
+    with store.write() as txn:
+        extra["removal_budget_spent"] = 0.0
+        txn.con.execute("UPDATE runs SET extra = ? WHERE name = 'churn-certified-1'", [json.dumps(extra)])
+    out = execute.EXECUTORS["certified_removal"](ctx, item)
+    got = weights(info(store, out.new_model)["path"])["w"].double()
+    assert torch.allclose(got, expect_w, atol=1e-6) and not torch.allclose(got, w0)
+    with store.read() as con:
+        new_extra = json.loads(con.execute("SELECT extra FROM runs WHERE name = 'churn-certified-1.xffffffff'")
+                               .fetchone()[0])
+    assert new_extra["removal_budget_spent"] == pytest.approx(sum(bounds))

@@ -27,7 +27,8 @@ NOW = datetime(2026, 11, 1, 12, 0)
 
 def _runs(draw, n_max=3):
     return [costs.RunCost(f"a{j}", float(draw(st.integers(1, 5000))), draw(st.integers(0, 3000)),
-                          draw(st.integers(0, 5))) for j in range(draw(st.integers(0, n_max)))]
+                          draw(st.integers(0, 5)), float(draw(st.sampled_from([0, 7]))))
+            for j in range(draw(st.integers(0, n_max)))]
 
 
 @st.composite
@@ -55,6 +56,7 @@ def model_chains(draw):
             family=draw(st.sampled_from(["mlp", "sisa-mlp", "logreg-certified", None])),
             run_seconds=run_seconds, run_records=n, total_steps=total,
             run_rows=draw(st.sampled_from([0, n, 3 * n])), shards=4 if sisa else 1,
+            setup_seconds=float(draw(st.sampled_from([0, 3, 250]))),
             has_checkpoints=ckpt, clean_step=clean,
             stage_steps={(s, r): (r + 1) * 5 for s in range(4) for r in range(3)} if sisa else {},
             affected_shards={draw(st.integers(0, 3)): draw(st.integers(0, 2))} if sisa else {},
@@ -85,27 +87,29 @@ def model_chains(draw):
 STRONG = {"approximate": 0, "certified": 1, "exact": 2}
 
 
-def _remaining(seconds, n, removed):
-    return seconds if n <= 0 else seconds * max(n - removed, 0) / n
+def _remaining(seconds, n, removed, setup=0.0):
+    return setup + (seconds if n <= 0 else seconds * max(n - removed, 0) / n)
 
 
 def reference_prices(f, policy, parent_g, check, retired=()):
     """{action: (guarantee, action seconds)} for the actions that apply to `f`."""
     out = {}
-    own = (f.run_seconds, f.run_records, f.train_records)
+    own = (f.run_seconds, f.run_records, f.train_records, f.setup_seconds)
+    setup = f.setup_seconds
     edits_own = not f.affected_parents and f.direct  # actions that start from the model's own weights
     if f.direct and f.train_records == 0 and not f.affected_parents:
         out["no_action"] = ("exact", 0.0)
     if f.run and f.trainer and f.ancestor_runs is not None:
-        out["full_retrain"] = ("exact", sum(_remaining(r.seconds, r.records, r.removed) for r in f.ancestor_runs)
+        out["full_retrain"] = ("exact", sum(_remaining(r.seconds, r.records, r.removed, r.setup)
+                                            for r in f.ancestor_runs)
                                + _remaining(*own))
     if edits_own and f.trainer and f.stage_steps and f.affected_shards:
         steps = sum(n for (s, r), n in f.stage_steps.items() if s in f.affected_shards and r >= f.affected_shards[s])
-        out["sisa_shard_retrain"] = ("exact", f.run_seconds * steps / sum(f.stage_steps.values()))
+        out["sisa_shard_retrain"] = ("exact", setup + f.run_seconds * steps / sum(f.stage_steps.values()))
     if edits_own and f.trainer and f.has_checkpoints and f.clean_step is not None and f.total_steps:
-        out["checkpoint_replay"] = ("exact", f.run_seconds * (f.total_steps - f.clean_step) / f.total_steps)
+        out["checkpoint_replay"] = ("exact", setup + f.run_seconds * (f.total_steps - f.clean_step) / f.total_steps)
     if f.clean_ancestor and f.replay_runs is not None:
-        out["clean_ancestor_replay"] = ("exact", sum(_remaining(r.seconds, r.records, r.removed)
+        out["clean_ancestor_replay"] = ("exact", sum(_remaining(r.seconds, r.records, r.removed, r.setup)
                                                      for r in f.replay_runs))
     if f.affected_parents and f.run and f.trainer and parent_g is not None and not set(f.affected_parents) & retired:
         out["rederive_from_parent"] = (parent_g, _remaining(*own))
@@ -115,12 +119,13 @@ def reference_prices(f, policy, parent_g, check, retired=()):
         need = sum(4 * c["gamma"] / (c["lam"] ** 2 * max(n - i, 1)) for i in range(1, k + 1))
         if need <= c["removal_budget"] - f.budget_spent:
             per_pass = f.run_seconds / f.iterations
-            out["certified_removal"] = ("certified", per_pass * f.dim + per_pass * f.dim ** 2 / max(n - f.train_records, 1))
+            out["certified_removal"] = ("certified", setup + max(k, 1) * (
+                per_pass * f.dim + per_pass * f.dim ** 2 / max(n - f.train_records, 1)))
     rows = f.run_rows or f.run_records                      # a training step is over a row
     own_rows = min(f.train_rows or f.train_records, rows)
     if edits_own and f.family in ("mlp", "sisa-mlp"):
         per = f.run_seconds / (f.epochs * rows)
-        out["approximate_unlearning"] = ("approximate", per * 2 * (own_rows + min(rows, 10 * max(own_rows, 1))))
+        out["approximate_unlearning"] = ("approximate", setup + per * 2 * (own_rows + min(rows, 10 * max(own_rows, 1))))
     rule = policy.model(f.name)
     withdrawn = f.stage in ("archived", "superseded") and policy.retire_withdrawn
     if not rule.never_retire and (withdrawn or policy.allow_retire):
@@ -133,7 +138,7 @@ def reference_prices(f, policy, parent_g, check, retired=()):
         if g == "approximate":
             forget = max(own_rows + sum(r.removed for r in f.ancestor_runs or []), 1)
             per_forward = f.run_seconds / (f.epochs * rows) / 3 * f.shards  # an ensemble runs every member
-            secs += 2 * per_forward * (forget + max(forget, 200) + min(rows, 1000))
+            secs += 2 * per_forward * (forget + max(forget, 200) + min(rows, 1000))  # on the data already loaded
             if check == "mia_retrained":
                 if "full_retrain" not in out:
                     continue  # no retrained reference: the check cannot be done
@@ -421,7 +426,14 @@ def test_certified_removal_budget_from_the_runs_data(demo_store):
 
     store, subject = demo_store
     r = rq.create(store, [subject], category="financial")  # certified required
-    doc = planner.make_plan(store, [r.id], load_policy(None))
+    # On the demo's 400 rows loading the data costs more than either action, so a full retrain is within the
+    # default 2× premium; a policy that always takes the cheapest shows the certified price.
+    import tomllib
+
+    from expunge.orchestrator.policy import default_policy_text
+
+    cheapest = parse_policy({**tomllib.loads(default_policy_text()), "risk": {"max_premium": 1.0}}, "t")
+    doc = planner.make_plan(store, [r.id], cheapest)
     item = next(i for i in doc["items"] if i["model"] == "churn-certified@1")
     assert item["chosen"]["action"] == "certified_removal"
     assert any("Newton-step bounds on the run's data" in why for why in item["chosen"]["reasons"])

@@ -255,13 +255,13 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
 
     cost = run.get("cost", {})
     txn.con.execute(
-        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run_id, name, run.get("trainer"), json.dumps(run.get("config", {}), sort_keys=True),
          run.get("code_version"), run.get("seed"), run.get("model_family"),
          cost.get("wall_seconds"), cost.get("cpu_seconds"), cost.get("gpu_seconds"),
          _ts(run.get("started_at")), _ts(run.get("ended_at")), n_shards, n_slices,
          facts_file, json.dumps(index) if index else None,
-         json.dumps(run.get("extra", {}), sort_keys=True), _now(), total_steps],
+         json.dumps(run.get("extra", {}), sort_keys=True), _now(), total_steps, cost.get("setup_seconds")],
     )
     for row in input_rows:
         txn.con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?, ?, ?, ?)", row)
@@ -350,7 +350,7 @@ class RunTracker:
     def __init__(self, store: Store, name: str, *, inputs: Sequence[dict | str] = (), trainer: str | None = None,
                  config: dict | None = None, code_version: str | None = None, seed: int | None = None,
                  model_family: str | None = None, shards: int | None = None, slices: int | None = None,
-                 extra: dict | None = None, total_steps: int | None = None):
+                 extra: dict | None = None, total_steps: int | None = None, setup_seconds: float = 0.0):
         self.store = store
         self.run: dict[str, Any] = {"name": name}
         self.run["inputs"] = [{"dataset": i} if isinstance(i, str) else dict(i) for i in inputs]
@@ -363,6 +363,7 @@ class RunTracker:
         self.models: list[dict] = []
         self._facts_arrow = None
         self._device_seconds = 0.0
+        self._setup_seconds = float(setup_seconds)  # loading data before the `with` block, measured by the caller
         self._t0 = self._c0 = 0.0
         self.result: dict | None = None
 
@@ -425,6 +426,8 @@ class RunTracker:
         cost = {"wall_seconds": time.perf_counter() - self._t0, "cpu_seconds": time.process_time() - self._c0}
         if self._device_seconds:
             cost["gpu_seconds"] = self._device_seconds
+        if self._setup_seconds:
+            cost["setup_seconds"] = self._setup_seconds
         self.run["cost"] = cost
         self.result = record_runs(self.store, [{"run": self.run, "models": self.models}], base_dir=Path.cwd(),
                                   facts_tables=[self._facts_arrow])[0]

@@ -212,6 +212,7 @@ class Store:
         self.key = key  # where the key came from (None when the caller passed raw key bytes)
         self._engine = None
         self._engine_gen: str | None = None
+        self.lock_wait = 0.0  # seconds a write waits for another writer (0: "store is busy" at once)
 
     # ---------------------------------------------------------------- opening
 
@@ -348,7 +349,7 @@ class Store:
         (a reader still on the previous generation then fails and must retry).
         """
         lock = WriterLock(self.root / C.LOCK)
-        lock.acquire()
+        lock.acquire(self.lock_wait)
         txn = None
         try:
             gen = self.generation()

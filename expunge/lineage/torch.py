@@ -36,11 +36,14 @@ class RecordDataset(torch.utils.data.Dataset):
     def __init__(self, store: Store, version: str, data: Any, *, row_col: str, feature_cols: Sequence[str],
                  label_col: str, exclude_records: Iterable[int] | np.ndarray = (),
                  exclude_subjects: Sequence[str] = (), rows: Sequence[str] | None = None):
+        import time
+
         import pyarrow as pa
         import pyarrow.compute as pc
 
         from expunge.lineage.tables import id_column, read_table, require_columns
 
+        t0 = time.perf_counter()
         vrows = store.rows(version)
         excluded = np.union1d(np.asarray(list(exclude_records), dtype=np.uint32),
                               store.records_of_subjects(exclude_subjects) if exclude_subjects else
@@ -70,6 +73,7 @@ class RecordDataset(torch.utils.data.Dataset):
                              for c in feature_cols]) if feature_cols else np.zeros((len(ids), 0), np.float32)
         self.x = torch.from_numpy(np.ascontiguousarray(x))
         self.y = torch.from_numpy(sel.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64))
+        self.load_seconds = time.perf_counter() - t0  # reading and joining the data: a re-run pays it again
 
     def __len__(self) -> int:
         return len(self.row_ids)
@@ -104,7 +108,7 @@ class TrainingTracker:
                  trainer: str | None = None, config: dict | None = None, seed: int | None = None,
                  code_version: str | None = None, model_family: str | None = None,
                  shards: int | None = None, slices: int | None = None, extra: dict | None = None,
-                 facts_dataset: str | None = None):
+                 facts_dataset: str | None = None, setup_seconds: float = 0.0):
         from expunge.lineage.runs import RunTracker
 
         self.store = store
@@ -112,7 +116,7 @@ class TrainingTracker:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._run = RunTracker(store, name, inputs=inputs, trainer=trainer, config=config, seed=seed,
                                code_version=code_version, model_family=model_family, shards=shards, slices=slices,
-                               extra=extra)
+                               extra=extra, setup_seconds=setup_seconds)
         if facts_dataset:
             self._run.run["facts_dataset"] = facts_dataset
         self.name = name

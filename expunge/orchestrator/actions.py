@@ -37,6 +37,7 @@ class ModelFacts:
     run_device: str = "cpu"
     run_records: int = 0                 # records the run trained on
     run_rows: int = 0                    # training rows (≥ records for joins/augments; 0: as records)
+    setup_seconds: float = 0.0           # loading the run's data before training (a re-run pays it again)
     shards: int = 1                      # SISA: constituent models, each run on every prediction
     total_steps: int | None = None       # optimizer steps the run took (None: not recorded)
     clean_step: int | None = None        # newest checkpoint step before the records were first seen
@@ -60,7 +61,7 @@ class ModelFacts:
     retired_parents: list = field(default_factory=list)  # affected parents the plan retires (no new version)
 
     def own_run(self) -> RunCost:
-        return RunCost(self.run or "?", self.run_seconds, self.run_records, self.train_records)
+        return RunCost(self.run or "?", self.run_seconds, self.run_records, self.train_records, self.setup_seconds)
 
     def forget_rows(self) -> int:
         """Training rows built from the erased records: several per record in an augmented set, one for many
@@ -131,7 +132,7 @@ class FullRetrain(Action):
 
     def estimate(self, f, policy):
         if not f.ancestor_runs:
-            return costs.full_retrain(f.run_seconds, f.run_records, f.train_records)
+            return costs.full_retrain(f.run_seconds, f.run_records, f.train_records, f.setup_seconds)
         return costs.rerun_runs([*f.ancestor_runs, f.own_run()], "retrain the whole chain from scratch")
 
 
@@ -152,7 +153,7 @@ class SisaShardRetrain(Action):
         return None
 
     def estimate(self, f, policy):
-        return costs.sisa_shards(f.run_seconds, f.stage_steps, f.affected_shards)
+        return costs.sisa_shards(f.run_seconds, f.stage_steps, f.affected_shards, f.setup_seconds)
 
 
 class CheckpointReplay(Action):
@@ -173,7 +174,7 @@ class CheckpointReplay(Action):
         return None
 
     def estimate(self, f, policy):
-        return costs.checkpoint_replay(f.run_seconds, f.total_steps, f.clean_step)
+        return costs.checkpoint_replay(f.run_seconds, f.total_steps, f.clean_step, f.setup_seconds)
 
 
 class CleanAncestorReplay(Action):
@@ -252,7 +253,8 @@ class CertifiedRemoval(Action):
         return sum(4 * gamma / (lam ** 2 * max(n - i, 1)) for i in range(1, k + 1))
 
     def estimate(self, f, policy):
-        est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations)
+        est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations,
+                                      steps=f.forget_rows(), setup=f.setup_seconds)
         left = f.certificate["removal_budget"] - f.budget_spent
         how = ("Newton-step bounds on the run's data" if f.certified_need is not None
                else "bound from the recorded Hessian facts" if "hessian_min_eig" in f.certificate
@@ -278,7 +280,8 @@ class ApproximateUnlearning(Action):
 
     def estimate(self, f, policy):
         n, forget = f.rows()
-        return costs.approximate(f.run_seconds, f.epochs, n, forget, min(n, self.RETAIN_SAMPLE * max(forget, 1)))
+        return costs.approximate(f.run_seconds, f.epochs, n, forget, min(n, self.RETAIN_SAMPLE * max(forget, 1)),
+                                 setup=f.setup_seconds)
 
 
 class Retire(Action):

@@ -18,8 +18,10 @@ from expunge.orchestrator.execute import ActionFailed, Context, Outcome, model_o
 def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     import json
 
+    import pyarrow as pa
     import torch
 
+    from expunge.lineage.rows import version_rows
     from expunge.lineage.runs import sha256_file
     from expunge.orchestrator.rerun import recorded_request
     from expunge.orchestrator.trainers import TrainRequest, logreg_certified as lc, mlp
@@ -32,8 +34,9 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     t0 = time.perf_counter()
     rec = recorded_request(ctx.store, run)
     with ctx.store.read() as con:
-        extra, wall, cpu, total_steps = con.execute(
-            "SELECT extra, wall_seconds, cpu_seconds, total_steps FROM runs WHERE name = ?", [run]).fetchone()
+        extra, wall, cpu, total_steps, setup = con.execute(
+            "SELECT extra, wall_seconds, cpu_seconds, total_steps, setup_seconds FROM runs WHERE name = ?",
+            [run]).fetchone()
     extra = json.loads(extra or "{}")
     cert = extra.get("certified_removal")
     if not cert:
@@ -41,11 +44,11 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     spent = float(extra.get("removal_budget_spent", 0.0))
     req = TrainRequest(store=ctx.store, run_name=run, inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
                        out_dir=Path("."), trainer=rec["trainer"], model_name=rec["model_name"])
-    full = mlp.dataset(req)
-    req.exclude_records = ctx.erased
-    kept = mlp.dataset(req)
-    keep_ids = set(kept.row_ids)
-    remove = [i for i, rid in enumerate(full.row_ids) if rid not in keep_ids]
+    full = mlp.dataset(req)  # loaded once: the rows to remove are those built from an erased record
+    vr = version_rows(ctx.store, full.version)
+    dropped = set(vr.row_ids.filter(pa.array(~vr.keep_mask(ctx.erased))).to_pylist())
+    remove = [i for i, rid in enumerate(full.row_ids) if rid in dropped]
+    kept_ids = [rid for rid in full.row_ids if rid not in dropped]
     if not info["path"] or sha256_file(Path(info["path"])) != info["sha256"]:
         raise ActionFailed(f"{item['model']}: its artifact does not match the sha256 recorded for it")
     state = torch.load(info["path"], weights_only=True)
@@ -66,12 +69,13 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     inputs = [dict(i) for i in rec["inputs"]]
     for i in inputs:
         if i.get("role", "train") == "train":
-            i["rows"] = list(kept.row_ids)
+            i["rows"] = kept_ids
     ctx.store.record_run({
-        "run": {"name": name, "trainer": rec["trainer"], "config": rec["config"], "seed": rec["seed"],
-                "code_version": rec["code_version"], "model_family": rec["model_family"], "inputs": inputs,
+        "run": {"name": name, "trainer": rec["trainer"], "config": rec["config"], "inputs": inputs,
+                **{k: rec[k] for k in ("seed", "code_version", "model_family") if rec.get(k) is not None},
                 # For planning it is still a model that cost the original run to train.
-                "cost": {"wall_seconds": wall or 0.0, "cpu_seconds": cpu or 0.0},
+                "cost": {"wall_seconds": wall or 0.0, "cpu_seconds": cpu or 0.0,
+                         **({"setup_seconds": setup} if setup else {})},
                 **({"total_steps": total_steps} if total_steps is not None else {}),
                 "extra": {**extra, "removal_budget_spent": spent + used,
                           "certified_removal": {k: v for k, v in cert.items()

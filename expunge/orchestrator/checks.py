@@ -29,6 +29,7 @@ def plan_check(guarantee: str, f: ModelFacts, policy: Policy, kind: str) -> tupl
     # its ancestors' runs.
     n, own = f.rows()
     forget = own + sum(r.removed for r in f.ancestor_runs or [])
+    # The check runs on the data the action already loaded: no second setup.
     est = costs.mia_check(f.run_seconds, f.epochs, n, max(forget, 1), members=f.shards)
     check = {"kind": kind, "seconds": est.seconds, "reasons": list(est.reasons),
              "thresholds": {"max_mia_auc": policy.max_mia_auc, "max_accuracy_drop": policy.max_accuracy_drop}}

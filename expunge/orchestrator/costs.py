@@ -29,13 +29,18 @@ class Estimate:
         return self.seconds / 3600.0 * rate_per_hour
 
 
-def full_retrain(run_seconds: float, n_records: int, n_removed: int) -> Estimate:
-    """Retrain from scratch on what remains: the run's cost × the remaining fraction."""
+def _setup(setup: float) -> str:
+    return f" + {format_seconds(setup)} loading its data" if setup > 0 else ""
+
+
+def full_retrain(run_seconds: float, n_records: int, n_removed: int, setup: float = 0.0) -> Estimate:
+    """Retrain from scratch on what remains: loading the data, then the run's cost × the remaining fraction."""
     if n_records <= 0:
-        return Estimate(run_seconds, ["no record count: the whole run"])
+        return Estimate(setup + run_seconds, ["no record count: the whole run" + _setup(setup)])
     frac = max(n_records - n_removed, 0) / n_records
-    return Estimate(run_seconds * frac,
-                    [f"run took {format_seconds(run_seconds)} on {n_records:,} records; {frac:.1%} remain"])
+    return Estimate(setup + run_seconds * frac,
+                    [f"run took {format_seconds(run_seconds)} on {n_records:,} records; {frac:.1%} remain"
+                     + _setup(setup)])
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class RunCost:
     seconds: float
     records: int
     removed: int = 0
+    setup: float = 0.0      # loading its data before training
 
 
 def rerun_runs(runs: list[RunCost], what: str) -> Estimate:
@@ -54,7 +60,7 @@ def rerun_runs(runs: list[RunCost], what: str) -> Estimate:
     The same run re-done costs the same whichever action does it: a chain retrained from scratch, the
     runs after a clean ancestor, or a model re-derived from its parent's unlearned version.
     """
-    parts = [full_retrain(r.seconds, r.records, r.removed) for r in runs]
+    parts = [full_retrain(r.seconds, r.records, r.removed, r.setup) for r in runs]
     total = sum(p.seconds for p in parts)
     if len(runs) == 1:
         return Estimate(total, [f"{what}: {runs[0].run}; " + parts[0].reasons[0]])
@@ -63,7 +69,8 @@ def rerun_runs(runs: list[RunCost], what: str) -> Estimate:
     return Estimate(total, [f"{what}: {len(runs)} runs, {format_seconds(total)}: {each}"])
 
 
-def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], affected: dict[int, int]) -> Estimate:
+def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], affected: dict[int, int],
+                setup: float = 0.0) -> Estimate:
     """Retrain each affected shard from its first affected slice.
 
     `stage_steps[(shard, slice)]` is the number of optimizer steps of that stage (from the slice
@@ -74,11 +81,12 @@ def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], aff
         raise ValueError("no stage steps recorded")
     steps = sum(n for (s, r), n in stage_steps.items() if s in affected and r >= affected[s])
     shards = ", ".join(f"{s} from slice {r}" for s, r in sorted(affected.items()))
-    return Estimate(run_seconds * steps / total,
-                    [f"shard(s) {shards}: {steps:,} of {total:,} steps of a {format_seconds(run_seconds)} run"])
+    return Estimate(setup + run_seconds * steps / total,
+                    [f"shard(s) {shards}: {steps:,} of {total:,} steps of a {format_seconds(run_seconds)} run"
+                     + _setup(setup)])
 
 
-def checkpoint_replay(run_seconds: float, total_steps: int, clean_step: int) -> Estimate:
+def checkpoint_replay(run_seconds: float, total_steps: int, clean_step: int, setup: float = 0.0) -> Estimate:
     """Resume from the last checkpoint before the records were first consumed, to the run's last step.
 
     `total_steps` is the run's own recorded length, never the last checkpoint's step: steps after the
@@ -89,20 +97,24 @@ def checkpoint_replay(run_seconds: float, total_steps: int, clean_step: int) -> 
     if not 0 <= clean_step <= total_steps:
         raise ValueError(f"checkpoint step {clean_step} outside the run's {total_steps} steps")
     frac = (total_steps - clean_step) / total_steps
-    return Estimate(run_seconds * frac,
-                    [f"replay from step {clean_step:,} of {total_steps:,}: {frac:.0%} of a {format_seconds(run_seconds)} run"])
+    return Estimate(setup + run_seconds * frac,
+                    [f"replay from step {clean_step:,} of {total_steps:,}: {frac:.0%} of a {format_seconds(run_seconds)} run"
+                     + _setup(setup)])
 
 
-def certified_removal(run_seconds: float, n_retained: int, dim: int, iterations: int) -> Estimate:
-    """A Newton step: the Hessian on the retained data (n·d² work) and a d×d solve.
+def certified_removal(run_seconds: float, n_retained: int, dim: int, iterations: int, steps: int = 1,
+                      setup: float = 0.0) -> Estimate:
+    """One Newton step per removed row: the Hessian on the retained data (n·d² work) and a d×d solve each,
+    after loading the data.
 
     Calibrated on the run: full-batch training did `iterations` gradient passes (n·d each).
     """
     iterations = max(iterations, 1)
     per_pass = run_seconds / iterations  # one n·d pass
-    seconds = per_pass * dim + per_pass * dim * dim / max(n_retained, 1)
-    return Estimate(seconds, [f"Hessian on {n_retained:,} retained records × {dim} features "
-                              f"(≈ {dim} gradient passes of a {iterations}-pass run)"])
+    steps = max(steps, 1)
+    seconds = setup + steps * (per_pass * dim + per_pass * dim * dim / max(n_retained, 1))
+    return Estimate(seconds, [f"{steps} Newton step(s), each a Hessian on {n_retained:,} retained rows × {dim} "
+                              f"features (≈ {dim} gradient passes of a {iterations}-pass run)" + _setup(setup)])
 
 
 def certified_residual_bound(k: int, *, lam: float, n: int, mu: float, spec_sq: float, w_norm: float,
@@ -139,11 +151,12 @@ def _per_record_epoch(run_seconds: float, epochs: int, n_records: int) -> float:
 
 
 def approximate(run_seconds: float, epochs: int, n_records: int, n_forget: int, retain_sample: int,
-                unlearn_epochs: int = 2) -> Estimate:
-    """A few epochs over the forget set and a sample of retained data (NegGrad+, SCRUB)."""
+                unlearn_epochs: int = 2, setup: float = 0.0) -> Estimate:
+    """A few epochs over the forget set and a sample of retained data (NegGrad+, SCRUB), after loading them."""
     work = unlearn_epochs * (n_forget + retain_sample)
-    return Estimate(_per_record_epoch(run_seconds, epochs, n_records) * work,
-                    [f"{unlearn_epochs} epoch(s) over {n_forget:,} forget + {retain_sample:,} retained records"])
+    return Estimate(setup + _per_record_epoch(run_seconds, epochs, n_records) * work,
+                    [f"{unlearn_epochs} epoch(s) over {n_forget:,} forget + {retain_sample:,} retained records"
+                     + _setup(setup)])
 
 
 # A forward pass is about a third of a training step (forward + backward ≈ 3 forwards).
@@ -153,7 +166,8 @@ CHECK_MIN_NONMEMBERS = 200
 CHECK_TEST_SAMPLE = 1000
 
 
-def mia_check(run_seconds: float, epochs: int, n_rows: int, n_forget: int, members: int = 1) -> Estimate:
+def mia_check(run_seconds: float, epochs: int, n_rows: int, n_forget: int, members: int = 1,
+              setup: float = 0.0) -> Estimate:
     """Membership inference of the forget set against held-out non-members, and accuracy on a test sample:
     forward passes of the model before and after unlearning over forget ∪ non-members ∪ test rows.
 
@@ -165,8 +179,9 @@ def mia_check(run_seconds: float, epochs: int, n_rows: int, n_forget: int, membe
     per = _per_record_epoch(run_seconds, epochs, n_rows) * FORWARD_SHARE * max(members, 1)
     seconds = 2 * per * (n_forget + nonmembers + test)
     who = f" of all {members} members" if members > 1 else ""
-    return Estimate(seconds, [f"membership inference ({n_forget:,} forget vs {nonmembers:,} non-members) and accuracy "
-                              f"on {test:,} test rows, before and after{who}: {format_seconds(seconds)} of inference"])
+    return Estimate(setup + seconds, [f"membership inference ({n_forget:,} forget vs {nonmembers:,} non-members) and "
+                                      f"accuracy on {test:,} test rows, before and after{who}: "
+                                      f"{format_seconds(seconds)} of inference" + _setup(setup)])
 
 
 def retire() -> Estimate:

@@ -134,8 +134,13 @@ def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | No
     fine_tuned = [p["model"] for p in parents if p["relation"] == "fine-tune"]
     if fine_tuned and "init_model" not in kw:
         kw["init_model"] = model_info(ctx.store, fine_tuned[0])["path"]  # fine-tune: start from the parent
-    rerun(ctx.store, run, new_name=name, out_dir=ctx.out_dir(name), exclude_records=ctx.erased, stage=stage,
-          parents=parents, config=config, **kw)
+    try:
+        rerun(ctx.store, run, new_name=name, out_dir=ctx.out_dir(name), exclude_records=ctx.erased, stage=stage,
+              parents=parents, config=config, **kw)
+    except BadInput:
+        # Another worker re-ran the same run (a shared ancestor of two chains) and recorded it first.
+        if model_of_run(ctx.store, name) is None:
+            raise
     made = model_of_run(ctx.store, name)
     if made is None:
         raise ActionFailed(f"re-running {run} recorded no model version")
@@ -360,12 +365,52 @@ def _finish(store: Store, doc: dict, pos: int, item: dict, out: Outcome, wall: f
             [out.new_model, wall, cpu, _now(), json.dumps(out.detail, sort_keys=True, default=str), doc["id"], pos])
 
 
-def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, on_event: Callable[[str, dict], None] | None = None,
-             ) -> dict:
-    """Execute (or with `dry_run`, show) the plan's actions in order; resumable. Returns the summary."""
+class LocalExecutor:
+    """Runs actions in worker processes on this machine (spawned: no inherited torch or DuckDB state).
+
+    The interface a cluster executor implements: `submit(fn, *args)` returning a concurrent.futures.Future,
+    and `shutdown()`. Workers write to the store through its ordinary writes (they wait for the lock)."""
+
+    def __init__(self, jobs: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn, *args):
+        return self._pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _work(root: str, doc: dict, pos: int, new: dict, erased: np.ndarray) -> tuple[Outcome, float, float]:
+    """One action, in a worker process."""
+    from expunge.lineage.store import Store, fault
+
+    store = Store.open(root)
+    store.lock_wait = LOCK_WAIT
+    ctx = Context(store, doc, erased, dict(new))
+    fault(f"run:before-action-{pos}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = executor(doc["items"][pos]["chosen"]["action"])(ctx, doc["items"][pos])
+    fault(f"run:after-action-{pos}")
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+# How long a write waits for another writer while actions run in parallel (their writes are short).
+LOCK_WAIT = 600.0
+
+
+def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, jobs: int = 1,
+             on_event: Callable[[str, dict], None] | None = None) -> dict:
+    """Execute (or with `dry_run`, show) the plan's actions, every model after its affected parents;
+    with `jobs` > 1, independent actions run in parallel worker processes. Resumable. Returns the summary."""
     from expunge.lineage.store import fault
     from expunge.orchestrator import planner
 
+    if jobs < 1:
+        raise BadInput("--jobs must be at least 1")
     doc = planner.load_plan(store, plan_id)
     pid = doc["id"]
     state = _state(store, pid)
@@ -381,29 +426,80 @@ def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, on_event: Cal
         if st["state"] == "done" and st["new_model"]:
             ctx.new[st["model"]] = st["new_model"]
     emit = on_event or (lambda kind, info: None)
-    for pos, item in enumerate(doc["items"]):
-        st = state[pos]
-        if st["state"] == "done":
-            emit("skip", {"position": pos, "item": item, "state": st, "all": doc["items"]})
-            continue
-        emit("start", {"position": pos, "item": item, "state": st, "all": doc["items"]})
-        _mark(store, pid, pos, state="running", started_at=_now(), attempts=st["attempts"] + 1)
-        fault(f"run:before-action-{pos}")
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            out = executor(item["chosen"]["action"])(ctx, item)
-        except Exception as exc:  # recorded, then re-raised as one line
-            msg = str(exc) if isinstance(exc, ExpungeError) else f"{type(exc).__name__}: {exc}"
-            _mark(store, pid, pos, state="failed", ended_at=_now(), error=msg[:2000])
-            emit("failed", {"position": pos, "item": item, "error": msg})
-            if isinstance(exc, ExpungeError):
-                raise ActionFailed(f"{item['model']}: {item['chosen']['action']} failed: {msg}") from None
-            raise
-        fault(f"run:after-action-{pos}")
-        _finish(store, doc, pos, item, out, time.perf_counter() - t0, time.process_time() - c0)
+    items = doc["items"]
+    done = {pos for pos, st in state.items() if st["state"] == "done"}
+    for pos in sorted(done):
+        emit("skip", {"position": pos, "item": items[pos], "state": state[pos], "all": items})
+    position = {item["model"]: pos for pos, item in enumerate(items)}
+
+    def ready(pos: int) -> bool:
+        return all(position[p] in done for p in items[pos]["after"] if p in position)
+
+    def begin(pos: int) -> None:
+        emit("start", {"position": pos, "item": items[pos], "state": state[pos], "all": items})
+        _mark(store, pid, pos, state="running", started_at=_now(), attempts=state[pos]["attempts"] + 1)
+
+    def failed(pos: int, exc: BaseException):
+        msg = str(exc) if isinstance(exc, ExpungeError) else f"{type(exc).__name__}: {exc}"
+        _mark(store, pid, pos, state="failed", ended_at=_now(), error=msg[:2000])
+        emit("failed", {"position": pos, "item": items[pos], "error": msg})
+        if isinstance(exc, ExpungeError):
+            return ActionFailed(f"{items[pos]['model']}: {items[pos]['chosen']['action']} failed: {msg}")
+        return exc
+
+    def finished(pos: int, out: Outcome, wall: float, cpu: float) -> None:
+        _finish(store, doc, pos, items[pos], out, wall, cpu)
         if out.new_model:
-            ctx.new[item["model"]] = out.new_model
-        emit("done", {"position": pos, "item": item, "outcome": out})
+            ctx.new[items[pos]["model"]] = out.new_model
+        done.add(pos)
+        emit("done", {"position": pos, "item": items[pos], "outcome": out})
+
+    todo = [pos for pos in range(len(items)) if pos not in done]
+    if jobs == 1:
+        for pos in todo:
+            begin(pos)
+            fault(f"run:before-action-{pos}")
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                out = executor(items[pos]["chosen"]["action"])(ctx, items[pos])
+            except Exception as exc:  # recorded, then re-raised (expunge's own errors as one line)
+                raise failed(pos, exc) from None
+            fault(f"run:after-action-{pos}")
+            finished(pos, out, time.perf_counter() - t0, time.process_time() - c0)
+    else:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        store.lock_wait = LOCK_WAIT
+        pool = LocalExecutor(jobs)
+        running: dict = {}
+        error: BaseException | None = None
+        try:
+            while (todo or running) and error is None:
+                for pos in [p for p in todo if ready(p)][:max(jobs - len(running), 0)]:
+                    todo.remove(pos)
+                    begin(pos)
+                    running[pool.submit(_work, str(store.root), doc, pos, dict(ctx.new), ctx.erased)] = pos
+                if not running:
+                    raise ActionFailed("no action can start: a parent's action did not finish")
+                finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished_now:
+                    pos = running.pop(fut)
+                    try:
+                        out, wall, cpu = fut.result()
+                    except Exception as exc:
+                        error = error or failed(pos, exc)
+                        continue
+                    finished(pos, out, wall, cpu)
+            if error is not None:  # let the others finish and record them; the failed one stays failed
+                for fut in wait(running).done:
+                    pos = running[fut]
+                    try:
+                        finished(pos, *fut.result())
+                    except Exception as exc:
+                        failed(pos, exc)
+                raise error
+        finally:
+            pool.shutdown()
     with store.write() as txn:
         txn.con.execute("UPDATE executions SET state = 'done', ended_at = ? WHERE plan_id = ? AND state <> 'done'",
                         [_now(), pid])

@@ -58,12 +58,12 @@ class _Catalog:
     def __init__(self, store: Store):
         with store.view() as view:
             self.runs: dict[str, dict] = {}
-            for name, rid, trainer, family, wall, gpu, config, extra, total_steps, shards in view.execute(
+            for name, rid, trainer, family, wall, gpu, config, extra, total_steps, shards, setup in view.execute(
                 """SELECT name, run_id, trainer, model_family, coalesce(wall_seconds, 0), coalesce(gpu_seconds, 0),
-                          config, extra, total_steps, n_shards FROM runs""").fetchall():
+                          config, extra, total_steps, n_shards, coalesce(setup_seconds, 0) FROM runs""").fetchall():
                 self.runs[name] = dict(rid=rid, trainer=trainer, family=family, wall=wall, gpu=gpu, config=config,
                                        extra=extra, n_train=0, n_rows=0, ckpts=[], total_steps=total_steps,
-                                       shards=shards or 1)
+                                       shards=shards or 1, setup=float(setup))
             by_rid = {r["rid"]: r for r in self.runs.values()}
             for rid, n, rows in view.execute(
                 "SELECT run_id, sum(n_records), sum(n_rows) FROM run_inputs WHERE role = 'train' GROUP BY run_id"
@@ -102,8 +102,12 @@ class _Catalog:
         got = self._facts[name] = dict(
             trainer=run["trainer"], family=run["family"], run_seconds=float(run["wall"]),
             run_device="gpu" if run["gpu"] else "cpu", run_records=run["n_train"], run_rows=run["n_rows"],
+            setup_seconds=run["setup"],
             shards=run["shards"],
-            epochs=int(cfg.get("epochs", 1) or 1), iterations=int(cfg.get("max_iter", 100) or 100),
+            epochs=int(cfg.get("epochs", 1) or 1),
+            # Gradient passes the certified trainer counted, else its configured cap.
+            iterations=int((extra.get("certified_removal") or {}).get("gradient_passes")
+                           or cfg.get("max_iter", 100) or 100),
             dim=len(cfg.get("feature_cols", [])) + 1, certificate=extra.get("certified_removal"),
             budget_spent=float(extra.get("removal_budget_spent", 0.0)),
             has_checkpoints=any(c[1] is None for c in ckpts), total_steps=run["total_steps"],
@@ -137,7 +141,7 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
         rf = cat.runs[run]
         if rf["trainer"] is None:
             return f"{whose} {model}'s run {run} has no recorded trainer entry point"
-        return RunCost(run, float(rf["wall"]), int(rf["n_train"]), removed(run))
+        return RunCost(run, float(rf["wall"]), int(rf["n_train"]), removed(run), float(rf["setup"]))
 
     ancestors_memo: dict[str, list[str]] = {}
 

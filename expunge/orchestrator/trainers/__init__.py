@@ -51,6 +51,7 @@ class TrainRequest:
     init_model: Path | None = None         # fine-tune: start from these weights
     shard: int | None = None
     shard_checkpoints: dict | None = None   # SISA: {shard: slice checkpoint to resume from, or None}
+    setup_seconds: float = 0.0             # loading the data before training (recorded with the run's cost)
     code_version: str | None = None
     model_family: str | None = None
 
@@ -80,7 +81,7 @@ class TrainRequest:
         return TrainingTracker(
             self.store, self.run_name, inputs=inputs, out_dir=self.out_dir, trainer=self.trainer,
             config=self.config, seed=self.seed, code_version=self.code_version,
-            model_family=self.model_family, **kwargs,
+            model_family=self.model_family, setup_seconds=self.setup_seconds, **kwargs,
         )
 
 

@@ -24,9 +24,11 @@ def build(n_features: int, hidden: int = 32, classes: int = 2) -> nn.Module:
 def dataset(req: TrainRequest) -> RecordDataset:
     c = req.config
     inp = req.train_input
-    return RecordDataset(req.store, inp["dataset"], c["features"], row_col=c.get("row_col", "record_id"),
-                         feature_cols=c["feature_cols"], label_col=c["label_col"], rows=inp.get("rows"),
-                         exclude_records=req.exclude_records)
+    ds = RecordDataset(req.store, inp["dataset"], c["features"], row_col=c.get("row_col", "record_id"),
+                       feature_cols=c["feature_cols"], label_col=c["label_col"], rows=inp.get("rows"),
+                       exclude_records=req.exclude_records)
+    req.setup_seconds += ds.load_seconds
+    return ds
 
 
 def train(req: TrainRequest) -> dict:

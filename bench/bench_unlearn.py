@@ -1,0 +1,146 @@
+"""Unlearning one subject on 200k training records: planned estimate vs actual, and speed-ups.
+
+Builds a store of N customers (one profile record each, D features), trains the reference SISA ensemble
+(S=8, R=4), the MLP and the certified logistic regression on all of them, then for one subject (the newest
+customer, and a random one) plans and executes (`expunge.orchestrator.execute.run_plan`) a request whose
+category admits certified removal, and times a full retrain of each model without the subject for the
+speed-ups. Prints one JSON document.
+
+    python bench/bench_unlearn.py --customers 200000 --repeats 3 --out bench/out/unlearn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import use_bench_secret  # noqa: E402
+
+
+def build(root: Path, n: int, d: int, epochs: int):
+    import pyarrow.parquet as pq
+
+    from expunge import synth
+    from expunge.lineage.store import Store
+    from expunge.orchestrator.trainers import TrainRequest, logreg_certified, mlp, sisa
+
+    store = Store.init(root / "store")
+    cust = synth.customers(n, seed=1, n_features=d)
+    store.ingest_source(cust, name="customers", subject_col="customer_id", record_col="record_id")
+    feats = root / "customers.parquet"
+    pq.write_table(cust, feats)
+    cfg = {"features": str(feats), "row_col": "record_id", "feature_cols": [f"f{j}" for j in range(d)],
+           "label_col": "churned", "epochs": epochs, "batch_size": 256, "lr": 0.05}
+    inputs = [{"dataset": "customers@1", "role": "train"}]
+
+    def req(trainer, run, model, family, config):
+        return TrainRequest(store=store, run_name=run, inputs=inputs, config=config, seed=3, out_dir=root / run,
+                            trainer=trainer, model_name=model, stage="production", model_family=family)
+
+    t = {}
+    for name, fn, trainer, family, config in (
+            ("sisa", sisa.train, sisa.ENTRY_POINT, "sisa-mlp", {**cfg, "shards": 8, "slices": 4}),
+            ("mlp", mlp.train, mlp.ENTRY_POINT, "mlp", cfg),
+            ("certified", logreg_certified.train, logreg_certified.ENTRY_POINT, logreg_certified.FAMILY,
+             {**cfg, "lam": 1e-3})):
+        t0 = time.perf_counter()
+        fn(req(trainer, f"{name}-1", name, family, config))
+        t[name] = time.perf_counter() - t0
+    return store, cust.column("customer_id").to_pylist(), t
+
+
+def erase(store, root: Path, subject: str, category: str) -> dict:
+    from expunge.orchestrator import execute, planner
+    from expunge.orchestrator import requests as rq
+    from expunge.orchestrator.policy import set_store_policy, store_policy
+    from expunge.orchestrator.approvals import keygen
+    from expunge.orchestrator.policy import default_policy_text
+
+    key = root / "approver.key"
+    if not key.exists():
+        pub = keygen(key, "bench")
+        (root / "policy.toml").write_text(default_policy_text() + f'\n[approval.keys]\nbench = "{pub}"\n')
+        set_store_policy(store, root / "policy.toml")
+    r = rq.create(store, [subject], category=category, policy=store_policy(store))
+    doc = planner.make_plan(store, [r.id], store_policy(store))
+    planner.save_plan(store, doc)
+    planner.approve(store, doc["id"], key)
+    t0 = time.perf_counter()
+    out = execute.run_plan(store, doc["id"])
+    out["run_wall"] = time.perf_counter() - t0
+    return out
+
+
+def full_retrain(store, root: Path, run: str, subject: str) -> float:
+    from expunge.orchestrator.rerun import rerun
+
+    t0 = time.perf_counter()
+    rerun(store, run, new_name=f"{run}-ref-{subject}", out_dir=root / f"ref-{run}-{subject}",
+          exclude_subjects=[subject])
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, default=200_000)
+    ap.add_argument("--features", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    use_bench_secret()
+    import torch
+
+    torch.set_num_threads(1)
+    results = []
+    for rep in range(a.repeats):
+        root = Path(tempfile.mkdtemp(prefix="bench-unlearn-"))
+        store, subjects, train_s = build(root, a.customers, a.features, a.epochs)
+        import random
+
+        picks = {"newest": subjects[-1], "random": random.Random(rep).choice(subjects[:-1])}
+        for label, subject in picks.items():
+            run = erase(store, root, subject, "financial")
+            retrain = {m: full_retrain(store, root, f"{m}-1", subject) for m in ("sisa", "mlp", "certified")}
+            # The models themselves (an earlier erasure's superseded versions are only retired).
+            acts = {a_["model"].split("@")[0]: a_ for a_ in run["actions"] if a_["action"] != "retire"}
+            results.append({"repeat": rep, "subject": label, "train_seconds": train_s, "retrain_seconds": retrain,
+                            "actions": {m: {k: acts[m][k] for k in ("action", "estimated_seconds", "actual_seconds")}
+                                        for m in acts}})
+            print(json.dumps(results[-1]), file=sys.stderr)
+
+    def med(f):
+        return statistics.median(f(r) for r in results)
+
+    summary = {}
+    for label in ("newest", "random"):
+        rs = [r for r in results if r["subject"] == label]
+        if not rs:
+            continue
+        s = {}
+        for m, base in (("sisa", "sisa"), ("certified", "certified"), ("mlp", "mlp")):
+            act = statistics.median(r["actions"][m]["actual_seconds"] for r in rs)
+            est = statistics.median(r["actions"][m]["estimated_seconds"] for r in rs)
+            full = statistics.median(r["retrain_seconds"][base] for r in rs)
+            s[m] = {"action": rs[0]["actions"][m]["action"], "estimated": round(est, 4), "actual": round(act, 4),
+                    "actual/estimated": round(act / est, 3) if est else None, "full_retrain": round(full, 3),
+                    "speedup": round(full / act, 1) if act else None}
+        summary[label] = s
+    doc = {"customers": a.customers, "features": a.features, "epochs": a.epochs, "repeats": a.repeats,
+           "summary": summary, "runs": results}
+    text = json.dumps(doc, indent=2)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text + "\n")
+    print(json.dumps({"summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
