@@ -51,10 +51,18 @@ def test_mia_check_is_inference_over_forget_nonmembers_and_test():
         pytest.approx(8 * est.seconds)
 
 
-def test_approximate_is_a_few_epochs_over_forget_and_a_retain_sample():
-    # 10 epochs over 100k records took 1,000 s → 1 ms per record-epoch; 2 epochs × (50 + 950) records.
-    est = costs.approximate(1000.0, epochs=10, n_records=100_000, n_forget=50, retain_sample=950)
-    assert est.seconds == pytest.approx(2.0)
+def test_approximate_is_priced_in_unlearning_steps():
+    # SCRUB on 50 forget + 500 retained rows: 3 passes of ⌈50/8⌉ = 7 forget steps + 5 passes of ⌈500/64⌉ = 8
+    # retain steps = 61 steps; the run took 1,000 s for 4,000 steps: 0.25 s a step → 15.25 s, + 2 s loading.
+    est = costs.approximate(1000.0, epochs=10, n_records=100_000, n_forget=50, retain_sample=500, setup=2.0,
+                            total_steps=4000)
+    assert est.seconds == pytest.approx(2.0 + 61 * 0.25)
+    # NegGrad+: 5 epochs of ⌈500/64⌉ = 8 steps, each with a forget batch too (counted twice): 80 steps.
+    assert costs.approximate(1000.0, epochs=10, n_records=100_000, n_forget=50, retain_sample=500, total_steps=4000,
+                             method="neggrad+").seconds == pytest.approx(80 * 0.25)
+    # Without the run's steps: per row of a training epoch, 1 ms (10 epochs of 100k rows in 1,000 s) × 10 × 550.
+    assert costs.approximate(1000.0, epochs=10, n_records=100_000, n_forget=50, retain_sample=500).seconds == \
+        pytest.approx(5.5)
 
 
 def test_certified_removal_is_priced_in_gradient_passes():

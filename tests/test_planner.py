@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -124,8 +125,13 @@ def reference_prices(f, policy, parent_g, check, retired=()):
     rows = f.run_rows or f.run_records                      # a training step is over a row
     own_rows = min(f.train_rows or f.train_records, rows)
     if edits_own and f.family in ("mlp", "sisa-mlp"):
-        per = f.run_seconds / (f.epochs * rows)
-        out["approximate_unlearning"] = ("approximate", setup + per * 2 * (own_rows + min(rows, 10 * max(own_rows, 1))))
+        retain = min(rows, 10 * max(own_rows, 1))
+        if f.total_steps:  # SCRUB: 3 passes over the forget rows in 8s, 5 over the retained in 64s
+            scrub_steps = 3 * math.ceil(own_rows / 8) + 5 * math.ceil(retain / 64)
+            work = f.run_seconds / f.total_steps * scrub_steps
+        else:
+            work = f.run_seconds / (f.epochs * rows) * (own_rows + retain) * f.epochs
+        out["approximate_unlearning"] = ("approximate", setup + work)
     rule = policy.model(f.name)
     withdrawn = f.stage in ("archived", "superseded") and policy.retire_withdrawn
     if not rule.never_retire and (withdrawn or policy.allow_retire):
@@ -226,12 +232,13 @@ SISA_STAGES = {(s, r): (r + 1) * 10 for s in range(8) for r in range(4)}  # S=8,
 
 
 def sisa_last_slice(**kw):
-    """The issue's case: a SISA ensemble (S=8, R=4), the subject's 300 records in shard 3's last slice.
-    Shard retrain: 40 of 800 steps of a 24,000 s run = 1,200 s. Approximate: 0.15 s per record-epoch × 2
-    epochs × (300 forget + 3,000 retained) = 990 s, plus its check: forwards (a third of 0.15 s) of the model
-    before and after over 300 forget + 300 non-members + 1,000 test records = 160 s."""
-    return _one(**{**dict(family="sisa-mlp", run_seconds=24_000.0, run_records=160_000, epochs=1, records=300,
-                          train_records=300, train_rows=300, stage_steps=SISA_STAGES, affected_shards={3: 3}), **kw})
+    """The issue's case: a SISA ensemble (S=8, R=4), the subject's 600 rows in shard 3's last slice.
+    Shard retrain: 40 of 800 steps of a 24,000 s run = 1,200 s. Approximate (the run's steps not recorded, so
+    priced per row): 24,000 s / (2 epochs × 160,000 rows) = 0.075 s a row-epoch × 2 epochs × (600 forget +
+    6,000 retained) = 990 s, plus its check: forwards (a third of 0.075 s) of the model before and after over
+    600 forget + 600 non-members + 1,000 test rows = 110 s."""
+    return _one(**{**dict(family="sisa-mlp", run_seconds=24_000.0, run_records=160_000, epochs=2, records=600,
+                          train_records=600, train_rows=600, stage_steps=SISA_STAGES, affected_shards={3: 3}), **kw})
 
 
 @pytest.mark.parametrize("premium,action,runner", [(1.0, "approximate_unlearning", "sisa_shard_retrain"),
@@ -241,7 +248,7 @@ def test_residual_risk_has_a_price(premium, action, runner):
     item = choose_one(sisa_last_slice(), policy, required="approximate")
     prices = {c["action"]: c["seconds"] for c in item["candidates"]}
     assert prices["sisa_shard_retrain"] == pytest.approx(1200.0)
-    assert prices["approximate_unlearning"] == pytest.approx(990.0 + 160.0)
+    assert prices["approximate_unlearning"] == pytest.approx(990.0 + 110.0)
     assert item["chosen"]["action"] == action and item["runner_up"]["action"] == runner
     if premium == 2.0:
         assert "cheaper but only approximate" in item["runner_up"]["why_not"]

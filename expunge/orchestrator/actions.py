@@ -281,7 +281,7 @@ class ApproximateUnlearning(Action):
     def estimate(self, f, policy):
         n, forget = f.rows()
         return costs.approximate(f.run_seconds, f.epochs, n, forget, min(n, self.RETAIN_SAMPLE * max(forget, 1)),
-                                 setup=f.setup_seconds)
+                                 setup=f.setup_seconds, total_steps=f.total_steps, method=policy.approximate_method)
 
 
 class Retire(Action):

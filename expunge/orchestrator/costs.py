@@ -150,13 +150,36 @@ def _per_record_epoch(run_seconds: float, epochs: int, n_records: int) -> float:
     return run_seconds / (max(epochs, 1) * max(n_records, 1))
 
 
+# The settings expunge runs NegGrad+ and SCRUB with (expunge.orchestrator.approximate's defaults).
+SCRUB = {"max_steps": 3, "steps": 5, "forget_batch": 8, "batch": 64}
+NEGGRAD = {"epochs": 5, "batch": 64}
+
+
+def unlearning_steps(method: str, n_forget: int, n_retain: int) -> int:
+    """Optimizer steps NegGrad+ or SCRUB take on these many forget and retained rows. A NegGrad+ step also
+    runs a forget batch: counted as two."""
+    ceil = lambda n, b: -(-max(n, 0) // b)  # noqa: E731
+    if method == "neggrad+":
+        return 2 * NEGGRAD["epochs"] * ceil(n_retain, NEGGRAD["batch"])
+    return SCRUB["max_steps"] * ceil(n_forget, SCRUB["forget_batch"]) + SCRUB["steps"] * ceil(n_retain, SCRUB["batch"])
+
+
 def approximate(run_seconds: float, epochs: int, n_records: int, n_forget: int, retain_sample: int,
-                unlearn_epochs: int = 2, setup: float = 0.0) -> Estimate:
-    """A few epochs over the forget set and a sample of retained data (NegGrad+, SCRUB), after loading them."""
-    work = unlearn_epochs * (n_forget + retain_sample)
-    return Estimate(setup + _per_record_epoch(run_seconds, epochs, n_records) * work,
-                    [f"{unlearn_epochs} epoch(s) over {n_forget:,} forget + {retain_sample:,} retained records"
-                     + _setup(setup)])
+                setup: float = 0.0, total_steps: int | None = None, method: str = "scrub") -> Estimate:
+    """NegGrad+ or SCRUB on the forget rows and a sample of retained rows, after loading the data.
+
+    Their batches are small, so a step costs about what a training step cost (seconds / the run's steps: the
+    per-step overhead dominates a small model); without the run's step count, per row of a training epoch.
+    """
+    steps = unlearning_steps(method, n_forget, retain_sample)
+    if total_steps:
+        work = run_seconds / total_steps * steps
+        how = f"{steps:,} step(s) at {format_seconds(run_seconds / total_steps)} a training step"
+    else:
+        work = _per_record_epoch(run_seconds, epochs, n_records) * (n_forget + retain_sample) * max(epochs, 1)
+        how = "priced per row (the run's steps were not recorded)"
+    return Estimate(setup + work, [f"{method} on {n_forget:,} forget + {retain_sample:,} retained rows: {how}"
+                                   + _setup(setup)])
 
 
 # A forward pass is about a third of a training step (forward + backward ≈ 3 forwards).

@@ -259,11 +259,17 @@ def _certified(ctx: Context, item: dict) -> Outcome:
     return certified_removal(ctx, item, model_info(ctx.store, item["model"]))
 
 
+def _approximate(ctx: Context, item: dict) -> Outcome:
+    from expunge.orchestrator.approximate_exec import approximate_unlearning
+
+    return approximate_unlearning(ctx, item, model_info(ctx.store, item["model"]))
+
+
 EXECUTORS: dict[str, Callable[[Context, dict], Outcome]] = {
     "no_action": _no_action, "retire": _retire, "full_retrain": _full_retrain,
     "clean_ancestor_replay": _clean_ancestor_replay, "rederive_from_parent": _rederive,
     "checkpoint_replay": _checkpoint_replay, "sisa_shard_retrain": _sisa_shards,
-    "certified_removal": _certified,
+    "certified_removal": _certified, "approximate_unlearning": _approximate,
 }
 
 

@@ -52,6 +52,7 @@ class Policy:
     max_accuracy_drop: float = 0.02
     max_mia_auc: float = 0.55
     max_premium: float = 2.0
+    approximate_method: str = "scrub"    # or "neggrad+"
     retire_withdrawn: bool = True
     approver_keys: dict[str, str] = field(default_factory=dict)  # name → OpenSSH Ed25519 public key line
     purge_residuals: bool = False        # delete residual copies as soon as a request's plan has run
@@ -148,7 +149,10 @@ def parse_policy(doc: dict, source: str) -> Policy:
             raise BadInput(f"policy approval.keys: {key_of[raw]} and {name} have the same key; one key is one approver")
         key_of[raw] = name
         approver_keys[name] = " ".join(line.split()[:2])
-    _check_keys(approx, {"max_mia_auc_gap", "max_accuracy_drop", "max_mia_auc"}, "approximate")
+    _check_keys(approx, {"max_mia_auc_gap", "max_accuracy_drop", "max_mia_auc", "method"}, "approximate")
+    method = approx.get("method", "scrub")
+    if method not in ("scrub", "neggrad+"):
+        raise BadInput(f"policy approximate.method: {method!r} is not one of scrub, neggrad+")
     _check_keys(risk, {"max_premium"}, "risk")
     res = doc.get("residuals", {})
     _check_keys(res, {"purge", "hold"}, "residuals")
@@ -176,7 +180,7 @@ def parse_policy(doc: dict, source: str) -> Policy:
         approver_keys=approver_keys,
         purge_residuals=_typed(res.get("purge", False), bool, "residuals.purge"), holds=holds,
         max_mia_auc_gap=bounds["max_mia_auc_gap"], max_accuracy_drop=bounds["max_accuracy_drop"],
-        max_mia_auc=bounds["max_mia_auc"], max_premium=premium,
+        max_mia_auc=bounds["max_mia_auc"], max_premium=premium, approximate_method=method,
         cpu_hour=_typed(costs.get("cpu_hour", 0.05), float, "costs.cpu_hour"),
         gpu_hour=_typed(costs.get("gpu_hour", 2.5), float, "costs.gpu_hour"),
         source=source,
