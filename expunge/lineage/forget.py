@@ -255,9 +255,10 @@ def _matching_column(table: pa.Table, row_ids: pa.Array) -> pa.Array | None:
     return None
 
 
-def _write_cleaned_file(v: dict, path: Path, row_ids: pa.Array, drop_ids: pa.Array, request_id: str,
+def _write_cleaned_file(v: dict, path: Path, row_ids_of, drop_ids: pa.Array, request_id: str,
                         out_dir: Path | None) -> tuple[str | None, str | None, int]:
-    """(cleaned file, reason it could not be written, rows dropped) for the data file of version `v`."""
+    """(cleaned file, reason it could not be written, rows dropped) for the data file of version `v`;
+    `row_ids_of()` gives the version's row ids (read only when the file is there to match)."""
     if path.suffix.lower() not in (".parquet", ".pq", ".csv", ".tsv", ".txt", ""):
         return None, f"unsupported file type {path.suffix!r} ({path})", 0
     try:
@@ -266,6 +267,7 @@ def _write_cleaned_file(v: dict, path: Path, row_ids: pa.Array, drop_ids: pa.Arr
         return None, f"file not found: {path}", 0
     except (pa.ArrowInvalid, OSError) as exc:
         return None, f"cannot read {path}: {str(exc).splitlines()[0]}", 0
+    row_ids = row_ids_of()
     col = _matching_column(table, row_ids)
     if col is not None:
         drop = pc.is_in(col, value_set=drop_ids).to_numpy(zero_copy_only=False)
@@ -296,6 +298,12 @@ def _write_cleaned_file(v: dict, path: Path, row_ids: pa.Array, drop_ids: pa.Arr
     return str(dest), None, int(drop.sum())
 
 
+def _record_ids(txn, ords: np.ndarray) -> pa.Array:
+    from expunge.lineage.rows import record_values
+
+    return record_values(txn.store, txn, ords, "record_id")
+
+
 def _version_row_ids(txn, v: dict, composed: "_Composed | None") -> pa.Array:
     from expunge.lineage.rows import record_values
 
@@ -305,8 +313,9 @@ def _version_row_ids(txn, v: dict, composed: "_Composed | None") -> pa.Array:
 
 
 def _clean(txn: Txn, versions: list[dict], erased: BitMap, request_id: str, out_dir: Path | None,
-           composed: dict[int, "_Composed"]) -> tuple[list[dict], list[dict]]:
-    """Add a cleaned version for each of `versions` not yet cleaned for this request; write the files."""
+           composed: dict[int, "_Composed"], erased_ids: pa.Array) -> tuple[list[dict], list[dict]]:
+    """Add a cleaned version for each of `versions` not yet cleaned for this request; write the files.
+    `erased_ids[i]` is the record id of the i-th erased ordinal (sorted)."""
     from expunge.lineage.ingest import _insert_version
 
     txn.con.execute(C.FORGET_DDL)
@@ -325,7 +334,7 @@ def _clean(txn: Txn, versions: list[dict], erased: BitMap, request_id: str, out_
             info = _insert_version(txn, dataset_id=v["dataset_id"], name=v["dataset"], kind="filter",
                                    row_space="records", record_dataset_id=v["record_dataset_id"], n_rows=len(bm),
                                    bitmap=bm, parents=[v["version_id"]], origin=origin)
-            drop_ids = _version_row_ids(txn, {"bitmap": v["bitmap"] & erased}, None)
+            drop_ids = erased_ids.take(pa.array(np.searchsorted(_arr(erased), _arr(v["bitmap"] & erased))))
         else:
             row_ids, rowmap, bm = comp.without(comp.touched)
             rows_file = txn.write_parquet(pa.table({"row_id": row_ids}), ".rows.parquet")
@@ -345,8 +354,8 @@ def _clean(txn: Txn, versions: list[dict], erased: BitMap, request_id: str, out_
         if src is None:
             reason = "no data file recorded (ingested from memory, or with no origin)"
         else:
-            file, reason, dropped = _write_cleaned_file(v, Path(src), _version_row_ids(txn, v, comp), drop_ids,
-                                                        request_id, out_dir)
+            file, reason, _ = _write_cleaned_file(v, Path(src), lambda: _version_row_ids(txn, v, comp), drop_ids,
+                                                  request_id, out_dir)
         new_vid = txn.one("SELECT version_id FROM dataset_versions WHERE dataset_id = ? AND version_no = ?",
                           [v["dataset_id"], info.version])
         txn.con.execute("INSERT INTO cleaned_versions VALUES (?, ?, ?, ?, ?)",
@@ -468,11 +477,13 @@ def _rewrite_facts(txn: Txn, erased: BitMap) -> int:
     return files
 
 
-def _erase_record_ids(txn: Txn, ords: np.ndarray, request_id: str) -> int:
-    """Null the record id and owner of each erased slot; keep keyed hashes of the ids as tombstones."""
+def _erase_record_ids(txn: Txn, ords: np.ndarray, request_id: str):
+    """Write the record-id tables with the id and owner of each erased slot nulled, and keep keyed
+    hashes of the ids as tombstones. Returns the erased ids (aligned with `ords`) and a function
+    that switches the catalog to the new tables: until it is called, the old ones are read."""
     import pyarrow.parquet as pq
 
-    files = 0
+    parts, switches = [], []
     for sid, dataset_id, start, n, f in txn.execute(
             "SELECT segment_id, dataset_id, ord_start, n, ids_file FROM record_segments ORDER BY ord_start").fetchall():
         sel = ords[(ords >= start) & (ords < start + n)]
@@ -481,8 +492,9 @@ def _erase_record_ids(txn: Txn, ords: np.ndarray, request_id: str) -> int:
         table = pq.read_table(txn.store.data_path(f))
         pos = sel.astype(np.int64) - int(start)
         ids = table.column("record_id").combine_chunks()
-        gone = ids.take(pa.array(pos)).drop_null()
-        _add_tombstone_ids(txn, f"records:{dataset_id}", gone, request_id)
+        gone = ids.take(pa.array(pos))
+        parts.append(gone)
+        _add_tombstone_ids(txn, f"records:{dataset_id}", gone.drop_null(), request_id)
         mask = np.zeros(table.num_rows, bool)
         mask[pos] = True
         m = pa.array(mask)
@@ -490,11 +502,16 @@ def _erase_record_ids(txn: Txn, ords: np.ndarray, request_id: str) -> int:
             "record_id": pc.if_else(m, pa.scalar(None, pa.string()), ids),
             "owner": pc.if_else(m, pa.scalar(None, pa.uint16()), table.column("owner").combine_chunks()),
         })
-        name = txn.write_parquet(table, ".ids.parquet")
-        files += 1
-        txn.con.execute("UPDATE record_segments SET ids_file = ? WHERE segment_id = ?", [name, sid])
-        txn.retire([f])
-    return files
+        switches.append((sid, f, txn.write_parquet(table, ".ids.parquet")))
+
+    def switch() -> int:
+        for sid, old, name in switches:
+            txn.con.execute("UPDATE record_segments SET ids_file = ? WHERE segment_id = ?", [name, sid])
+        txn.retire([old for _, old, _ in switches])
+        return len(switches)
+
+    erased_ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+    return erased_ids, switch
 
 
 def _drop_from_segments(txn: Txn, hashes: np.ndarray) -> int:
@@ -579,12 +596,13 @@ def forget_subjects(store: Store, hashes: Any, request_id: str, *, purge: bool =
         erased = BitMap(ords)
         versions = _affected_versions(txn, erased) if len(erased) else []
         composed: dict[int, _Composed] = {}
-        cleaned, not_rewritten = _clean(txn, versions, erased, request_id, out_dir, composed)
+        erased_ids, switch_ids = _erase_record_ids(txn, ords, request_id)
+        cleaned, not_rewritten = _clean(txn, versions, erased, request_id, out_dir, composed, erased_ids)
         fault("forget:after-clean")
         rows_removed, changed, files = _rewrite_versions(txn, versions, erased, composed, request_id)
         files += _rewrite_run_inputs(txn, changed, erased, composed)
         files += _rewrite_facts(txn, erased)
-        files += _erase_record_ids(txn, ords, request_id)
+        files += switch_ids()
         files += _drop_from_segments(txn, hashes)
         new = hashes[~dead]
         at = _now()
@@ -644,7 +662,7 @@ def clean_versions(store: Store, hashes: Any, request_id: str, *,
         ords, _ = _segment_hits(txn, hashes)
         erased = BitMap(ords)
         versions = _affected_versions(txn, erased)
-        cleaned, not_rewritten = _clean(txn, versions, erased, request_id, out_dir, {})
+        cleaned, not_rewritten = _clean(txn, versions, erased, request_id, out_dir, {}, _record_ids(txn, ords))
     return {"request_id": request_id, "cleaned_versions": cleaned, "not_rewritten": not_rewritten,
             "changed": bool(cleaned)}
 

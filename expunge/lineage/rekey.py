@@ -4,7 +4,8 @@ Rotation cannot hash raw ids again (the store never had them), so it hashes the 
 stored subject hash h becomes BLAKE2b(h, key=new layer), and the key file gains that layer
 (see `keys`). Every place that holds a value derived from the key is rewritten in one store
 write: the subject segments, the 16-bit owner fingerprints in the record-id tables, the
-request_subjects table and the check value; the in-process digest caches are dropped.
+request_subjects table, the tombstones (subjects and forgotten record ids, so that later ingests
+still skip them) and the check value; the in-process digest caches are dropped.
 """
 
 from __future__ import annotations

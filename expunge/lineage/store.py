@@ -603,8 +603,9 @@ class Txn(CatalogView):
 
     def retire(self, files: Sequence[str]) -> None:
         """Files this write stops referencing; deleted once no kept generation can read them."""
-        for f in files:
-            self.con.execute("INSERT INTO retired_files VALUES (?, ?)", [f, self.generation])
+        files = list(files)
+        if files:
+            self.con.execute("INSERT INTO retired_files SELECT unnest(?::VARCHAR[]), ?", [files, self.generation])
 
     def new_name(self, suffix: str) -> str:
         name = f"{uuid.uuid4().hex}{suffix}"
