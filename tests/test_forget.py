@@ -343,6 +343,14 @@ def test_restored_source_does_not_bring_a_subject_back(world):
     groups = pq.read_table(world.agg_file).column("members").to_pylist()
     hit = sum(1 for g in groups if any(world.owner[r] in subjects for r in g))
     assert agg.skipped == hit and agg.rows == len(groups) - hit
+    # A forgotten record's id given to a new record later is the new record's: not skipped.
+    reused = next(r for r in world.rid if world.owner[r] in subjects)
+    world.store.ingest_source({"customer": ["someone-new"], "row": [reused]}, name="customers",
+                              subject_col="customer", record_col="row")
+    again = world.store.ingest_dataset({"row": [reused]}, name="reuse", parents=["customers"], kind="filter",
+                                       record_col="row")
+    assert (again.skipped, again.rows) == (0, 1)
+    assert world.store.impact(["someone-new"]).records == 1
 
 
 def test_cli_ingest_says_what_it_skipped(world):
