@@ -175,6 +175,8 @@ def _report_version(info, json_out: bool) -> None:
         _emit_json(info.to_dict())
     else:
         extra = f", {info.new_records:,} new" if info.kind == "source" else ""
+        if info.skipped:
+            extra += f"; skipped {info.skipped:,} row(s) of forgotten subjects (tombstoned)"
         typer.echo(f"Added {info.id} ({info.kind}): {info.rows:,} rows, {info.records:,} records{extra}")
 
 

@@ -54,7 +54,7 @@ def test_end_to_end_json(cli_store, tmp_path):
                  "--store", cli_store, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output) == {"id": "cust@1", "dataset": "cust", "version": 1, "kind": "source",
-                                      "rows": 4, "records": 4, "new_records": 4}
+                                      "rows": 4, "records": 4, "new_records": 4, "skipped": 0}
     jsonschema.validate(json.loads(res.output), load_schema("version.schema.json"))
     filt = write_csv(tmp_path / "f.csv", ["rid"], [["r1"], ["r2"]])
     res = invoke("ingest", "dataset", filt, "--name", "f", "--parent", "cust", "--kind", "filter",

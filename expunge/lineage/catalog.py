@@ -73,6 +73,22 @@ CREATE TABLE model_stages(           -- every stage change made after registrati
 CREATE TABLE retired_files(file VARCHAR, since_gen INTEGER);
 """
 
+# Created by the first erasure (lineage/forget.py), so stores made before it need no migration.
+# tombstones: the keyed hash of each forgotten subject and the request that erased it; later
+# ingests skip their records. tombstone_ids: keyed hashes of the forgotten record ids (space
+# 'records:<source dataset id>') and composed row ids ('rows:<version id>'), so that a derived
+# ingest naming them skips them too. cleaned_versions: the filter versions made without the
+# erased rows, and the cleaned copy of the data file written for each (NULL where none).
+FORGET_DDL = """
+CREATE TABLE IF NOT EXISTS tombstones(
+    hi UBIGINT NOT NULL, lo UBIGINT NOT NULL, request_id VARCHAR NOT NULL, "at" TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstone_ids(
+    space VARCHAR NOT NULL, hi UBIGINT NOT NULL, lo UBIGINT NOT NULL, request_id VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS cleaned_versions(
+    version_id INTEGER NOT NULL, parent_version_id INTEGER NOT NULL, request_id VARCHAR NOT NULL,
+    file VARCHAR, "at" TIMESTAMP NOT NULL);
+"""
+
 SUBSET_KINDS = ("filter", "sample", "split", "select")
 COMPOSITE_KINDS = ("join", "aggregate", "augment")
 DERIVED_KINDS = SUBSET_KINDS + COMPOSITE_KINDS

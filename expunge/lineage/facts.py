@@ -128,3 +128,20 @@ class RunFacts:
                 "first_dirty_step": self.steps[clean] if clean < len(self.steps) else None,
             }
         return shards, first_seen
+
+
+def without_records(path, index: dict, erased: BitMap) -> tuple[bytes, dict] | None:
+    """The facts file at `path` rewritten without the `erased` records (None when it holds none of them)."""
+    facts = RunFacts(path, index)
+    gone = facts.records & erased
+    if not gone:
+        return None
+    ords = np.frombuffer(facts.records.to_array(), np.uint32)
+    keep = ~np.isin(ords, np.frombuffer(gone.to_array(), np.uint32), assume_unique=True)
+    bm = BitMap(ords[keep])
+    bm.run_optimize()
+    bmb = bm.serialize()
+    pad = (-(_HEAD.size + len(bmb))) % 8
+    codes = np.asarray(facts.codes)[keep]
+    data = b"".join([_HEAD.pack(MAGIC, len(bmb)), bmb, b"\0" * pad, codes.tobytes()])
+    return data, {**index, "records": int(keep.sum())}

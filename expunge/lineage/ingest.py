@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from expunge.errors import BadInput
 from expunge.lineage import catalog as C
+from expunge.lineage.forget import skip_tombstoned_rows, skip_tombstoned_source
 from expunge.lineage.keys import owner_fingerprint
 from expunge.lineage import segments as seglib
 from expunge.lineage.segments import Segment
@@ -171,7 +172,7 @@ def _insert_version(
     )
     for pos, pid in enumerate(parents):
         txn.con.execute("INSERT INTO version_parents VALUES (?, ?, ?)", [version_id, pid, pos])
-    return VersionInfo(f"{name}@{version_no}", name, version_no, kind, n_rows, len(bitmap), new_records)
+    return VersionInfo(f"{name}@{version_no}", name, version_no, kind, n_rows, len(bitmap), new_records, txn.skipped)
 
 
 def _origin(data: Any, origin: str | None) -> str | None:
@@ -198,7 +199,7 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
     with store.write() as txn:
         dataset_id = txn.dataset_id(name, create=True)
         kinds = txn.con.execute(
-            "SELECT DISTINCT kind FROM dataset_versions WHERE dataset_id = ?", [dataset_id]
+            "SELECT DISTINCT kind FROM dataset_versions WHERE dataset_id = ? ORDER BY kind <> 'source'", [dataset_id]
         ).fetchall()
         if kinds and kinds[0][0] != "source":
             raise BadInput(f"dataset {name!r} is a derived dataset; a source version needs another name")
@@ -207,6 +208,8 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
         else:
             hashes = store.hasher.hash_column(subs)
             existing, owner = lookup_record_ordinals(txn, dataset_id, rids, with_owner=True)
+        rids, hashes, existing, owner = skip_tombstoned_source(txn, rids, hashes, existing, owner)
+        n = len(rids)
         known = existing >= 0
         # Duplicate ids: only the new ids need a unique check here; repeated known ids join to the
         # same ordinal, which the version's bitmap below shows.
@@ -382,6 +385,8 @@ def ingest_dataset(store: Store, data: Any, *, name: str, parents: Sequence[str]
         dataset_id = txn.dataset_id(name, create=True)
         _check_no_cycle(txn, dataset_id, name, parents)
         pvs = [txn.resolve_version(p) for p in parents]
+        table = skip_tombstoned_rows(txn, table, pvs, [record_col] if kind in C.SUBSET_KINDS else
+                                     [sources[p] for p in parents])
         prev = txn.one("SELECT kind FROM dataset_versions WHERE dataset_id = ? LIMIT 1", [dataset_id])
         if prev == "source":
             raise BadInput(f"dataset {name!r} is a source dataset; a derived version needs another name")

@@ -4,7 +4,8 @@ Rotation cannot hash raw ids again (the store never had them), so it hashes the 
 stored subject hash h becomes BLAKE2b(h, key=new layer), and the key file gains that layer
 (see `keys`). Every place that holds a value derived from the key is rewritten in one store
 write: the subject segments, the 16-bit owner fingerprints in the record-id tables, the
-request_subjects table and the check value; the in-process digest caches are dropped.
+request_subjects table, the tombstones (subjects and forgotten record ids, so that later ingests
+still skip them) and the check value; the in-process digest caches are dropped.
 """
 
 from __future__ import annotations
@@ -60,15 +61,20 @@ def _rehash_index(txn: Txn, layer: bytes) -> dict:
             "SELECT segment_id, ord_start, n, ids_file FROM record_segments ORDER BY ord_start").fetchall():
         table = pq.read_table(store.data_path(f))
         sl = slice(int(start), int(start) + int(n))
-        if not seen[sl].all():
+        erased = table.column("record_id").is_null().to_numpy(zero_copy_only=False)  # forgotten records' slots
+        if not (seen[sl] | erased).all():
             # Every record enters the subject index when it is first ingested.
             raise StoreCorrupt(f"record-id table {f} holds records missing from the subject index; key not rotated")
         i = table.schema.get_field_index("owner")
-        table = table.set_column(i, table.schema.field(i), pa.array(owner[sl], pa.uint16()))
+        table = table.set_column(i, table.schema.field(i), pa.array(owner[sl], pa.uint16(), mask=erased))
         name = txn.write_parquet(table, ".ids.parquet")
         txn.con.execute("UPDATE record_segments SET ids_file = ? WHERE segment_id = ?", [name, sid])
         txn.retire([f])
         records += int(n)
+    for table, cols in (("tombstones", "request_id, \"at\""), ("tombstone_ids", "space, request_id")):
+        # Tombstones keep working under the new key: a later ingest hashes with it.
+        if has_table(txn.con, table):
+            _rehash_table(txn, table, cols, layer)
     requests = 0
     if has_table(txn.con, "request_subjects"):
         rows = txn.execute("SELECT request_id, hi, lo FROM request_subjects").fetchall()
@@ -83,6 +89,24 @@ def _rehash_index(txn: Txn, layer: bytes) -> dict:
                 txn.con.unregister("_rs")
             requests = len({r[0] for r in rows})
     return {"subjects": subjects, "records": records, "requests": requests}
+
+
+def _rehash_table(txn: Txn, table: str, cols: str, layer: bytes) -> None:
+    """Replace the (hi, lo) keyed hashes of every row of `table` by their re-hash under `layer`."""
+    import pyarrow as pa
+
+    t = txn.con.sql(f"SELECT hi, lo, {cols} FROM {table}").to_arrow_table()
+    if not t.num_rows:
+        return
+    pairs = np.column_stack([t.column("hi").to_numpy(), t.column("lo").to_numpy()]).astype(np.uint64)
+    new = keys.rehash_pairs(pairs, layer)
+    t = t.set_column(0, "hi", pa.array(new[:, 0])).set_column(1, "lo", pa.array(new[:, 1]))
+    txn.con.execute(f"DELETE FROM {table}")
+    txn.con.register("_rt", t)
+    try:
+        txn.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rt")
+    finally:
+        txn.con.unregister("_rt")
 
 
 def _adopt(store: Store, layers: tuple[bytes, ...], path: Path) -> None:

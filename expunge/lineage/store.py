@@ -178,6 +178,7 @@ class VersionInfo:
     rows: int
     records: int
     new_records: int = 0
+    skipped: int = 0  # rows of the input left out because a tombstone names their subject (or record)
 
     def to_dict(self) -> dict:
         return {
@@ -188,6 +189,7 @@ class VersionInfo:
             "rows": self.rows,
             "records": self.records,
             "new_records": self.new_records,
+            "skipped": self.skipped,
         }
 
 
@@ -340,8 +342,11 @@ class Store:
     # ---------------------------------------------------------------- writing
 
     @contextmanager
-    def write(self, *, purge: bool = False) -> Iterator["Txn"]:
+    def write(self, *, purge: bool = False, compact: bool = False) -> Iterator["Txn"]:
         """A write transaction: all of it becomes visible at once, or none of it.
+
+        With `compact`, the new catalog is rebuilt into a fresh file before the switch, so rows this
+        write deleted are not left in its free blocks (nor in the generations copied from it).
 
         With `purge` (key rotation), what the write replaced is gone once it returns: the catalog is
         rebuilt into a fresh file (a copied DuckDB file keeps deleted rows in its free blocks), and
@@ -374,7 +379,7 @@ class Store:
                     self._drop_retired(con, num - 1)
                     txn = Txn(self, con, num)
                     yield txn
-                if purge:
+                if purge or compact:
                     _rebuild_catalog(tmp)
             except BaseException:
                 for p in self.root.glob(tmp.name + "*"):
@@ -493,6 +498,21 @@ class Store:
 
         return set_model_stage(self, model, stage, reason)
 
+    def forget_subjects(self, hashes: np.ndarray, request_id: str, *, purge: bool = False,
+                        cleaned_dir: str | os.PathLike | None = None) -> dict:
+        """Remove the subjects' records from every table and file of the store; tombstone them
+        (see `expunge.lineage.forget`). `hashes`: (n, 2) uint64 keyed subject hashes."""
+        from expunge.lineage.forget import forget_subjects
+
+        return forget_subjects(self, hashes, request_id, purge=purge, cleaned_dir=cleaned_dir)
+
+    def clean_versions(self, hashes: np.ndarray, request_id: str, *,
+                       cleaned_dir: str | os.PathLike | None = None) -> dict:
+        """Add cleaned versions (and files) without the subjects' records, before forgetting them."""
+        from expunge.lineage.forget import clean_versions
+
+        return clean_versions(self, hashes, request_id, cleaned_dir=cleaned_dir)
+
     # ---------------------------------------------------------------- queries
 
     def engine(self):
@@ -580,11 +600,13 @@ class Txn(CatalogView):
         super().__init__(store, con)
         self.generation = generation
         self.new_files: list[str] = []
+        self.skipped = 0  # input rows an ingest in this write left out for a tombstone (see lineage.forget)
 
     def retire(self, files: Sequence[str]) -> None:
         """Files this write stops referencing; deleted once no kept generation can read them."""
-        for f in files:
-            self.con.execute("INSERT INTO retired_files VALUES (?, ?)", [f, self.generation])
+        files = list(files)
+        if files:
+            self.con.execute("INSERT INTO retired_files SELECT unnest(?::VARCHAR[]), ?", [files, self.generation])
 
     def new_name(self, suffix: str) -> str:
         name = f"{uuid.uuid4().hex}{suffix}"
