@@ -40,7 +40,8 @@ def executed(tmp_path_factory):
     with pytest.raises(BadInput, match="signed approval"):
         execute.run_plan(store, doc["id"])
     planner.approve(store, doc["id"], root / "approver.key")
-    result = execute.run_plan(store, doc["id"])
+    # The actions only: the last test here completes the request (and the store forgets the subject).
+    result = execute.run_plan(store, doc["id"], finish=False)
     return store, subject, doc, result, root
 
 
@@ -63,7 +64,7 @@ def test_every_action_ran_once_and_the_new_versions_hold_none_of_the_records(exe
         assert n["parents"] == [{"model": new.get(p["model"], p["model"]), "relation": p["relation"]}
                                 for p in o["parents"]] or doc_item["chosen"]["action"] != "rederive_from_parent"
     # Running it again does nothing more.
-    again = execute.run_plan(store, doc["id"])
+    again = execute.run_plan(store, doc["id"], finish=False)
     assert [a["new_model"] for a in again["actions"]] == [a["new_model"] for a in result["actions"]]
 
 
@@ -260,3 +261,24 @@ def test_certified_removal_spends_what_the_newton_steps_bound_and_refuses_over_b
         new_extra = json.loads(con.execute("SELECT extra FROM runs WHERE name = 'churn-certified-1.xffffffff'")
                                .fetchone()[0])
     assert new_extra["removal_budget_spent"] == pytest.approx(sum(bounds))
+
+
+
+def test_completion_proves_by_lineage_then_the_store_forgets(executed):
+    """Run again (every action done): the lineage proof is recorded, the subject is forgotten (0 found, a
+    tombstone), the request verified; once more, nothing changes."""
+    from expunge.lineage.forget import tombstones
+
+    store, subject, doc, result, _ = executed
+    before = store.impact([subject])
+    assert before.found == 1 and before.records > 0
+    out = execute.run_plan(store, doc["id"])
+    proof = out["completed"]["proof"]
+    assert set(proof["new_versions"]) == {a["new_model"] for a in result["actions"]}
+    assert proof["erased_records"] == before.records and proof["reached_by_erased"] == []
+    assert out["completed"]["forgotten"][doc["requests"][0]]["records_removed"] == before.records
+    assert store.impact([subject]).found == 0
+    assert [t["request_id"] for t in tombstones(store)] == doc["requests"]
+    assert rq.get(store, doc["requests"][0]).status == "verified"
+    again = execute.run_plan(store, doc["id"])
+    assert again["completed"] == out["completed"]

@@ -359,7 +359,6 @@ def _clean(txn: Txn, versions: list[dict], erased: BitMap, request_id: str, out_
             _add_tombstone_ids(txn, f"rows:{new_vid}", drop_ids, request_id)
         src = txn.one("SELECT file FROM cleaned_versions WHERE version_id = ?", [v["version_id"]]) or v["origin"]
         file = reason = None
-        dropped = 0
         if src is None:
             reason = "no data file recorded (ingested from memory, or with no origin)"
         else:

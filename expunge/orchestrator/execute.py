@@ -26,7 +26,9 @@ from expunge.lineage.store import Store, _now, has_table
 
 DDL = """
 CREATE TABLE IF NOT EXISTS executions(
-    plan_id VARCHAR PRIMARY KEY, started_at TIMESTAMP NOT NULL, ended_at TIMESTAMP, state VARCHAR NOT NULL);
+    plan_id VARCHAR PRIMARY KEY, started_at TIMESTAMP NOT NULL, ended_at TIMESTAMP, state VARCHAR NOT NULL,
+    proof VARCHAR,                    -- the lineage proof, recorded before the store forgets the subjects
+    forgotten VARCHAR);               -- what forgetting removed (forget_subjects' counts)
 CREATE TABLE IF NOT EXISTS execution_actions(
     plan_id VARCHAR NOT NULL, position INTEGER NOT NULL, model VARCHAR NOT NULL, action VARCHAR NOT NULL,
     state VARCHAR NOT NULL,           -- pending | running | done | failed
@@ -325,7 +327,7 @@ def start(store: Store, doc: dict) -> None:
         if txn.one("SELECT count(*) FROM executions WHERE plan_id = ?", [doc["id"]]):
             return
         now = _now()
-        txn.con.execute("INSERT INTO executions VALUES (?, ?, NULL, 'running')", [doc["id"], now])
+        txn.con.execute("INSERT INTO executions VALUES (?, ?, NULL, 'running', NULL, NULL)", [doc["id"], now])
         for pos, item in enumerate(doc["items"]):
             c = item["chosen"]
             txn.con.execute("INSERT INTO execution_actions VALUES (?, ?, ?, ?, 'pending', NULL, ?, NULL, NULL, NULL,"
@@ -409,9 +411,11 @@ LOCK_WAIT = 600.0
 
 
 def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, jobs: int = 1,
-             on_event: Callable[[str, dict], None] | None = None) -> dict:
+             on_event: Callable[[str, dict], None] | None = None, finish: bool = True) -> dict:
     """Execute (or with `dry_run`, show) the plan's actions, every model after its affected parents;
-    with `jobs` > 1, independent actions run in parallel worker processes. Resumable. Returns the summary."""
+    with `jobs` > 1, independent actions run in parallel worker processes. Resumable. Then, unless an
+    approximate result waits for its check (or `finish` is false: tests), `complete` the requests.
+    Returns the summary."""
     from expunge.lineage.store import fault
     from expunge.orchestrator import planner
 
@@ -513,11 +517,56 @@ def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, jobs: int = 1
 
     policy = pinned(store, doc["policy"]["sha256"])
     out = summary(store, doc, _state(store, pid))
+    if finish and not any(a["pending_check"] and a["state"] == "done" for a in out["actions"]):
+        out["completed"] = complete(store, doc, out)
+    else:
+        out["completed"] = None  # approximate results wait for their check: the subjects stay known
     if policy.purge_residuals:
         from expunge.orchestrator.residuals import purge
 
         out["purged"] = sum(purge(store, r, policy)["purged"] for r in doc["requests"])
     return out
+
+
+def complete(store: Store, doc: dict, out: dict) -> dict:
+    """Every action done, none pending a check: prove by lineage that no new version reaches the erased
+    records, then make the store forget the subjects (their rows removed, tombstones, cleaned dataset
+    versions) and mark the requests verified. Each step is recorded, so a rerun after a crash finishes it."""
+    from expunge.orchestrator import requests as rq
+
+    pid = doc["id"]
+    with store.read() as con:
+        proof, forgotten = con.execute("SELECT proof, forgotten FROM executions WHERE plan_id = ?", [pid]).fetchone()
+    if proof is None:
+        hashes = rq.subject_hashes(store, doc["requests"])
+        reached = {m["id"] for m in store.impact_hashed(hashes).models}
+        new = [a["new_model"] for a in out["actions"] if a["new_model"]]
+        bad = sorted(set(new) & reached)
+        if bad:
+            raise ActionFailed(f"lineage proof failed: {', '.join(bad)} still reach the erased records")
+        proof = json.dumps({"new_versions": {m: model_info(store, m)["sha256"] for m in new},
+                            "erased_records": int(len(store.engine().records_of(hashes)[0])),
+                            "reached_by_erased": []}, sort_keys=True)
+        _set_execution(store, pid, proof=proof)
+    if forgotten is None:
+        result = {}
+        for r in doc["requests"]:
+            got = store.forget_subjects(rq.subject_hashes(store, [r]), r)
+            result[r] = {k: got[k] for k in ("records_removed", "tombstones_added", "changed") if k in got}
+        forgotten = json.dumps(result, sort_keys=True, default=str)
+        _set_execution(store, pid, forgotten=forgotten)
+    with store.write() as txn:
+        still = [r for (r,) in txn.con.execute(
+            "SELECT request_id FROM requests WHERE status = 'executing' AND request_id IN (SELECT unnest(?::VARCHAR[]))",
+            [doc["requests"]]).fetchall()]
+        rq.set_status_many(txn, still, "verified")
+    return {"proof": json.loads(proof), "forgotten": json.loads(forgotten)}
+
+
+def _set_execution(store: Store, pid: str, **fields) -> None:
+    with store.write() as txn:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        txn.con.execute(f"UPDATE executions SET {sets} WHERE plan_id = ?", [*fields.values(), pid])
 
 
 def summary(store: Store, doc: dict, state: dict[int, dict], dry_run: bool = False) -> dict:
