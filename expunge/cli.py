@@ -816,7 +816,8 @@ def render_plan(doc: dict, console=None, limit: int | None = TABLE_LIMIT) -> Non
                 continue
             cost = f", cost {_money(c['cost'])}" if c["cost"] >= 0.01 else ""
             console.print(head + f"{c['action']} — {c['guarantee']}, {_secs(c['seconds'])}{cost}")
-            after = f"starts from the unlearned {escape(', '.join(i['after']))}; " if i["after"] else ""
+            after = (f"starts from the unlearned {escape(', '.join(i['after']))}; "
+                     if i["after"] and c["action"] == "rederive_from_parent" else "")
             console.print(f"      {after}must pass: {_check_text(c)}")
             if ru:
                 console.print(f"      runner-up {ru['action']}: {escape(ru['why_not'])}")

@@ -168,9 +168,49 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
                                  "the marketing category (approximate unlearning allowed)")):
         console.print(f"\nAn erasure request under {what}, planned:\n")
         render_plan(doc, console)
+    ran = demo_run(store, plans, root, console)
+    req1 = plans[0]["requests"][0]
     console.print(  # soft wrap: the commands must stay pasteable in a narrow terminal
         f"\nTry: expunge impact --store {store.root} --subject {subject} --json\n"
-        f"     expunge request list --store {store.root}\n"
-        f"     expunge plan approve {plans[0]['id'][:12]} --key {root / 'approver.key'} --store {store.root}",
+        f"     expunge plan list --store {store.root}\n"
+        f"     expunge request show {req1} --store {store.root}\n"
+        f"     expunge residuals {req1} --store {store.root}\n"
+        f"     expunge run {ran[1]['plan'][:12]} --store {store.root} --json",
         soft_wrap=True, highlight=False, markup=False,
     )
+
+
+
+def demo_run(store: Store, plans: list[dict], root: Path, console) -> list[dict]:
+    """Approve and run the first plan; the second, made before it ran, is stale: plan it again, approve and
+    run it. Returns both runs' summaries."""
+    from expunge.cli import render_plan, render_run
+    from expunge.orchestrator import planner
+    from expunge.orchestrator.execute import run_plan
+    from expunge.orchestrator.policy import store_policy
+
+    key = root / "approver.key"
+    out = []
+    console.print(f"\nApproving the first plan with the demo approver's key ({key.name}) and running it:\n")
+    planner.approve(store, plans[0]["id"], key)
+    with console.status("Unlearning: the first plan's actions…"):
+        out.append(run_plan(store, plans[0]["id"]))
+    render_run(out[-1], console)
+    done = out[-1].get("completed")
+    if done:
+        console.print(f"Proved by lineage: none of the {len(done['proof']['new_versions'])} new versions reaches the "
+                      f"erased records; the store has forgotten the customer (a tombstone keeps their keyed hash).")
+    stale = planner.stale_reason(store, plans[1], store_policy(store))
+    console.print(f"\nThe second plan was made before the first ran, so it is stale ({stale}). Planned again:\n")
+    doc = planner.make_plan(store, plans[1]["requests"], store_policy(store))
+    planner.save_plan(store, doc)
+    render_plan(dict(doc, approvals=[]), console)
+    planner.approve(store, doc["id"], key)
+    with console.status("Unlearning: the second plan's actions…"):
+        out.append(run_plan(store, doc["id"]))
+    console.print()
+    render_run(out[-1], console)
+    if out[-1].get("completed") is None:
+        console.print("Approximate results stay pending (not promoted) until they pass the policy's "
+                      "membership-inference and accuracy check; the customer stays known until then.")
+    return out

@@ -388,8 +388,9 @@ def choose(facts: Sequence[ModelFacts], policy: Policy, required: str | dict[str
                             "check_seconds": c["check"]["seconds"]} for c in cands if c["applicable"]],
             "not_applicable": {c["action"]: c["why_not"] for c in cands if not c["applicable"]},
             "blocked_by": None if best else sorted({c["why_not"] for c in cands if c["why_not"]}),
-            "retrain_seconds": round(f.run_seconds, 6),
-            "retrain_cost": round(f.run_seconds / 3600 * _rate(f, policy), 6),
+            # The counterfactual: its own run again, loading included (like every action's price).
+            "retrain_seconds": round(f.setup_seconds + f.run_seconds, 6),
+            "retrain_cost": round((f.setup_seconds + f.run_seconds) / 3600 * _rate(f, policy), 6),
         })
     return items
 

@@ -32,8 +32,9 @@ def recorded_request(store: Store, run: str) -> dict:
         if not trainer:
             raise BadInput(f"run {run!r} recorded no trainer entry point; it cannot be re-run")
         inputs = []
-        for vid, role, subset in view.execute(
-            """SELECT version_id, role, subset_file FROM run_inputs WHERE run_id = ? ORDER BY position""", [run_id]
+        for vid, role, subset, n_rows in view.execute(
+            """SELECT version_id, role, subset_file, n_rows FROM run_inputs WHERE run_id = ? ORDER BY position""",
+            [run_id]
         ).fetchall():
             label, space, rec_ds = view.execute(
                 """SELECT d.name || '@' || v.version_no, v.row_space, v.record_dataset_id
@@ -41,11 +42,11 @@ def recorded_request(store: Store, run: str) -> dict:
             ).fetchall()[0]
             entry: dict = {"dataset": label, "role": role}
             if subset is not None:
-                if space != "records":
-                    raise BadInput(f"run {run!r} used a row subset of the composed dataset {label}; re-running "
-                                   "it needs its row ids, which the store keeps only as records")
                 ords = np.frombuffer(view.load_bitmap(subset).to_array(), np.uint32)
-                entry["rows"] = record_ids(store, view, rec_ds, ords).to_pylist()
+                if space == "records":
+                    entry["rows"] = record_ids(store, view, rec_ds, ords).to_pylist()
+                else:
+                    entry["rows"] = _composed_rows(store, run, label, ords, n_rows)
             inputs.append(entry)
         models = view.execute(
             """SELECT m.name, m.stage, m.model_id FROM models m WHERE m.run_id = ? ORDER BY m.model_id""", [run_id]
@@ -65,6 +66,22 @@ def recorded_request(store: Store, run: str) -> dict:
         "model_name": models[0][0] if models else run, "stage": models[0][1] if models else "dev",
         "parents": parents,
     }
+
+
+def _composed_rows(store: Store, run: str, label: str, ords: np.ndarray, n_rows: int) -> list[str]:
+    """The rows of a composed (join/aggregate/augment) version that a run's subset used: the store keeps the
+    subset as the records those rows were built from, so take the rows built only from those records; refused
+    when that is not exactly as many rows as the run recorded (rows sharing records make it ambiguous)."""
+    from expunge.lineage.rows import version_rows
+
+    vr = version_rows(store, label)
+    outside = np.setdiff1d(vr.ords, ords)
+    rows = [r for r, k in zip(vr.row_ids.to_pylist(), vr.keep_mask(outside)) if k]
+    if len(rows) != n_rows:
+        raise BadInput(f"run {run!r} used {n_rows} rows of the composed dataset {label}, which the store keeps as "
+                       f"the records they were built from; those records make {len(rows)} rows, so the run's rows "
+                       "cannot be told apart and it cannot be re-run")
+    return rows
 
 
 def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
