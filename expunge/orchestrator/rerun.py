@@ -71,7 +71,13 @@ def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
           exclude_subjects: Sequence[str] = (), exclude_records: np.ndarray | None = None,
           start_checkpoint: str | Path | None = None, init_model: str | Path | None = None,
           shard: int | None = None, stage: str | None = None) -> dict:
-    """Call the run's trainer again; returns the new run's `record_run` result."""
+    """Call the run's trainer again; returns the new run's `record_run` result.
+
+    `start_checkpoint` and `init_model` must be files the store recorded (a checkpoint or a model version):
+    the trainer gets the sha256 recorded for each and loads it only if the file still has it.
+    """
+    from expunge.lineage.torch import recorded_sha256
+
     rec = recorded_request(store, run)
     excluded = np.zeros(0, np.uint32) if exclude_records is None else np.asarray(exclude_records, np.uint32)
     if exclude_subjects:
@@ -82,6 +88,8 @@ def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
         stage=stage or rec["stage"], parents=rec["parents"], exclude_records=excluded,
         start_checkpoint=Path(start_checkpoint) if start_checkpoint else None,
         init_model=Path(init_model) if init_model else None, shard=shard,
+        start_checkpoint_sha256=recorded_sha256(store, start_checkpoint) if start_checkpoint else None,
+        init_model_sha256=recorded_sha256(store, init_model) if init_model else None,
         code_version=rec["code_version"], model_family=rec["model_family"],
     )
     return load_trainer(rec["trainer"])(req)

@@ -4,7 +4,10 @@ A trainer is a function `module:function` taking one `TrainRequest` and returnin
 `record_run` result of the run it recorded (through `expunge.lineage.torch.TrainingTracker`).
 A run records its entry point, config, seed and code version, so `expunge.orchestrator.rerun`
 can call the trainer again with: the same inputs minus excluded records, an optional starting
-checkpoint (replay or fine-tune), an optional shard, and an output directory.
+checkpoint (replay or fine-tune), an optional shard, and an output directory. A trainer loads
+the checkpoint or weights it is given with `req.load_start_checkpoint()` / `req.load_init_model()`:
+the file is checked against the sha256 the store recorded for it before `torch.load(...,
+weights_only=True)` sees it (`expunge.lineage.torch.load_artifact`).
 
 Wrapping an existing training loop is about ten lines::
 
@@ -14,7 +17,7 @@ Wrapping an existing training loop is about ten lines::
                            rows=req.train_input.get("rows"), exclude_records=req.exclude_records)
         model = build_model(req.config)                                   # your code
         if req.start_checkpoint:
-            model.load_state_dict(torch.load(req.start_checkpoint)["model"])           # replay
+            model.load_state_dict(req.load_start_checkpoint()["model"])                # replay
         with req.tracker(inputs=[req.input_manifest(ds)]) as tr:
             for x, y, ids in DataLoader(ds, batch_size=64, shuffle=True, generator=req.generator()):
                 tr.consumed(ids); train_step(model, x, y)                     # your code
@@ -49,6 +52,9 @@ class TrainRequest:
     exclude_records: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     start_checkpoint: Path | None = None   # replay: resume from this checkpoint of an earlier run
     init_model: Path | None = None         # fine-tune: start from these weights
+    # The sha256 each file must have (None: the one the store recorded for its path).
+    start_checkpoint_sha256: str | None = None
+    init_model_sha256: str | None = None
     shard: int | None = None
     code_version: str | None = None
     model_family: str | None = None
@@ -59,6 +65,18 @@ class TrainRequest:
             if inp.get("role", "train") == "train":
                 return inp
         raise BadInput(f"run {self.run_name!r} has no train input")
+
+    def load_start_checkpoint(self) -> dict:
+        """The start checkpoint's contents, once its sha256 is checked (`load_artifact`)."""
+        from expunge.lineage.torch import load_artifact
+
+        return load_artifact(self.start_checkpoint, self.start_checkpoint_sha256, store=self.store)
+
+    def load_init_model(self) -> dict:
+        """The initial model's contents, once its sha256 is checked (`load_artifact`)."""
+        from expunge.lineage.torch import load_artifact
+
+        return load_artifact(self.init_model, self.init_model_sha256, store=self.store)
 
     def generator(self):
         import torch

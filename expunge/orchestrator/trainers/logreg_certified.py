@@ -143,7 +143,9 @@ def removal_need(store, run: str, model_path, exclude_records, max_work: float =
     x, y = design(full)
     if len(remove) * len(y) * x.shape[1] ** 2 > max_work:
         return None
-    w = torch.load(model_path)["model"]["w"].double()
+    from expunge.lineage.torch import load_artifact
+
+    w = load_artifact(model_path, None, store=store)["model"]["w"].double()
     cert = certificate(rec["config"])
     return float(sum(newton_removal(x, y, w, cert["lam"], remove)[1]))
 

@@ -59,8 +59,11 @@ def stage_epochs(epochs: int, slices: int) -> int:
     return max(1, round(2 * epochs / (slices + 1)))
 
 
-def load(path, config: dict) -> SisaEnsemble:
-    state = torch.load(path)
+def load(path, config: dict, *, sha256: str | None = None, store=None) -> SisaEnsemble:
+    """The ensemble saved at `path`, checked against `sha256` (or the one `store` recorded) first."""
+    from expunge.lineage.torch import load_artifact
+
+    state = load_artifact(path, sha256, store=store)
     model = build(config)
     model.load_state_dict(state["model"])
     return model
@@ -83,7 +86,7 @@ def train(req: TrainRequest) -> dict:
     if req.shard is not None:
         if req.init_model is None:
             raise BadInput("retraining one SISA shard needs the model being unlearned (init_model)")
-        model.load_state_dict(torch.load(req.init_model)["model"])
+        model.load_state_dict(req.load_init_model()["model"])
         todo = [int(req.shard)]
     loss_fn = nn.CrossEntropyLoss()
     batch, e_stage = c.get("batch_size", 64), stage_epochs(c.get("epochs", 5), R)
@@ -95,7 +98,7 @@ def train(req: TrainRequest) -> dict:
             gen = torch.Generator().manual_seed(req.seed * 1_000_003 + s)
             start = 0
             if req.shard is not None and req.start_checkpoint is not None:
-                state = torch.load(req.start_checkpoint)
+                state = req.load_start_checkpoint()
                 if int(state.get("shard", -1)) != s:
                     raise BadInput(f"checkpoint {req.start_checkpoint} is not of shard {s}")
                 member.load_state_dict(state["model"])

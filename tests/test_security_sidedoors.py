@@ -1,0 +1,126 @@
+"""Issue 9, side doors: code the catalog names, model files loaded unchecked, raw ids leaking out.
+
+Each test reproduces a finding of the security review on a tiny store (a 60-row MLP run at most).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from expunge.errors import ArtifactMismatch  # noqa: E402
+from expunge.orchestrator.rerun import rerun  # noqa: E402
+from expunge.orchestrator.trainers import TrainRequest, mlp  # noqa: E402
+from tests.test_trainers import customers_store  # noqa: E402
+
+
+@pytest.fixture
+def tiny(store, tmp_path):
+    """A 60-row MLP run `mlp-1` (one epoch, two checkpoints' worth of steps) and its table."""
+    table, cfg = customers_store(store, tmp_path, 60, 3, epochs=2, batch_size=32, hidden=4)
+    req = TrainRequest(store=store, run_name="mlp-1", inputs=[{"dataset": "customers@1", "role": "train"}],
+                       config=cfg, seed=5, out_dir=tmp_path / "mlp-1", trainer=mlp.ENTRY_POINT,
+                       model_name="churn", model_family="mlp")
+    mlp.train(req)
+    return store, tmp_path, table
+
+
+@pytest.fixture
+def torch_load_calls(monkeypatch):
+    """Every call of torch.load (a file refused before loading never gets here)."""
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def test_a_swapped_checkpoint_is_refused_before_loading(tiny, torch_load_calls):
+    store, tmp, _ = tiny
+    ckpt = tmp / "mlp-1" / "epoch1.pt"
+    ckpt.write_bytes((tmp / "mlp-1" / "epoch2.pt").read_bytes())  # a valid torch file, not the recorded one
+    with pytest.raises(ArtifactMismatch, match="sha256 differs"):
+        rerun(store, "mlp-1", new_name="replay", out_dir=tmp / "replay", start_checkpoint=ckpt)
+    assert torch_load_calls == []
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM runs WHERE name = 'replay'").fetchall() == [(0,)]
+
+
+def test_a_swapped_model_is_refused_before_loading(tiny, torch_load_calls):
+    from expunge.orchestrator.trainers.derived import finetune, load_model
+
+    store, tmp, _ = tiny
+    model = tmp / "mlp-1" / "model.pt"
+    state = torch.load(model, weights_only=True)
+    state["model"] = {k: v + 1 for k, v in state["model"].items()}
+    torch.save(state, model)
+    torch_load_calls.clear()
+    with pytest.raises(ArtifactMismatch, match="sha256 differs"):
+        load_model(store, "churn@1")
+    with pytest.raises(ArtifactMismatch, match="sha256 differs"):
+        finetune(store, "churn@1", run_name="ft", dataset="customers@1", config={"epochs": 1}, seed=1,
+                 out_dir=tmp / "ft", model_name="churn-ft")
+    with pytest.raises(ArtifactMismatch, match="sha256 differs"):
+        rerun(store, "mlp-1", new_name="ft2", out_dir=tmp / "ft2", init_model=model)
+    assert torch_load_calls == []
+
+
+def test_a_file_the_store_never_recorded_is_refused(tiny, torch_load_calls):
+    store, tmp, _ = tiny
+    stray = tmp / "stray.pt"
+    stray.write_bytes((tmp / "mlp-1" / "epoch1.pt").read_bytes())
+    with pytest.raises(ArtifactMismatch, match="not a model or checkpoint file recorded"):
+        rerun(store, "mlp-1", new_name="replay", out_dir=tmp / "replay", start_checkpoint=stray)
+    assert torch_load_calls == []
+
+
+class _Payload:
+    """Pickled into a checkpoint: unpickling it (without weights_only) writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"__import__('pathlib').Path({self.marker!r}).write_text('ran')",)
+
+
+@pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+def test_weights_only_blocks_code_in_a_recorded_checkpoint(tiny, monkeypatch, tmp_path):
+    """A checkpoint whose sha256 was recorded as matching still holds no code that runs: loaded with
+    weights_only=True explicitly, which an environment variable cannot turn off."""
+    store, tmp, _ = tiny
+    marker = tmp_path / "pwned"
+    evil = tmp / "evil.pt"
+    good = torch.load(tmp / "mlp-1" / "epoch1.pt", weights_only=True)
+    torch.save({**good, "note": _Payload(marker)}, evil)
+    store.record_run({"run": {"name": "evil-run", "inputs": [{"dataset": "customers@1"}],
+                              "checkpoints": [{"step": 1, "path": str(evil)}]}})
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # what a bare torch.load(path) would obey
+    try:
+        with pytest.raises(ArtifactMismatch, match="not a weights-only torch file"):
+            rerun(store, "mlp-1", new_name="replay", out_dir=tmp / "replay", start_checkpoint=evil)
+    finally:
+        assert not marker.exists(), "the checkpoint's pickle ran code"
+
+
+def test_recorded_artifacts_still_load(tiny):
+    """The honest path: a replay from a recorded checkpoint reproduces the model (as before)."""
+    store, tmp, _ = tiny
+    rerun(store, "mlp-1", new_name="replay", out_dir=tmp / "replay", start_checkpoint=tmp / "mlp-1" / "epoch1.pt")
+    a = torch.load(tmp / "mlp-1" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp / "replay" / "model.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with store.read() as con:
+        (recorded,), = con.execute("SELECT sha256 FROM models WHERE name = 'churn' AND version_no = 2").fetchall()
+    assert hashlib.sha256((tmp / "replay" / "model.pt").read_bytes()).hexdigest() == recorded
