@@ -6,6 +6,7 @@ Each test reproduces a finding of the security review on a tiny store (a 60-row 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,72 @@ def test_recorded_artifacts_still_load(tiny):
     with store.read() as con:
         (recorded,), = con.execute("SELECT sha256 FROM models WHERE name = 'churn' AND version_no = 2").fetchall()
     assert hashlib.sha256((tmp / "replay" / "model.pt").read_bytes()).hexdigest() == recorded
+
+
+# ---------------------------------------------------------------- code the catalog names
+
+
+@pytest.fixture
+def crafted(tmp_path, monkeypatch):
+    """A crafted trainer module `evilmod` whose import writes a marker file: on sys.path and in the working
+    directory. Returns the marker's path; modules imported by the test are forgotten afterwards."""
+    import sys
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    marker = tmp_path / "imported"
+    (lab / "evilmod.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "def train(req):\n    return {}\n"
+        "def removal_need(*args, **kwargs):\n    return 0.0\n")
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(lab))
+    monkeypatch.chdir(lab)
+    yield marker
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("evilmod", "mypkg"):
+            del sys.modules[name]
+
+
+def test_planning_never_imports_the_recorded_trainer(store, tmp_path, crafted):
+    """A certified-family run recorded with a crafted entry point: `expunge plan` prices its removal with
+    expunge's own code (the Newton steps' bounds on the run's data) and never imports the module."""
+    from typer.testing import CliRunner
+
+    from expunge.cli import app
+    from expunge.orchestrator import requests as rq
+    from expunge.orchestrator.trainers import logreg_certified as lc
+
+    table, cfg = customers_store(store, tmp_path, 300, 6, lam=1e-3)
+    lc.train(TrainRequest(store=store, run_name="cr-1", inputs=[{"dataset": "customers@1", "role": "train"}],
+                          config=cfg, seed=3, out_dir=tmp_path / "cr", trainer="evilmod:train",
+                          model_name="churn-cr", model_family=lc.FAMILY))
+    subject = table.column("customer_id")[0].as_py()
+    req = rq.create(store, [subject], category="financial")  # certified required
+    res = CliRunner().invoke(app, ["plan", req.id, "--store", str(store.root), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert not crafted.exists(), "planning imported the run's recorded trainer"
+    (item,) = json.loads(res.output)["items"]
+    assert item["chosen"]["action"] == "certified_removal"
+    assert any("Newton-step bounds on the run's data" in why for why in item["chosen"]["reasons"])
+
+
+def test_planning_refuses_a_swapped_certified_model(store, tmp_path, torch_load_calls):
+    from expunge.orchestrator import planner
+    from expunge.orchestrator import requests as rq
+    from expunge.orchestrator.policy import load_policy
+    from expunge.orchestrator.trainers import logreg_certified as lc
+
+    table, cfg = customers_store(store, tmp_path, 300, 6, lam=1e-3)
+    lc.train(TrainRequest(store=store, run_name="cr-1", inputs=[{"dataset": "customers@1", "role": "train"}],
+                          config=cfg, seed=3, out_dir=tmp_path / "cr", trainer=lc.ENTRY_POINT,
+                          model_name="churn-cr", model_family=lc.FAMILY))
+    path = tmp_path / "cr" / "model.pt"
+    state = torch.load(path, weights_only=True)
+    state["model"]["w"] = state["model"]["w"] * 0
+    torch.save(state, path)
+    torch_load_calls.clear()
+    req = rq.create(store, [table.column("customer_id")[0].as_py()], category="financial")
+    with pytest.raises(ArtifactMismatch, match="sha256 differs"):
+        planner.make_plan(store, [req.id], load_policy(None))
+    assert torch_load_calls == []

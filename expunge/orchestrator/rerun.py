@@ -18,8 +18,9 @@ from expunge.lineage.store import Store
 from expunge.orchestrator.trainers import TrainRequest, load_trainer
 
 
-def recorded_request(store: Store, run: str) -> dict:
-    """What a run recorded: trainer, config, seed, inputs (with row subsets), and its model version."""
+def recorded_request(store: Store, run: str, *, need_trainer: bool = True) -> dict:
+    """What a run recorded: trainer, config, seed, inputs (with row subsets), and its model version.
+    Refused for a run with no trainer entry point unless `need_trainer` is False."""
     from expunge.lineage.rows import record_ids
 
     with store.view() as view:
@@ -29,7 +30,7 @@ def recorded_request(store: Store, run: str) -> dict:
         if not row:
             raise BadInput(f"unknown run {run!r}")
         run_id, trainer, config, seed, code_version, family = row[0]
-        if not trainer:
+        if not trainer and need_trainer:
             raise BadInput(f"run {run!r} recorded no trainer entry point; it cannot be re-run")
         inputs = []
         for vid, role, subset in view.execute(
