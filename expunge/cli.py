@@ -705,8 +705,10 @@ def demo(
 
 
 from expunge.cli_key import register as _register_key_commands  # noqa: E402
+from expunge.cli_trainers import register as _register_trainers_commands  # noqa: E402
 
 _register_key_commands(app)
+_register_trainers_commands(app)
 
 
 def main() -> None:

@@ -9,9 +9,11 @@
     │                            refused before anything outside the store is touched
     ├── StoreBusy                another process is writing to the store (exit 3)
     ├── SecretMismatch           the subject-hash key is not this store's, or not safe to use (exit 2)
-    └── ArtifactMismatch         a model or checkpoint file is not the one the store recorded (its sha256
-                                 differs, or none was recorded for it) or is not a weights-only file;
-                                 refused before it is loaded (exit 2)
+    ├── ArtifactMismatch         a model or checkpoint file is not the one the store recorded (its sha256
+    │                            differs, or none was recorded for it) or is not a weights-only file;
+    │                            refused before it is loaded (exit 2)
+    └── TrainerNotAllowed        a trainer entry point outside the allowed module prefixes (expunge's own,
+                                 the policy's [trainers] allow, the store's); refused before any import (exit 2)
 """
 
 from __future__ import annotations
@@ -50,4 +52,8 @@ class SecretMismatch(ExpungeError):
 
 
 class ArtifactMismatch(ExpungeError):
+    exit_code = 2
+
+
+class TrainerNotAllowed(ExpungeError):
     exit_code = 2

@@ -194,3 +194,94 @@ def test_planning_refuses_a_swapped_certified_model(store, tmp_path, torch_load_
     with pytest.raises(ArtifactMismatch, match="sha256 differs"):
         planner.make_plan(store, [req.id], load_policy(None))
     assert torch_load_calls == []
+
+
+def _run_naming(store, trainer: str, name: str = "r") -> None:
+    import pyarrow as pa
+
+    if not store.impact(["s1"]).records:
+        store.ingest_source(pa.table({"cid": ["s1", "s2"], "rid": ["a", "b"]}), name="src", subject_col="cid",
+                            record_col="rid")
+    store.record_run({"run": {"name": name, "inputs": [{"dataset": "src@1"}], "trainer": trainer}})
+
+
+def test_rerun_refuses_a_trainer_outside_the_allowed_prefixes(store, tmp_path, crafted):
+    from expunge.errors import TrainerNotAllowed
+
+    _run_naming(store, "evilmod:train")
+    with pytest.raises(TrainerNotAllowed, match="not allowed") as exc:
+        rerun(store, "r", new_name="r2", out_dir=tmp_path / "out")
+    assert "\n" not in str(exc.value) and exc.value.exit_code == 2
+    assert not crafted.exists(), "the trainer was imported before it was refused"
+
+
+def test_rerun_imports_a_trainer_the_policy_or_the_store_allows(store, tmp_path, crafted, monkeypatch):
+    from typer.testing import CliRunner
+
+    from expunge.cli import app
+    from expunge.orchestrator.policy import parse_policy
+
+    monkeypatch.chdir(tmp_path)  # on sys.path, not only in the working directory (never searched)
+    _run_naming(store, "evilmod:train")
+    assert rerun(store, "r", new_name="r2", out_dir=tmp_path / "o",
+                 policy=parse_policy({"trainers": {"allow": ["evilmod"]}}, "test")) == {}
+    assert crafted.exists()
+    crafted.unlink()
+    import sys
+
+    del sys.modules["evilmod"]
+    res = CliRunner().invoke(app, ["trainers", "allow", "evilmod", "--store", str(store.root)])
+    assert res.exit_code == 0, res.output
+    assert rerun(store, "r", new_name="r3", out_dir=tmp_path / "o3") == {}
+    assert crafted.exists()
+    res = CliRunner().invoke(app, ["trainers", "list", "--store", str(store.root), "--json"])
+    assert json.loads(res.output) == {"builtin": ["expunge.orchestrator.trainers"], "policy": [],
+                                      "store": ["evilmod"]}
+
+
+@pytest.mark.parametrize("module,allowed", [
+    ("mypkg", True), ("mypkg.train", True), ("mypkg.train.deep", True), ("mypkgevil", False),
+    ("mypkgevil.train", False), ("evil.mypkg", False), ("expunge.orchestrator.trainers.mlp", True),
+    ("expunge.orchestrator.trainersevil", False), ("expunge.orchestrator", False), ("os", False),
+])
+def test_prefixes_match_on_module_path_boundaries(module, allowed):
+    from expunge.orchestrator.trainers import is_allowed
+
+    assert is_allowed(module, ["mypkg"]) is allowed
+
+
+@pytest.mark.parametrize("prefix", ["", " ", ".", "mypkg..x", "../x", "my-pkg", "mypkg:train", "*"])
+def test_a_prefix_that_is_no_module_path_is_refused(store, prefix):
+    from expunge.errors import BadInput
+    from expunge.orchestrator.policy import parse_policy
+    from expunge.orchestrator.trainers import set_store_prefix
+
+    with pytest.raises(BadInput, match="not a module path"):
+        parse_policy({"trainers": {"allow": [prefix]}}, "test")
+    with pytest.raises(BadInput, match="not a module path"):
+        set_store_prefix(store, prefix)
+
+
+def test_a_module_in_the_working_directory_does_not_shadow_the_allowed_one(store, tmp_path, monkeypatch, crafted):
+    """`python -m` and the REPL put the working directory first on sys.path ('' or its path): a `mypkg`
+    planted there must not win over the installed, allowed one."""
+    import sys
+
+    from expunge.orchestrator.policy import parse_policy
+
+    site, work = tmp_path / "site", tmp_path / "work"
+    for d in (site / "mypkg", work / "mypkg"):
+        d.mkdir(parents=True)
+    (site / "mypkg" / "__init__.py").write_text("")
+    (site / "mypkg" / "train.py").write_text("def train(req):\n    return {'from': 'site'}\n")
+    (work / "mypkg" / "__init__.py").write_text(
+        f"import pathlib\npathlib.Path({str(work / 'planted')!r}).write_text('imported')\n")
+    (work / "mypkg" / "train.py").write_text("def train(req):\n    return {'from': 'work'}\n")
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", ["", str(work), *sys.path, str(site)])
+    _run_naming(store, "mypkg.train:train")
+    got = rerun(store, "r", new_name="r2", out_dir=tmp_path / "o",
+                policy=parse_policy({"trainers": {"allow": ["mypkg"]}}, "test"))
+    assert got == {"from": "site"}
+    assert not (work / "planted").exists()
+    assert sys.path[:2] == ["", str(work)]  # put back as it was

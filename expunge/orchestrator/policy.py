@@ -3,7 +3,8 @@
 Per data category the weakest guarantee allowed, the deadline and how an approximate result is
 checked; whether retiring a model is allowed; the thresholds approximate unlearning must pass;
 how much more the planner pays for a stronger guarantee; cost rates; per-model overrides;
-whether a plan needs approval and by how many people.
+whether a plan needs approval and by how many people; the module prefixes trainers may be imported
+from (besides expunge's own), for re-runs.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Policy:
     retire_withdrawn: bool = True
     cpu_hour: float = 0.05
     gpu_hour: float = 2.5
+    trainers_allow: tuple[str, ...] = ()
     source: str = "default"
 
     def category(self, name: str) -> CategoryRule:
@@ -74,7 +76,8 @@ class Policy:
         return d
 
 
-_TOP = {"default_category", "allow_retire", "retire_withdrawn", "approval", "categories", "approximate", "costs", "models", "risk"}
+_TOP = {"default_category", "allow_retire", "retire_withdrawn", "approval", "categories", "approximate", "costs", "models", "risk",
+        "trainers"}
 
 
 def _check_keys(section: dict, allowed: set, where: str) -> None:
@@ -128,6 +131,12 @@ def parse_policy(doc: dict, source: str) -> Policy:
         if not 0.0 <= bounds[key] <= 1.0:
             raise BadInput(f"policy approximate.{key} must be between 0 and 1")
     _check_keys(costs, {"cpu_hour", "gpu_hour"}, "costs")
+    trainers = doc.get("trainers", {})
+    _check_keys(trainers, {"allow"}, "trainers")
+    allow = _typed(trainers.get("allow", []), list, "trainers.allow")
+    from expunge.orchestrator.trainers import check_prefix
+
+    allow = tuple(check_prefix(_typed(p, str, "trainers.allow"), "policy trainers.allow") for p in allow)
     approvers = _typed(ap.get("approvers", 1), int, "approval.approvers")
     if approvers < 1:
         raise BadInput("policy approval.approvers must be at least 1")
@@ -140,7 +149,7 @@ def parse_policy(doc: dict, source: str) -> Policy:
         max_mia_auc=bounds["max_mia_auc"], max_premium=premium,
         cpu_hour=_typed(costs.get("cpu_hour", 0.05), float, "costs.cpu_hour"),
         gpu_hour=_typed(costs.get("gpu_hour", 2.5), float, "costs.gpu_hour"),
-        source=source,
+        trainers_allow=allow, source=source,
     )
 
 

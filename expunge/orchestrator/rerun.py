@@ -15,7 +15,7 @@ import numpy as np
 
 from expunge.errors import BadInput
 from expunge.lineage.store import Store
-from expunge.orchestrator.trainers import TrainRequest, load_trainer
+from expunge.orchestrator.trainers import TrainRequest, allowed_prefixes, load_trainer
 
 
 def recorded_request(store: Store, run: str, *, need_trainer: bool = True) -> dict:
@@ -71,15 +71,20 @@ def recorded_request(store: Store, run: str, *, need_trainer: bool = True) -> di
 def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
           exclude_subjects: Sequence[str] = (), exclude_records: np.ndarray | None = None,
           start_checkpoint: str | Path | None = None, init_model: str | Path | None = None,
-          shard: int | None = None, stage: str | None = None) -> dict:
+          shard: int | None = None, stage: str | None = None, policy=None) -> dict:
     """Call the run's trainer again; returns the new run's `record_run` result.
+
+    The trainer is imported only if its module is expunge's own or under a prefix that `policy` (default:
+    the shipped one) or the store allows (`trainers.load_trainer`); that is checked first of all.
 
     `start_checkpoint` and `init_model` must be files the store recorded (a checkpoint or a model version):
     the trainer gets the sha256 recorded for each and loads it only if the file still has it.
     """
     from expunge.lineage.torch import recorded_sha256
+    from expunge.orchestrator.policy import load_policy
 
     rec = recorded_request(store, run)
+    train = load_trainer(rec["trainer"], allowed_prefixes(store, policy or load_policy(None)))
     excluded = np.zeros(0, np.uint32) if exclude_records is None else np.asarray(exclude_records, np.uint32)
     if exclude_subjects:
         excluded = np.union1d(excluded, store.records_of_subjects(exclude_subjects)).astype(np.uint32)
@@ -93,4 +98,4 @@ def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
         init_model_sha256=recorded_sha256(store, init_model) if init_model else None,
         code_version=rec["code_version"], model_family=rec["model_family"],
     )
-    return load_trainer(rec["trainer"])(req)
+    return train(req)

@@ -28,13 +28,17 @@ Wrapping an existing training loop is about ten lines::
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from expunge.errors import BadInput
+from expunge.errors import BadInput, TrainerNotAllowed
 
 
 @dataclass
@@ -101,23 +105,95 @@ class TrainRequest:
         )
 
 
-def load_trainer_module(entry_point: str):
-    """The module of a `module:function` entry point (trainers may offer more than `function`)."""
+# expunge's own trainers: always allowed. Others only under a prefix the policy or the store allows.
+BUILTIN_PREFIX = "expunge.orchestrator.trainers"
+ALLOW_META = "trainers_allow"   # the store's allowed prefixes: a JSON list in the catalog's meta table
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_prefix(prefix: str, where: str = "trainer prefix") -> str:
+    """A module prefix in dotted form (`mypkg.train`; a trailing dot is dropped); anything else is refused,
+    the empty prefix first of all (it would allow every module)."""
+    p = prefix.strip().removesuffix(".") if isinstance(prefix, str) else ""
+    if not _DOTTED.fullmatch(p):
+        raise BadInput(f"{where}: {prefix!r} is not a module path such as mypkg.train")
+    return p
+
+
+def is_allowed(module: str, prefixes: Sequence[str]) -> bool:
+    """Whether `module` is one of `prefixes` or inside one, on module-path boundaries (`mypkg` allows
+    `mypkg.x`, not `mypkgevil`)."""
+    return any(module == p or module.startswith(p + ".") for p in (BUILTIN_PREFIX, *prefixes))
+
+
+def store_prefixes(store) -> list[str]:
+    """The prefixes the store allows (`expunge trainers allow PREFIX`)."""
+    with store.view() as view:
+        raw = view.one("SELECT value FROM meta WHERE key = ?", [ALLOW_META])
+    return json.loads(raw) if raw else []
+
+
+def set_store_prefix(store, prefix: str, *, allow: bool = True) -> list[str]:
+    """Add (or with `allow=False` remove) an allowed prefix in the store's config; returns the new list."""
+    p = check_prefix(prefix)
+    with store.write() as txn:
+        raw = txn.one("SELECT value FROM meta WHERE key = ?", [ALLOW_META])
+        have = json.loads(raw) if raw else []
+        new = sorted(set(have) | {p}) if allow else [x for x in have if x != p]
+        if not allow and p not in have:
+            raise BadInput(f"the store does not allow trainers under {p} (see `expunge trainers list`)")
+        txn.set_meta(ALLOW_META, json.dumps(new))
+    return new
+
+
+def allowed_prefixes(store=None, policy=None) -> list[str]:
+    """Every prefix a trainer may be imported from: expunge's own, the policy's, the store's."""
+    return [BUILTIN_PREFIX, *(policy.trainers_allow if policy is not None else ()),
+            *(store_prefixes(store) if store is not None else ())]
+
+
+def _search_path() -> list[str]:
+    """sys.path without the working directory ('' or its path, as `python -m` and the REPL put first),
+    unless $PYTHONPATH names it: a module planted where the command happens to run must not shadow the
+    allowed one."""
+    cwd = os.path.realpath(os.getcwd())
+    explicit = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+
+    def planted(entry: str) -> bool:
+        if entry in ("", "."):
+            return True
+        try:
+            real = os.path.realpath(entry)
+        except (OSError, ValueError):
+            return False
+        return real == cwd and real not in explicit
+
+    return [p for p in sys.path if not (isinstance(p, str) and planted(p))]
+
+
+def load_trainer(entry_point: str, allow: Sequence[str] = ()) -> Callable[[TrainRequest], dict]:
+    """The function of a `module:function` entry point, imported only if the module is expunge's own
+    trainers' or under one of the `allow` prefixes (checked before anything is imported), and never from
+    the working directory."""
     module, sep, fn = (entry_point or "").partition(":")
-    if not sep or not module or not fn:
+    if not sep or not _DOTTED.fullmatch(module) or not fn.isidentifier():
         raise BadInput(f"trainer entry point must be module:function, got {entry_point!r}")
+    if not is_allowed(module, [check_prefix(p, "allowed trainer prefix") for p in allow]):
+        raise TrainerNotAllowed(
+            f"trainer {entry_point!r} is not allowed: expunge imports trainers only under {BUILTIN_PREFIX} and "
+            "the module prefixes the policy ([trainers] allow) or the store (`expunge trainers allow PREFIX`) "
+            "allows; nothing was imported")
+    saved = sys.path[:]
+    sys.path[:] = _search_path()
     try:
-        return importlib.import_module(module)
+        obj = getattr(importlib.import_module(module), fn)
     except ImportError as exc:
-        raise BadInput(f"cannot load trainer {entry_point!r}: {exc}") from None
-
-
-def load_trainer(entry_point: str) -> Callable[[TrainRequest], dict]:
-    fn = entry_point.partition(":")[2] if entry_point else ""
-    try:
-        obj = getattr(load_trainer_module(entry_point), fn)
+        raise BadInput(f"cannot load trainer {entry_point!r}: {exc} (the working directory is not searched: "
+                       "install the trainer's package or put its directory on PYTHONPATH)") from None
     except AttributeError as exc:
         raise BadInput(f"cannot load trainer {entry_point!r}: {exc}") from None
+    finally:
+        sys.path[:] = saved
     if not callable(obj):
         raise BadInput(f"trainer {entry_point!r} is not callable")
     return obj
