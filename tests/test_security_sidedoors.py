@@ -285,3 +285,18 @@ def test_a_module_in_the_working_directory_does_not_shadow_the_allowed_one(store
     assert got == {"from": "site"}
     assert not (work / "planted").exists()
     assert sys.path[:2] == ["", str(work)]  # put back as it was
+
+
+def test_missing_features_are_counted_not_quoted(tiny, tmp_path):
+    import pyarrow.parquet as pq
+
+    from expunge.errors import BadInput
+    from expunge.lineage.torch import RecordDataset
+
+    store, tmp, table = tiny
+    pq.write_table(table.slice(1), tmp_path / "short.parquet")  # the first record's features are gone
+    missing = table.column("record_id")[0].as_py()
+    with pytest.raises(BadInput, match="1 of its 60 row") as exc:
+        RecordDataset(store, "customers@1", tmp_path / "short.parquet", row_col="record_id",
+                      feature_cols=["f0"], label_col="churned")
+    assert missing not in str(exc.value)

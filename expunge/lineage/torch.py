@@ -58,8 +58,8 @@ class RecordDataset(torch.utils.data.Dataset):
         require_columns(table, [row_col, *feature_cols, label_col], f"features for {version}")
         pos = pc.index_in(ids, value_set=id_column(table, row_col, "features"))
         if pos.null_count:
-            missing = ids.filter(pc.is_null(pos))[0].as_py()
-            raise BadInput(f"features for {version}: {pos.null_count} row(s) have no features, e.g. {missing!r}")
+            raise BadInput(f"features for {version}: {pos.null_count} of its {len(ids)} row(s) have no row in the "
+                           f"features table (by its {row_col!r} column)")
         sel = table.take(pos)
         order = pc.index_in(ids, value_set=vrows.row_ids).to_numpy(zero_copy_only=False)
         self._store = store
