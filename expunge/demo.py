@@ -124,6 +124,7 @@ def demo_plans(store: Store, subject: str) -> list[dict]:
 
 def run_demo(directory: Path | None, json_out: bool = False) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     from expunge.schemas import dumps
 
@@ -139,11 +140,12 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
     from expunge.cli import render_impact
 
     stats = store.stats()
+    root_text = escape(str(store.root))  # a directory may be called a[/]
     console.print(
-        f"Built a demo lineage at [bold]{store.root}[/]: {stats['records']:,} records of {N_CUSTOMERS} synthetic "
+        f"Built a demo lineage at [bold]{root_text}[/]: {stats['records']:,} records of {N_CUSTOMERS} synthetic "
         f"customers, {stats['dataset_versions']} dataset versions, {stats['runs']} runs, {stats['models']} models."
     )
-    console.print(f"\nCustomer [bold]{subject}[/] asks to be forgotten. What did their records touch?\n")
+    console.print(f"\nCustomer [bold]{escape(subject)}[/] asks to be forgotten. What did their records touch?\n")
     render_impact(result, console)
     from expunge.cli import render_plan
 
@@ -153,7 +155,7 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
         console.print(f"\nAn erasure request under {what}, planned:\n")
         render_plan(doc, console)
     console.print(
-        f"\nTry: expunge impact --store {store.root} --subject {subject} --json\n"
-        f"     expunge request list --store {store.root}\n"
-        f"     expunge plan approve {plans[0]['id'][:12]} --by you --store {store.root}"
+        f"\nTry: expunge impact --store {root_text} --subject {escape(subject)} --json\n"
+        f"     expunge request list --store {root_text}\n"
+        f"     expunge plan approve {plans[0]['id'][:12]} --by you --store {root_text}"
     )

@@ -155,3 +155,13 @@ def test_a_malformed_csv_line_deep_in_a_file(tmp_path):
     assert "line 200002 has 3 field(s), expected 2" in str(exc.value)
     assert TOKEN not in str(exc.value)
 
+
+def test_names_with_markup_print_as_written(store, tmp_path):
+    """A dataset, run and model named with rich markup (`a[/]`) print as written in `expunge impact`."""
+    store.ingest_source(pa.table({"cid": ["s1"], "rid": ["r1"]}), name="a[/]", subject_col="cid", record_col="rid")
+    store.record_run({"run": {"name": "run[/]", "inputs": [{"dataset": "a[/]@1"}]},
+                      "models": [{"name": "m[bold]", "sha256": "0" * 64}]})
+    res = run("impact", "--subject", "s1", "--store", store.root)
+    assert res.exit_code == 0, res.output
+    for name in ("a[/]@1", "run[/]", "m[bold]@1"):
+        assert name in res.output, res.output
