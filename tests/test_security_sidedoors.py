@@ -300,3 +300,12 @@ def test_missing_features_are_counted_not_quoted(tiny, tmp_path):
         RecordDataset(store, "customers@1", tmp_path / "short.parquet", row_col="record_id",
                       feature_cols=["f0"], label_col="churned")
     assert missing not in str(exc.value)
+
+
+def test_a_policy_without_trainers_keeps_its_hash():
+    """Plans pin their policy by the hash of its canonical form: adding the [trainers] section to expunge
+    must not change that hash for a policy that does not use it."""
+    from expunge.orchestrator.policy import load_policy, parse_policy
+
+    assert "trainers_allow" not in load_policy(None).to_dict()
+    assert parse_policy({"trainers": {"allow": ["mypkg"]}}, "t").to_dict()["trainers_allow"] == ["mypkg"]

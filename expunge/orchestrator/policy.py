@@ -73,6 +73,10 @@ class Policy:
         d = asdict(self)
         d["categories"] = {k: asdict(v) for k, v in sorted(self.categories.items())}
         d["models"] = {k: asdict(v) for k, v in sorted(self.models.items())}
+        if not d["trainers_allow"]:
+            del d["trainers_allow"]  # a policy that allows no trainers keeps the hash it had before the key existed
+        else:
+            d["trainers_allow"] = list(d["trainers_allow"])
         return d
 
 
