@@ -28,8 +28,7 @@ def rec(i: int) -> str:
     return f"{TOKEN}-rec-{i}"
 
 
-@pytest.fixture
-def env(tmp_path):
+def make_env(tmp_path):
     """A store with source `src` (subjects subj(i) owning records rec(i), i < 4) and an aggregate `agg`
     of it whose rows are ids of their own."""
     st = tmp_path / "st"
@@ -42,6 +41,17 @@ def env(tmp_path):
               "--source", "src=rid", "--row-col", "row", "--store", st)
     assert res.exit_code == 0, res.output
     return st, tmp_path
+
+
+@pytest.fixture
+def env(tmp_path):
+    return make_env(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def refusing_env(tmp_path_factory):
+    """One store for every refused input: each case checks that it left the store as it was."""
+    return make_env(tmp_path_factory.mktemp("refusals"))
 
 
 def source(st, f, *extra):
@@ -119,8 +129,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_error_messages_never_quote_an_id(env, case):
-    st, tmp = env
+def test_error_messages_never_quote_an_id(refusing_env, case):
+    st, tmp = refusing_env
     call, needle = CASES[case]
     before = sorted(p.name for p in (st / "data").iterdir())
     res = call(st, tmp)
@@ -130,6 +140,7 @@ def test_error_messages_never_quote_an_id(env, case):
     assert needle in lines[0], lines[0]
     assert TOKEN not in res.output, res.output
     assert sorted(p.name for p in (st / "data").iterdir()) == before
+    assert run("impact", "--subject", subj(0), "--store", st, "--json").exit_code == 0
 
 
 def test_honest_row_ids_pass(env):
