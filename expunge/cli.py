@@ -246,6 +246,9 @@ def _more(console, shown: int, total: int, what: str) -> None:
 
 
 def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None:
+    """The impact as text; every name from the store (datasets, runs, models) is escaped, not read as markup."""
+    from rich.markup import escape
+
     console = console or _console()
     if result.empty:
         n = result.requested
@@ -270,7 +273,8 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
         t.add_column(col, justify="right" if col in ("records", "rows") else "left", no_wrap=col == "version")
     datasets = sorted(result.datasets, key=lambda d: -d["records"])[:limit]
     for d in datasets:
-        t.add_row(d["id"], d["kind"], ", ".join(d["parents"]) or "—", f"{d['records']:,}", f"{d['rows']:,}")
+        t.add_row(escape(d["id"]), d["kind"], escape(", ".join(d["parents"])) or "—", f"{d['records']:,}",
+                  f"{d['rows']:,}")
     console.print(t)
     _more(console, len(datasets), len(result.datasets), "dataset versions")
     if result.runs:
@@ -279,7 +283,8 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
             t.add_column(col, justify="right" if col == "records" else "left", no_wrap=col == "run")
         runs = sorted(result.runs, key=lambda r: -r["records"])[:limit]
         for r in runs:
-            inputs = ", ".join(f"{i['dataset']} ({i['role']}: {i['records']:,})" for i in r["inputs"] if i["records"])
+            inputs = escape(", ".join(f"{i['dataset']} ({i['role']}: {i['records']:,})" for i in r["inputs"]
+                                      if i["records"]))
             shards = ", ".join(
                 f"{s['shard']}" + (f" ({s['first_slice']})" if s["first_slice"] is not None else "")
                 for s in r["shards"]
@@ -291,7 +296,7 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
                 ck = "none (seen before the first)"
             else:
                 ck = f"step {fs['last_clean_step']:,}"
-            t.add_row(r["id"], f"{r['records']:,}", inputs, shards, ck)
+            t.add_row(escape(r["id"]), f"{r['records']:,}", inputs, shards, ck)
         console.print(t)
         _more(console, len(runs), len(result.runs), "runs")
     if result.models:
@@ -301,11 +306,11 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
         models = sorted(result.models, key=lambda m: (STAGE_ORDER.get(m["stage"], 9), m["name"], m["version"]))
         models = models[:limit]
         for m in models:
-            how = "trained on the records" if m["direct"] else " → ".join(
+            how = "trained on the records" if m["direct"] else escape(" → ".join(
                 f"{p['model']} ({p['relation']})" for p in m["path"]
-            )
-            stage = f"[bold red]{m['stage']}[/]" if m["stage"] == "production" else m["stage"]
-            t.add_row(m["id"], stage, m["run"] or "—", how)
+            ))
+            stage = f"[bold red]{m['stage']}[/]" if m["stage"] == "production" else escape(m["stage"])
+            t.add_row(escape(m["id"]), stage, escape(m["run"] or "—"), how)
         console.print(t)
         _more(console, len(models), len(result.models), "model versions")
 
@@ -366,13 +371,14 @@ def request_list(
     if not reqs:
         typer.echo("No erasure requests.")
         return
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="Erasure requests", title_justify="left")
     for col in ("request", "status", "category", "subjects", "received", "deadline"):
         t.add_column(col)
     for r in reqs:
-        t.add_row(r.id, r.status, r.category, str(r.subjects), f"{r.received_at:%Y-%m-%d}", f"{r.deadline_at:%Y-%m-%d}")
+        t.add_row(r.id, r.status, escape(r.category), str(r.subjects), f"{r.received_at:%Y-%m-%d}", f"{r.deadline_at:%Y-%m-%d}")
     _console().print(t)
 
 
@@ -430,7 +436,7 @@ def policy_show(policy: Optional[Path] = PolicyOpt, store: Optional[Path] = Stor
     from rich.table import Table
 
     console = _console()
-    console.print(f"Policy: {p.source}. Default category: {p.default_category}. Retiring models "
+    console.print(f"Policy: {escape(p.source)}. Default category: {escape(p.default_category)}. Retiring models "
                   f"{'allowed' if p.allow_retire else 'not allowed'}. Approval: "
                   f"{f'{p.approvers} approver(s)' if p.approval_required else 'not required'}.")
     t = Table(title="Categories", title_justify="left")
@@ -445,7 +451,7 @@ def policy_show(policy: Optional[Path] = PolicyOpt, store: Optional[Path] = Stor
                   f"action. Withdrawn models {'are' if p.retire_withdrawn else 'are not'} retired at no cost. "
                   f"Costs: {p.cpu_hour}/CPU-hour, {p.gpu_hour}/GPU-hour.")
     for name, m in sorted(p.models.items()):
-        console.print(f"Model {name}: never retire={m.never_retire}, always retrain={m.always_retrain}")
+        console.print(f"Model {escape(name)}: never retire={m.never_retire}, always retrain={m.always_retrain}")
 
 
 @app.command("plan")
@@ -893,8 +899,10 @@ def demo(
 
 
 from expunge.cli_key import register as _register_key_commands  # noqa: E402
+from expunge.cli_trainers import register as _register_trainers_commands  # noqa: E402
 
 _register_key_commands(app)
+_register_trainers_commands(app)
 
 
 def main() -> None:

@@ -140,6 +140,7 @@ def demo_plans(store: Store, subject: str) -> list[dict]:
 
 def run_demo(directory: Path | None, json_out: bool = False) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     from expunge.schemas import dumps
 
@@ -155,11 +156,12 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
     from expunge.cli import render_impact
 
     stats = store.stats()
+    root_text = escape(str(store.root))  # a directory may be called a[/]
     console.print(
-        f"Built a demo lineage at [bold]{store.root}[/]: {stats['records']:,} records of {N_CUSTOMERS} synthetic "
+        f"Built a demo lineage at [bold]{root_text}[/]: {stats['records']:,} records of {N_CUSTOMERS} synthetic "
         f"customers, {stats['dataset_versions']} dataset versions, {stats['runs']} runs, {stats['models']} models."
     )
-    console.print(f"\nCustomer [bold]{subject}[/] asks to be forgotten. What did their records touch?\n")
+    console.print(f"\nCustomer [bold]{escape(subject)}[/] asks to be forgotten. What did their records touch?\n")
     render_impact(result, console)
     from expunge.cli import render_plan
 

@@ -8,7 +8,12 @@
     ├── StoreCorrupt             the store's files or names are not what expunge wrote (exit 2);
     │                            refused before anything outside the store is touched
     ├── StoreBusy                another process is writing to the store (exit 3)
-    └── SecretMismatch           the subject-hash key is not this store's, or not safe to use (exit 2)
+    ├── SecretMismatch           the subject-hash key is not this store's, or not safe to use (exit 2)
+    ├── ArtifactMismatch         a model or checkpoint file is not the one the store recorded (its sha256
+    │                            differs, or none was recorded for it) or is not a weights-only file;
+    │                            refused before it is loaded (exit 2)
+    └── TrainerNotAllowed        a trainer entry point outside the allowed module prefixes (expunge's own,
+                                 the policy's [trainers] allow, the store's); refused before any import (exit 2)
 """
 
 from __future__ import annotations
@@ -43,4 +48,12 @@ class StoreBusy(ExpungeError):
 
 
 class SecretMismatch(ExpungeError):
+    exit_code = 2
+
+
+class ArtifactMismatch(ExpungeError):
+    exit_code = 2
+
+
+class TrainerNotAllowed(ExpungeError):
     exit_code = 2

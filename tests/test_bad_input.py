@@ -40,8 +40,8 @@ def expect_bad(st, res, needle):
 
 CASES = {
     "missing column": (["cid", "other"], [["a", "9"]], "missing column"),
-    "duplicate record": (["cid", "rid"], [["a", "7"], ["b", "7"]], "duplicate record id '7'"),
-    "duplicate known record": (["cid", "rid"], [["a", "1"], ["a", "1"]], "duplicate record id '1'"),
+    "duplicate record": (["cid", "rid"], [["a", "7"], ["b", "7"]], "duplicate record id in column 'rid': row 1 repeats"),
+    "duplicate known record": (["cid", "rid"], [["a", "1"], ["a", "1"]], "duplicate record id in column 'rid': row 1 repeats"),
     "null subject": (["cid", "rid"], [["a", "7"], ["", "8"]], "null in row 1"),
     "moved record": (["cid", "rid"], [["b", "1"]], "different subject"),
 }
@@ -76,7 +76,7 @@ def test_row_not_in_parent(env):
     st, tmp = env
     f = write_csv(tmp / "f.csv", ["rid"], [["1"], ["99"]])
     res = ingest_subset(st, f, "d", "src")
-    expect_bad(st, res, "not rows of src@1, e.g. '99'")
+    expect_bad(st, res, "1 id(s) are not rows of src@1, the first in row 1")
 
 
 def test_row_twice_in_a_subset(env):
@@ -85,7 +85,7 @@ def test_row_twice_in_a_subset(env):
     before = snapshot(st)
     f = write_csv(tmp / "f.csv", ["rid"], [["1"], ["2"], ["1"]])
     res = ingest_subset(st, f, "d", "src")
-    expect_bad(st, res, "row '1' appears twice")
+    expect_bad(st, res, "a row appears twice in column 'rid': row 2 repeats")
     assert snapshot(st) == before
     agg = write_csv(tmp / "agg.csv", ["rid", "row"], [["1", "x"], ["2", "y"]])
     assert run("ingest", "dataset", agg, "--name", "agg", "--parent", "src", "--kind", "aggregate",
@@ -93,7 +93,7 @@ def test_row_twice_in_a_subset(env):
     before = snapshot(st)
     f = write_csv(tmp / "g.csv", ["row"], [["y"], ["x"], ["y"]])
     res = ingest_subset(st, f, "g", "agg", col="row", kind="sample")
-    expect_bad(st, res, "row 'y' appears twice")
+    expect_bad(st, res, "a row appears twice in column 'row': row 2 repeats")
     assert snapshot(st) == before
 
 

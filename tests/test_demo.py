@@ -47,9 +47,11 @@ def test_demo_json_matches_source_data(tmp_path):
 
 
 def test_demo_prints_a_readable_table(tmp_path):
-    res = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path)], catch_exceptions=False)
+    where = tmp_path / "a[/]"  # rich markup in a path prints as written
+    res = CliRunner().invoke(app, ["demo", "--dir", str(where)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    for needle in ("asks to be forgotten", "Dataset versions", "Training runs", "Model versions", "churn-student@1"):
+    for needle in ("asks to be forgotten", "Dataset versions", "Training runs", "Model versions", "churn-student@1",
+                   f"--store {where / 'store'}"):
         assert needle in res.output
 
 

@@ -320,7 +320,7 @@ def test_bulk_ingest_path_matches_small_path(tmp_path, monkeypatch):
         with pytest.raises(Exception, match="different subject"):
             st.ingest_source({"s": ["s1"] * 20, "r": [f"r{i}" for i in range(20)]}, name="d",
                              subject_col="s", record_col="r")
-        with pytest.raises(Exception, match="duplicate record id 'r5'"):
+        with pytest.raises(Exception, match="duplicate record id in column 'r': row 1 repeats"):
             st.ingest_source({"s": ["s5"] * 10, "r": ["r5"] * 10}, name="d", subject_col="s", record_col="r")
         answers.append([(d["id"], d["records"]) for s in ("s0", "s7", "s12") for d in st.impact([s]).datasets])
     assert answers[0] == answers[1]

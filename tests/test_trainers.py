@@ -155,7 +155,7 @@ def test_sisa_shard_retrain_equals_the_original_shard_without_exclusions(sisa_ru
     a = torch.load(tmp / "sisa-1" / "model.pt")["model"]
     b = torch.load(tmp / "again" / "model.pt")["model"]
     assert same(a, b)
-    m = sisa.load(tmp / "sisa-1" / "model.pt", req.config)
+    m = sisa.load(tmp / "sisa-1" / "model.pt", req.config, store=store)
     ds = sisa.mlp.dataset(req)
     acc = (m(ds.x).argmax(-1) == ds.y).float().mean().item()
     assert acc > 0.7  # learnable labels: the ensemble learned something

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from expunge.errors import BadInput
 from expunge.lineage import catalog as C
@@ -190,11 +191,22 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
                   origin: str | None = None) -> VersionInfo:
     check_name(name, "dataset")
     what = f"source {name!r}"
+    if record_col == subject_col:
+        raise BadInput(f"{what}: the record id column is the subject column ({subject_col!r}): that would put raw "
+                       "subject ids into the store's record tables; give each record an id of its own (an order "
+                       "number, a row number)")
     table = read_table(data, [subject_col, record_col])
     require_columns(table, [subject_col, record_col], what)
     rids = id_column(table, record_col, what)
     subs = id_column(table, subject_col, what)
     n = len(rids)
+    same = int(pc.sum(pc.equal(rids, subs)).as_py() or 0)
+    if 2 * same > n:
+        # A copy of the subject column. A few equal ids (two auto-increment counters crossing) reveal
+        # nothing without the key: which rows coincide cannot be told from the store.
+        raise BadInput(f"{what}: in {same} of {n} rows the record id ({record_col!r}) equals the subject id "
+                       f"({subject_col!r}): that would put raw subject ids into the store's record tables; give each "
+                       "record an id of its own (an order number, a row number)")
 
     with store.write() as txn:
         dataset_id = txn.dataset_id(name, create=True)
@@ -214,13 +226,14 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
         # Duplicate ids: only the new ids need a unique check here; repeated known ids join to the
         # same ordinal, which the version's bitmap below shows.
         if (~known).any() and first_duplicate(rids.filter(pa.array(~known))) is not None:
-            raise BadInput(f"{what}: duplicate record id {first_duplicate(rids)!r} in column {record_col!r}")
+            raise BadInput(f"{what}: duplicate record id in column {record_col!r}: row {first_duplicate(rids)} "
+                           "repeats an earlier row's")
         fp = owner_fingerprint(hashes)
         moved = known & (owner != fp)
         if moved.any():
             bad = int(np.flatnonzero(moved)[0])
             raise BadInput(
-                f"{what}: record {rids[bad].as_py()!r} belongs to a different subject than when it was first "
+                f"{what}: the record in row {bad} belongs to a different subject than when it was first "
                 f"ingested ({int(moved.sum())} such record(s)); a record id must keep its subject"
             )
         new_idx = np.flatnonzero(~known)
@@ -241,9 +254,11 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
             )
             add_subject_segment(txn, hashes[new_idx], ords[new_idx])
             txn.set_meta("next_ordinal", str(start + n_new))
+        _remember_subject_col(txn, dataset_id, subject_col)
         bitmap = _bitmap_from(ords)
         if len(bitmap) != n:
-            raise BadInput(f"{what}: duplicate record id {first_duplicate(rids)!r} in column {record_col!r}")
+            raise BadInput(f"{what}: duplicate record id in column {record_col!r}: row {first_duplicate(rids)} "
+                           "repeats an earlier row's")
         return _insert_version(
             txn, dataset_id=dataset_id, name=name, kind="source", row_space="records",
             record_dataset_id=dataset_id, n_rows=n, bitmap=bitmap, origin=_origin(data, origin),
@@ -251,16 +266,69 @@ def ingest_source(store: Store, data: Any, *, name: str, subject_col: str, recor
         )
 
 
+SUBJECT_COLS = "subject_cols"  # meta key: {source dataset id: [the subject column names its versions used]}
+
+
+def _remember_subject_col(txn: Txn, dataset_id: int, subject_col: str) -> None:
+    """Keep the source's subject column name (a name, not an id), so that a derived dataset whose row ids come
+    from a column of that name can be refused."""
+    import json
+
+    known = json.loads(txn.one("SELECT value FROM meta WHERE key = ?", [SUBJECT_COLS]) or "{}")
+    cols = known.setdefault(str(dataset_id), [])
+    if subject_col not in cols:
+        cols.append(subject_col)
+        txn.set_meta(SUBJECT_COLS, json.dumps(known, sort_keys=True))
+
+
+def _refuse_subject_row_ids(txn: Txn, what: str, row_col: str, row_ids: pa.Array, pos: np.ndarray,
+                            ords: np.ndarray) -> None:
+    """A derived dataset's own row ids must not be subject ids: refused when `row_col` is named like a source's
+    subject column, or when most rows (on a sample) are named after a subject owning one of their records (the
+    row's id hashed with the store's key has that record's owner fingerprint). Row ids that merely share a
+    few values with subject ids reveal nothing without the key and are let through."""
+    import json
+
+    from expunge.lineage.rows import record_values
+
+    known = json.loads(txn.one("SELECT value FROM meta WHERE key = ?", [SUBJECT_COLS]) or "{}")
+    if any(row_col in cols for cols in known.values()):
+        raise BadInput(f"{what}: the row id column {row_col!r} is a source's subject column: that would put raw "
+                       "subject ids into the store; give the rows ids of their own, or leave --row-col out (rows "
+                       "are then numbered)")
+    n = len(row_ids)
+    if n == 0 or ords.size == 0:
+        return
+    sample = np.unique(np.linspace(0, n - 1, min(n, 1000)).astype(np.int64))
+    fp_row = np.zeros(n, np.int64) - 1
+    fp_row[sample] = owner_fingerprint(txn.store.hasher.hash_column(row_ids.take(pa.array(sample))))
+    in_sample = fp_row[pos] >= 0
+    owners = record_values(txn.store, txn, ords[in_sample].astype(np.uint32), "owner").to_numpy(zero_copy_only=False)
+    named = np.unique(pos[in_sample][owners.astype(np.int64) == fp_row[pos[in_sample]]])
+    if 2 * named.size > sample.size:
+        raise BadInput(f"{what}: the row ids in column {row_col!r} are the subject ids of their rows' records (in "
+                       f"{named.size} of {sample.size} rows checked): that would put raw subject ids into the store; "
+                       "give the rows ids of their own, or leave --row-col out (rows are then numbered)")
+
+
 # ---------------------------------------------------------------- resolving parent rows
 
 
-def resolve_rows(txn: Txn, parent: dict, ids: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
+def resolve_rows(txn: Txn, parent: dict, ids: pa.Array, what: str,
+                 row_of_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Map row ids of a parent version to source record ordinals.
 
     Returns (index into `ids`, ordinal) pairs: one pair per id for record-space
-    parents, one per (row, record) for composed parents. Unknown ids are refused.
+    parents, one per (row, record) for composed parents. Unknown ids are refused, the
+    message naming the row (`row_of_id[i]`: the table row id `i` came from; default `i`).
     """
     n = len(ids)
+
+    def unknown(missing: np.ndarray) -> BadInput:
+        bad = int(np.flatnonzero(missing)[0])
+        row = int(row_of_id[bad]) if row_of_id is not None else bad
+        return BadInput(f"{what}: {int(missing.sum())} id(s) are not rows of {parent['label']}, the first in row {row}")
+
     if parent["row_space"] == "records":
         ords = lookup_record_ordinals(txn, parent["record_dataset_id"], ids)
         ok = ords >= 0
@@ -269,10 +337,7 @@ def resolve_rows(txn: Txn, parent: dict, ids: pa.Array, what: str) -> tuple[np.n
             if not _bitmap_from(ords).issubset(bm):
                 ok &= np.isin(ords, bitmap_array(bm))
         if not ok.all():
-            bad = int(np.flatnonzero(~ok)[0])
-            raise BadInput(
-                f"{what}: {int((~ok).sum())} id(s) are not rows of {parent['label']}, e.g. {ids[bad].as_py()!r}"
-            )
+            raise unknown(~ok)
         return np.arange(n, dtype=np.int64), ords.astype(np.uint32)
     rows = _parent_rows(txn, parent)
     q = pa.table({"rid": ids, "pos": pa.array(np.arange(n, dtype=np.int64))})
@@ -287,10 +352,7 @@ def resolve_rows(txn: Txn, parent: dict, ids: pa.Array, what: str) -> tuple[np.n
     row_of = np.full(n, -1, dtype=np.int64)
     row_of[res["pos"].astype(np.int64)] = res["row_idx"].astype(np.int64)
     if (row_of < 0).any():
-        bad = int(np.flatnonzero(row_of < 0)[0])
-        raise BadInput(
-            f"{what}: {int((row_of < 0).sum())} id(s) are not rows of {parent['label']}, e.g. {ids[bad].as_py()!r}"
-        )
+        raise unknown(row_of < 0)
     # Row → records, from the (ordinal, row) map sorted by ordinal: regroup by row.
     rowmap = np.load(txn.store.data_path(parent["rowmap_file"]))
     by_row = np.argsort(rowmap[1], kind="stable")
@@ -395,7 +457,8 @@ def ingest_dataset(store: Store, data: Any, *, name: str, parents: Sequence[str]
             ids = id_column(table, record_col, what)
 
             def refuse_duplicate():
-                raise BadInput(f"{what}: row {first_duplicate(ids)!r} appears twice in column {record_col!r}")
+                raise BadInput(f"{what}: a row appears twice in column {record_col!r}: row {first_duplicate(ids)} "
+                               "repeats an earlier row's id")
 
             # Rows of a record-space parent are records: a repeated row id shows as a bitmap with fewer
             # records than rows, so the (costly) unique check runs only to name the culprit.
@@ -422,18 +485,21 @@ def ingest_dataset(store: Store, data: Any, *, name: str, parents: Sequence[str]
             row_ids = id_column(table, row_col, what)
             dup = first_duplicate(row_ids)
             if dup is not None:
-                raise BadInput(f"{what}: duplicate row id {dup!r} in column {row_col!r}")
+                raise BadInput(f"{what}: duplicate row id in column {row_col!r}: row {dup} repeats an earlier row's")
         else:
             row_ids = pa.array([str(i) for i in range(n)], type=pa.string())
         all_pos, all_ords = [], []
         for pref, pv in zip(parents, pvs):
             col = sources[pref]
             parent_of, flat = id_lists(table, col, what)
-            p_idx, ords = resolve_rows(txn, pv, flat, f"{what} column {col!r}")
-            all_pos.append(parent_of.to_numpy(zero_copy_only=False).astype(np.int64)[p_idx])
+            parent_of = parent_of.to_numpy(zero_copy_only=False).astype(np.int64)
+            p_idx, ords = resolve_rows(txn, pv, flat, f"{what} column {col!r}", row_of_id=parent_of)
+            all_pos.append(parent_of[p_idx])
             all_ords.append(ords)
         pos = np.concatenate(all_pos) if all_pos else np.zeros(0, np.int64)
         ords = np.concatenate(all_ords) if all_ords else np.zeros(0, np.uint32)
+        if row_col:
+            _refuse_subject_row_ids(txn, what, row_col, row_ids, pos, ords)
         rows_file, rowmap_file, bm = _write_composite(txn, row_ids, pos, ords)
         return _insert_version(
             txn, dataset_id=dataset_id, name=name, kind=kind, row_space="rows", record_dataset_id=None,

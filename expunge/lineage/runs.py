@@ -224,7 +224,7 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path) -> tuple[int, dict]:
         ids = id_column(facts, "row_id", f"run {name!r} facts")
         dup = first_duplicate(ids)
         if dup is not None:
-            raise BadInput(f"run {name!r} facts: row {dup!r} appears twice")
+            raise BadInput(f"run {name!r} facts: row {dup} repeats an earlier row's row_id")
         rpos, ords = resolve_rows(txn, pv, ids, f"run {name!r} facts")
         if not BitMap(ords).issubset(train_bm):
             raise BadInput(f"run {name!r} facts: some rows are outside the run's training subset")

@@ -3,13 +3,19 @@
 Ids are kept exactly as the source holds them: CSV columns named as ids are
 read as strings (no `0042` → 42 coercion), integer columns become their
 decimal text, and anything else is refused.
+
+Messages never quote a value from the user's table (an id may be a customer's): they name
+columns and row numbers. A row number counts data rows from 0 (the row after a CSV header is
+row 0); a CSV parse error names the file's line instead (the header is line 1).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,21 +45,81 @@ def read_table(data: Any, id_columns: Iterable[str] = ()) -> pa.Table:
 
             return pq.read_table(path)
         if suffix in (".csv", ".tsv", ".txt") or suffix == "":
-            import pyarrow.csv as pacsv
-
-            return pacsv.read_csv(
-                path,
-                parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in id_columns},
-                    strings_can_be_null=True,  # an empty CSV field is a missing id; a quoted "" is not
-                    quoted_strings_can_be_null=False,
-                    null_values=[""],
-                ),
-            )
+            return _read_csv(path, suffix, id_columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise BadInput(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     raise BadInput(f"unsupported file type {suffix!r} for {path} (use .parquet or .csv)")
+
+
+_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to ([^:]+):")
+
+
+def _read_csv(path: Path, suffix: str, id_columns: list[str]) -> pa.Table:
+    """A CSV file as a table; a parse error names the line and the columns, never the line's text (pyarrow's
+    own message quotes it, and it may hold ids)."""
+    import pyarrow.csv as pacsv
+
+    def collect(row) -> str:
+        bad_rows.append(row)
+        return "error"  # skipping a row is never wanted here
+
+    def read(**read_options) -> pa.Table:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(**read_options),
+            parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",",
+                                             invalid_row_handler=collect),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in id_columns},
+                strings_can_be_null=True,  # an empty CSV field is a missing id; a quoted "" is not
+                quoted_strings_can_be_null=False,
+                null_values=[""],
+            ),
+        )
+
+    bad_rows: list = []
+    try:
+        return read()
+    except pa.ArrowInvalid as exc:
+        text = str(exc)
+    header = _csv_header(path, suffix)
+    if bad_rows or text.startswith("CSV parse error"):
+        row = bad_rows[0] if bad_rows else None
+        if row is not None and row.number is None:
+            bad_rows.clear()  # the threaded reader does not number lines: read again, on one thread, to say which
+            try:
+                read(use_threads=False)
+            except pa.ArrowInvalid:
+                pass
+            row = bad_rows[0] if bad_rows else row
+        where = f"line {row.number}" if row is not None and row.number is not None else "a line"
+        counts = f" has {row.actual_columns} field(s), expected {row.expected_columns}" if row is not None else \
+            " is malformed"
+        raise BadInput(f"cannot read {path}: {where}{counts} (columns: {header}); the line is not shown, it may "
+                       "hold ids")
+    m = _CONVERSION.match(text)
+    if m:
+        raise BadInput(f"cannot read {path}: column #{m.group(1)} ({_column_name(header, int(m.group(1)))}) holds a "
+                       f"value that is not {m.group(2)} (the value is not shown, it may be an id)")
+    raise BadInput(f"cannot read {path}: not a CSV file expunge can read (the parser's message is withheld: it may "
+                   "quote the file)")
+
+
+def _csv_header(path: Path, suffix: str) -> str:
+    """The header's column names as one string (names are not ids)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            names = next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), [])
+    except (OSError, csv.Error):
+        return "unreadable"
+    return ", ".join(names) or "none"
+
+
+def _column_name(header: str, number: int) -> str:
+    names = header.split(", ")
+    return names[number] if 0 <= number < len(names) else "?"
 
 
 def require_columns(table: pa.Table, columns: Iterable[str], what: str) -> None:
@@ -110,9 +176,13 @@ def id_lists(table: pa.Table, column: str, what: str) -> tuple[pa.Array, pa.Arra
     return parents, flat
 
 
-def first_duplicate(arr: pa.Array) -> str | None:
+def first_duplicate(arr: pa.Array) -> int | None:
+    """The row number of the first value that repeats an earlier one (None if all differ): messages name
+    the row, never the value."""
     if len(pc.unique(arr)) == len(arr):  # the fast check; find the culprit only when there is one
         return None
-    counts = pc.value_counts(arr)
-    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
-    return dup[0]["values"].as_py()
+    codes = pc.dictionary_encode(arr).indices.to_numpy(zero_copy_only=False)
+    _, first = np.unique(codes, return_index=True)
+    repeat = np.ones(len(codes), bool)
+    repeat[first] = False
+    return int(np.flatnonzero(repeat)[0])

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from expunge.errors import BadInput
+from expunge.errors import ArtifactMismatch, BadInput
 from expunge.lineage.store import Store
 
 
@@ -61,8 +61,8 @@ class RecordDataset(torch.utils.data.Dataset):
         require_columns(table, [row_col, *feature_cols, label_col], f"features for {version}")
         pos = pc.index_in(ids, value_set=id_column(table, row_col, "features"))
         if pos.null_count:
-            missing = ids.filter(pc.is_null(pos))[0].as_py()
-            raise BadInput(f"features for {version}: {pos.null_count} row(s) have no features, e.g. {missing!r}")
+            raise BadInput(f"features for {version}: {pos.null_count} of its {len(ids)} row(s) have no row in the "
+                           f"features table (by its {row_col!r} column)")
         sel = table.take(pos)
         order = pc.index_in(ids, value_set=vrows.row_ids).to_numpy(zero_copy_only=False)
         self._store = store
@@ -245,6 +245,54 @@ class TrainingTracker:
                     first_step=[self._first.get(r, -1) for r in rows] if self._first else None,
                 )
         self._run.__exit__(exc_type, exc, tb)
+
+
+def recorded_sha256(store: Store, path: str | os.PathLike) -> str:
+    """The sha256 the store recorded for the model or checkpoint file at `path` (its newest record, should
+    a later run have written the same path)."""
+    p = Path(path)
+    names = sorted({str(p), os.path.abspath(p), str(p.resolve())})
+    with store.view() as view:
+        rows = view.execute(
+            """SELECT sha256 FROM (
+                   SELECT sha256, created_at, 1 AS kind, model_id AS n FROM models
+                   WHERE artifact_path IN (SELECT unnest(?::VARCHAR[]))
+                   UNION ALL
+                   SELECT c.sha256, r.created_at, 0, c.position FROM checkpoints c JOIN runs r USING (run_id)
+                   WHERE c.path IN (SELECT unnest(?::VARCHAR[])))
+               WHERE sha256 IS NOT NULL ORDER BY created_at DESC, kind DESC, n DESC LIMIT 1""",
+            [names, names]).fetchall()
+    if not rows:
+        raise ArtifactMismatch(f"{p} is not a model or checkpoint file recorded in the store; expunge loads only "
+                               "recorded files, after checking their sha256")
+    return rows[0][0]
+
+
+def load_artifact(path: str | os.PathLike, sha256: str | None, *, store: Store | None = None) -> Any:
+    """Load a model or checkpoint file (`torch.load`, `weights_only=True`) after checking that its bytes
+    have the sha256 recorded for it: `sha256`, or when None the one `store` recorded for `path`.
+
+    The bytes checked are the bytes loaded (read once), so the file cannot be swapped in between; a file
+    that holds more than tensors and plain containers is refused by `weights_only` rather than run.
+    """
+    import hashlib
+    import io
+    import pickle
+
+    if sha256 is None:
+        if store is None:
+            raise ArtifactMismatch(f"{path}: no recorded sha256 to check it against; refusing to load it")
+        sha256 = recorded_sha256(store, path)
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != str(sha256).lower():
+        raise ArtifactMismatch(f"{path} is not the file the store recorded (its sha256 differs from the recorded "
+                               f"{str(sha256)[:12]}…): it was changed or replaced; refusing to load it")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        why = "it holds objects other than tensors and plain containers" \
+            if isinstance(exc, pickle.UnpicklingError) else "not a torch file"
+        raise ArtifactMismatch(f"{path}: not a weights-only torch file ({why}); refusing to load it") from None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -15,6 +15,8 @@ from expunge.orchestrator.costs import Estimate, RunCost
 from expunge.orchestrator.policy import Policy
 
 TORCH_FAMILIES = ("mlp", "sisa-mlp")
+# The family whose removals expunge computes itself (`orchestrator.certified`) when planning.
+CERTIFIED_FAMILY = "logreg-certified"
 STAGE_VALUE = {"production": 10.0, "staging": 2.0, "dev": 0.5, "archived": 0.1, "superseded": 0.0}
 WITHDRAWN = ("archived", "superseded")  # stages in which a model is no longer served
 

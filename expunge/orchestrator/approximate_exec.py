@@ -17,14 +17,12 @@ from expunge.orchestrator.execute import ActionFailed, Context, Outcome, model_o
 
 def load_classifier(info: dict, config: dict, family: str | None):
     """The model version's torch module, after checking its artifact against the recorded sha256."""
-    import torch
-
-    from expunge.lineage.runs import sha256_file
+    from expunge.lineage.torch import load_artifact
     from expunge.orchestrator.trainers import mlp, sisa
 
-    if not info["path"] or not Path(info["path"]).exists() or sha256_file(Path(info["path"])) != info["sha256"]:
-        raise ActionFailed(f"{info['id']}: its artifact is missing or does not match the sha256 recorded for it")
-    state = torch.load(info["path"], weights_only=True)
+    if not info["path"]:
+        raise ActionFailed(f"{info['id']}: no artifact recorded")
+    state = load_artifact(info["path"], info["sha256"])  # hash-checked, weights only
     if family == "sisa-mlp":
         model = sisa.build(config)
     else:

@@ -22,7 +22,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     import torch
 
     from expunge.lineage.rows import version_rows
-    from expunge.lineage.runs import sha256_file
+    from expunge.lineage.torch import load_artifact
     from expunge.orchestrator.rerun import recorded_request
     from expunge.orchestrator.trainers import TrainRequest, logreg_certified as lc, mlp
 
@@ -49,9 +49,9 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     dropped = set(vr.row_ids.filter(pa.array(~vr.keep_mask(ctx.erased))).to_pylist())
     remove = [i for i, rid in enumerate(full.row_ids) if rid in dropped]
     kept_ids = [rid for rid in full.row_ids if rid not in dropped]
-    if not info["path"] or sha256_file(Path(info["path"])) != info["sha256"]:
-        raise ActionFailed(f"{item['model']}: its artifact does not match the sha256 recorded for it")
-    state = torch.load(info["path"], weights_only=True)
+    if not info["path"]:
+        raise ActionFailed(f"{item['model']}: no artifact recorded")
+    state = load_artifact(info["path"], info["sha256"], store=ctx.store)  # hash-checked, weights only
     x, y = lc.design(full)
     w = state["model"]["w"].double()
     new_w, bounds = lc.newton_removal(x, y, w, cert["lam"], remove)

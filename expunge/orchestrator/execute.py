@@ -136,9 +136,11 @@ def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | No
     fine_tuned = [p["model"] for p in parents if p["relation"] == "fine-tune"]
     if fine_tuned and "init_model" not in kw:
         kw["init_model"] = model_info(ctx.store, fine_tuned[0])["path"]  # fine-tune: start from the parent
+    from expunge.orchestrator.policy import pinned
+
     try:
         rerun(ctx.store, run, new_name=name, out_dir=ctx.out_dir(name), exclude_records=ctx.erased, stage=stage,
-              parents=parents, config=config, **kw)
+              parents=parents, config=config, policy=pinned(ctx.store, ctx.plan["policy"]["sha256"]), **kw)
     except BadInput:
         # Another worker re-ran the same run (a shared ancestor of two chains) and recorded it first.
         if model_of_run(ctx.store, name) is None:

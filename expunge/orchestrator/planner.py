@@ -119,7 +119,8 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
     """Facts for every affected model, in a topological order: every model after its affected parents.
 
     With the erased records' ordinals, certified-removal models whose recorded bound says the budget is
-    spent get the exact budget their removal would use, computed by their trainer on the run's data.
+    spent get the exact budget their removal would use, computed on the run's data by expunge's own code
+    for their model family (`orchestrator.certified`; no trainer is imported).
     """
     runs = {r["id"]: r for r in impact.runs}
     version_rows = {d["id"]: d["rows"] for d in impact.datasets}  # rows hit, ≥ a run's share of them
@@ -250,33 +251,34 @@ def _clean_ancestor(f: ModelFacts, mid: str, parents: dict[str, list[str]], affe
 
 
 def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None:
-    """The recorded bound is conservative before the data is at hand; where it says no, ask the trainer
-    (`removal_need(store, run, model_path, records)`, if it has one) for the Newton steps' own bounds.
-    Imports the trainer (and torch) only then."""
-    from expunge.orchestrator.actions import CertifiedRemoval
-    from expunge.orchestrator.trainers import load_trainer_module
+    """The recorded bound is conservative before the data is at hand; where it says no, compute the Newton
+    steps' own bounds on the run's data (`certified.removal_need`) for a model of the `logreg-certified`
+    family. That is expunge's own code, chosen by the recorded family: planning never imports the run's
+    recorded trainer. Imports torch only then; the weights are checked against their recorded sha256 (a
+    swapped file stops the plan: `ArtifactMismatch`)."""
+    from expunge.errors import ArtifactMismatch
+    from expunge.orchestrator.actions import CERTIFIED_FAMILY, CertifiedRemoval
 
     for f in facts:
-        if not (f.certificate and f.direct and f.trainer and f.train_records):
+        if not (f.certificate and f.direct and f.train_records and f.family == CERTIFIED_FAMILY):
             continue
         left = f.certificate.get("removal_budget", 0.0) - f.budget_spent
         if left <= 0 or CertifiedRemoval.consumption(f, limit=left) <= left:
             continue
         if f.forget_rows() * f.run_records * f.dim ** 2 > CERTIFIED_WORK:
             continue  # k Hessians of n·d²: too much for planning; the recorded bound stands
-        try:
-            fn = getattr(load_trainer_module(f.trainer), "removal_need", None)
-        except ExpungeError:
-            continue
-        if fn is None:
-            continue
+        from expunge.orchestrator import certified
+
         name, _, ver = f.model.rpartition("@")
         with store.view() as view:
-            path = view.one("SELECT artifact_path FROM models WHERE name = ? AND version_no = ?", [name, int(ver)])
-        if path:
+            row = view.execute("SELECT artifact_path, sha256 FROM models WHERE name = ? AND version_no = ?",
+                               [name, int(ver)]).fetchall()
+        if row and row[0][0]:
             try:
-                f.certified_need = fn(store, f.run, path, record_ords)
-            except (ExpungeError, OSError, RuntimeError, ValueError, KeyError):
+                f.certified_need = certified.removal_need(store, f.run, row[0][0], record_ords, sha256=row[0][1])
+            except ArtifactMismatch:
+                raise
+            except (ExpungeError, OSError, RuntimeError, ValueError, KeyError, TypeError):
                 pass  # the data or weights are not at hand: the recorded bound stands
 
 

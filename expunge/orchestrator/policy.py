@@ -3,7 +3,8 @@
 Per data category the weakest guarantee allowed, the deadline and how an approximate result is
 checked; whether retiring a model is allowed; the thresholds approximate unlearning must pass;
 how much more the planner pays for a stronger guarantee; cost rates; per-model overrides;
-whether a plan needs approval and by how many people.
+whether a plan needs approval and by how many people; the module prefixes trainers may be imported
+from (besides expunge's own), for re-runs.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Policy:
     holds: dict[str, str] = field(default_factory=dict)  # model name → why its old files are kept
     cpu_hour: float = 0.05
     gpu_hour: float = 2.5
+    trainers_allow: tuple[str, ...] = ()
     source: str = "default"
 
     def category(self, name: str) -> CategoryRule:
@@ -76,6 +78,10 @@ class Policy:
         d["categories"] = {k: asdict(v) for k, v in sorted(self.categories.items())}
         d["models"] = {k: asdict(v) for k, v in sorted(self.models.items())}
         d["approver_keys"] = dict(sorted(self.approver_keys.items()))
+        if not d["trainers_allow"]:
+            del d["trainers_allow"]  # a policy that allows no trainers keeps the hash it had before the key existed
+        else:
+            d["trainers_allow"] = list(d["trainers_allow"])
         return d
 
     def sha256(self) -> str:
@@ -93,10 +99,13 @@ def policy_from_dict(d: dict) -> Policy:
     d = dict(d)
     d["categories"] = {k: CategoryRule(**v) for k, v in d["categories"].items()}
     d["models"] = {k: ModelRule(**v) for k, v in d["models"].items()}
+    if "trainers_allow" in d:
+        d["trainers_allow"] = tuple(d["trainers_allow"])
     return Policy(**d)
 
 
-_TOP = {"default_category", "allow_retire", "retire_withdrawn", "residuals", "approval", "categories", "approximate", "costs", "models", "risk"}
+_TOP = {"default_category", "allow_retire", "retire_withdrawn", "residuals", "approval", "categories", "approximate",
+        "costs", "models", "risk", "trainers"}
 
 
 def _check_keys(section: dict, allowed: set, where: str) -> None:
@@ -166,6 +175,12 @@ def parse_policy(doc: dict, source: str) -> Policy:
         if not 0.0 <= bounds[key] <= 1.0:
             raise BadInput(f"policy approximate.{key} must be between 0 and 1")
     _check_keys(costs, {"cpu_hour", "gpu_hour"}, "costs")
+    trainers = doc.get("trainers", {})
+    _check_keys(trainers, {"allow"}, "trainers")
+    allow = _typed(trainers.get("allow", []), list, "trainers.allow")
+    from expunge.orchestrator.trainers import check_prefix
+
+    allow = tuple(check_prefix(_typed(p, str, "trainers.allow"), "policy trainers.allow") for p in allow)
     approvers = _typed(ap.get("approvers", 1), int, "approval.approvers")
     if approvers < 1:
         raise BadInput("policy approval.approvers must be at least 1")
@@ -183,7 +198,7 @@ def parse_policy(doc: dict, source: str) -> Policy:
         max_mia_auc=bounds["max_mia_auc"], max_premium=premium, approximate_method=method,
         cpu_hour=_typed(costs.get("cpu_hour", 0.05), float, "costs.cpu_hour"),
         gpu_hour=_typed(costs.get("gpu_hour", 2.5), float, "costs.gpu_hour"),
-        source=source,
+        trainers_allow=allow, source=source,
     )
 
 

@@ -15,11 +15,12 @@ import numpy as np
 
 from expunge.errors import BadInput
 from expunge.lineage.store import Store
-from expunge.orchestrator.trainers import TrainRequest, load_trainer
+from expunge.orchestrator.trainers import TrainRequest, allowed_prefixes, load_trainer
 
 
-def recorded_request(store: Store, run: str) -> dict:
-    """What a run recorded: trainer, config, seed, inputs (with row subsets), and its model version."""
+def recorded_request(store: Store, run: str, *, need_trainer: bool = True) -> dict:
+    """What a run recorded: trainer, config, seed, inputs (with row subsets), and its model version.
+    Refused for a run with no trainer entry point unless `need_trainer` is False."""
     from expunge.lineage.rows import record_ids
 
     with store.view() as view:
@@ -29,7 +30,7 @@ def recorded_request(store: Store, run: str) -> dict:
         if not row:
             raise BadInput(f"unknown run {run!r}")
         run_id, trainer, config, seed, code_version, family = row[0]
-        if not trainer:
+        if not trainer and need_trainer:
             raise BadInput(f"run {run!r} recorded no trainer entry point; it cannot be re-run")
         inputs = []
         for vid, role, subset, n_rows in view.execute(
@@ -88,10 +89,22 @@ def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
           exclude_subjects: Sequence[str] = (), exclude_records: np.ndarray | None = None,
           start_checkpoint: str | Path | None = None, init_model: str | Path | None = None,
           shard: int | None = None, shard_checkpoints: dict | None = None, stage: str | None = None,
-          parents: list[dict] | None = None, config: dict | None = None) -> dict:
+          parents: list[dict] | None = None, config: dict | None = None, policy=None) -> dict:
     """Call the run's trainer again; returns the new run's `record_run` result. `parents` and `config`
-    replace the recorded ones (a model re-derived from its parent's new version)."""
+    replace the recorded ones (a model re-derived from its parent's new version).
+
+    The trainer is imported only if its module is expunge's own or under a prefix that `policy` (default:
+    the store's) or the store allows (`trainers.load_trainer`); that is checked first of all.
+
+    `start_checkpoint` and `init_model` must be files the store recorded (a checkpoint or a model version):
+    the trainer gets the sha256 recorded for each and loads it only if the file still has it (so do the
+    SISA shard checkpoints of `shard_checkpoints`).
+    """
+    from expunge.lineage.torch import recorded_sha256
+    from expunge.orchestrator.policy import store_policy
+
     rec = recorded_request(store, run)
+    train = load_trainer(rec["trainer"], allowed_prefixes(store, policy or store_policy(store)))
     if parents is not None:
         rec["parents"] = parents
     if config is not None:
@@ -108,9 +121,11 @@ def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
         stage=stage or rec["stage"], parents=rec["parents"], exclude_records=excluded,
         start_checkpoint=Path(start_checkpoint) if start_checkpoint else None,
         init_model=Path(init_model) if init_model else None, shard=shard, shard_checkpoints=shard_checkpoints,
+        start_checkpoint_sha256=recorded_sha256(store, start_checkpoint) if start_checkpoint else None,
+        init_model_sha256=recorded_sha256(store, init_model) if init_model else None,
         code_version=rec["code_version"], model_family=rec["model_family"],
     )
-    return load_trainer(rec["trainer"])(req)
+    return train(req)
 
 
 def _without(store: Store, inp: dict, excluded: np.ndarray) -> dict:

@@ -24,14 +24,18 @@ def model_record(store, ref: str) -> dict:
     with store.view() as view:
         m = view.resolve_model(ref)
         row = view.execute(
-            """SELECT m.artifact_path, r.trainer, r.config FROM models m LEFT JOIN runs r USING (run_id)
+            """SELECT m.artifact_path, r.trainer, r.config, m.sha256 FROM models m LEFT JOIN runs r USING (run_id)
                WHERE m.model_id = ?""", [m["model_id"]]
         ).fetchall()[0]
-    return {"id": m["label"], "path": row[0], "trainer": row[1], "config": json.loads(row[2]) if row[2] else {}}
+    return {"id": m["label"], "path": row[0], "trainer": row[1], "config": json.loads(row[2]) if row[2] else {},
+            "sha256": row[3]}
 
 
 def load_model(store, ref: str) -> nn.Module:
-    """Load a model version trained by one of the reference trainers."""
+    """Load a model version trained by one of the reference trainers (its file checked against the recorded
+    sha256 first)."""
+    from expunge.lineage.torch import load_artifact
+
     rec = model_record(store, ref)
     if not rec["path"] or not Path(rec["path"]).exists():
         raise BadInput(f"model {rec['id']}: artifact {rec['path']} is not available")
@@ -39,10 +43,10 @@ def load_model(store, ref: str) -> nn.Module:
     if rec["trainer"] == "expunge.orchestrator.trainers.sisa:train":
         from expunge.orchestrator.trainers import sisa
 
-        return sisa.load(rec["path"], c)
+        return sisa.load(rec["path"], c, sha256=rec["sha256"], store=store)
     if rec["trainer"] in (mlp.ENTRY_POINT, DISTILL):
         model = mlp.build(len(c["feature_cols"]), c.get("hidden", 32), c.get("classes", 2))
-        model.load_state_dict(torch.load(rec["path"])["model"])
+        model.load_state_dict(load_artifact(rec["path"], rec["sha256"], store=store)["model"])
         return model
     raise BadInput(f"model {rec['id']} was trained by {rec['trainer']!r}, which expunge cannot load")
 
@@ -60,7 +64,7 @@ def finetune(store, parent: str, *, run_name: str, dataset: str, config: dict, s
     req = TrainRequest(store=store, run_name=run_name, inputs=[inp], config=cfg, seed=seed, out_dir=Path(out_dir),
                        trainer=mlp.ENTRY_POINT, model_name=model_name, stage=stage,
                        parents=[{"model": rec["id"], "relation": "fine-tune"}], init_model=Path(rec["path"]),
-                       model_family="mlp")
+                       init_model_sha256=rec["sha256"], model_family="mlp")
     return mlp.train(req)
 
 

@@ -38,9 +38,9 @@ def train(req: TrainRequest) -> dict:
     model = build(len(c["feature_cols"]), c.get("hidden", 32), c.get("classes", 2))
     start_epoch, start_step = 0, 0
     if req.init_model is not None:  # fine-tune: a parent's weights, training from epoch 0
-        model.load_state_dict(torch.load(req.init_model)["model"])
+        model.load_state_dict(req.load_init_model()["model"])
     if req.start_checkpoint is not None:  # replay: resume where that checkpoint stopped
-        state = torch.load(req.start_checkpoint)
+        state = req.load_start_checkpoint()
         model.load_state_dict(state["model"])
         start_epoch, start_step = int(state["epoch"]), int(state["step"])
     opt = torch.optim.SGD(model.parameters(), lr=c.get("lr", 0.05))

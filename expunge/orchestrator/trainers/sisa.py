@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from expunge.errors import BadInput
+from expunge.lineage.torch import load_artifact
 from expunge.orchestrator.trainers import TrainRequest
 from expunge.orchestrator.trainers import mlp
 
@@ -72,8 +73,11 @@ def stage_epochs(epochs: int, slices: int) -> int:
     return max(1, round(2 * epochs / (slices + 1)))
 
 
-def load(path, config: dict) -> SisaEnsemble:
-    state = torch.load(path)
+def load(path, config: dict, *, sha256: str | None = None, store=None) -> SisaEnsemble:
+    """The ensemble saved at `path`, checked against `sha256` (or the one `store` recorded) first."""
+    from expunge.lineage.torch import load_artifact
+
+    state = load_artifact(path, sha256, store=store)
     model = build(config)
     model.load_state_dict(state["model"])
     return model
@@ -99,7 +103,7 @@ def train(req: TrainRequest) -> dict:
     if starts:
         if req.init_model is None:
             raise BadInput("retraining SISA shards needs the model being unlearned (init_model)")
-        saved = torch.load(req.init_model)
+        saved = req.load_init_model()
         model.load_state_dict(saved["model"])
         cuts = saved.get("cuts")
         todo = sorted(starts)
@@ -114,7 +118,8 @@ def train(req: TrainRequest) -> dict:
             gen = torch.Generator().manual_seed(req.seed * 1_000_003 + s)
             start = 0
             if starts.get(s) is not None:
-                state = torch.load(starts[s])
+                state = (req.load_start_checkpoint() if req.shard == s and req.start_checkpoint is not None
+                         else load_artifact(starts[s], None, store=req.store))
                 if int(state.get("shard", -1)) != s:
                     raise BadInput(f"checkpoint {starts[s]} is not of shard {s}")
                 member.load_state_dict(state["model"])
