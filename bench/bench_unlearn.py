@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -56,24 +57,29 @@ def build(root: Path, n: int, d: int, epochs: int):
     return store, cust.column("customer_id").to_pylist(), t
 
 
-def erase(store, root: Path, subject: str, category: str) -> dict:
+def erase(store, root: Path, subject: str, scenario: str) -> dict:
+    """Plan, approve and run one subject's erasure. Scenario "exact": the default category (exact
+    unlearning: SISA shard retrain, full retrains); "cheapest": marketing under a policy that always takes
+    the cheapest admissible action (approximate unlearning, certified removal)."""
     from expunge.orchestrator import execute, planner
     from expunge.orchestrator import requests as rq
-    from expunge.orchestrator.policy import set_store_policy, store_policy
     from expunge.orchestrator.approvals import keygen
-    from expunge.orchestrator.policy import default_policy_text
+    from expunge.orchestrator.policy import default_policy_text, set_store_policy, store_policy
 
     key = root / "approver.key"
-    if not key.exists():
-        pub = keygen(key, "bench")
-        (root / "policy.toml").write_text(default_policy_text() + f'\n[approval.keys]\nbench = "{pub}"\n')
-        set_store_policy(store, root / "policy.toml")
-    r = rq.create(store, [subject], category=category, policy=store_policy(store))
+    pub = keygen(key, "bench")
+    text = default_policy_text()
+    if scenario == "cheapest":
+        text = text.replace("max_premium = 2.0", "max_premium = 1.0")
+    (root / "policy.toml").write_text(text + f'\n[approval.keys]\nbench = "{" ".join(pub.split()[:2])}"\n')
+    set_store_policy(store, root / "policy.toml")
+    r = rq.create(store, [subject], category="default" if scenario == "exact" else "marketing",
+                  policy=store_policy(store))
     doc = planner.make_plan(store, [r.id], store_policy(store))
     planner.save_plan(store, doc)
     planner.approve(store, doc["id"], key)
     t0 = time.perf_counter()
-    out = execute.run_plan(store, doc["id"])
+    out = execute.run_plan(store, doc["id"], finish=False)
     out["run_wall"] = time.perf_counter() - t0
     return out
 
@@ -93,6 +99,7 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scenarios", default="exact,cheapest")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     use_bench_secret()
@@ -100,39 +107,34 @@ def main() -> None:
 
     torch.set_num_threads(1)
     results = []
-    for rep in range(a.repeats):
-        root = Path(tempfile.mkdtemp(prefix="bench-unlearn-"))
-        store, subjects, train_s = build(root, a.customers, a.features, a.epochs)
-        import random
+    import random
 
-        picks = {"newest": subjects[-1], "random": random.Random(rep).choice(subjects[:-1])}
-        for label, subject in picks.items():
-            run = erase(store, root, subject, "financial")
+    for rep in range(a.repeats):
+        for scenario in a.scenarios.split(","):
+            root = Path(tempfile.mkdtemp(prefix="bench-unlearn-"))
+            store, subjects, train_s = build(root, a.customers, a.features, a.epochs)
+            subject = random.Random(rep).choice(subjects)
+            run = erase(store, root, subject, scenario)
             retrain = {m: full_retrain(store, root, f"{m}-1", subject) for m in ("sisa", "mlp", "certified")}
-            # The models themselves (an earlier erasure's superseded versions are only retired).
-            acts = {a_["model"].split("@")[0]: a_ for a_ in run["actions"] if a_["action"] != "retire"}
-            results.append({"repeat": rep, "subject": label, "train_seconds": train_s, "retrain_seconds": retrain,
+            acts = {x["model"].split("@")[0]: x for x in run["actions"]}
+            results.append({"repeat": rep, "scenario": scenario, "train_seconds": train_s, "retrain_seconds": retrain,
                             "actions": {m: {k: acts[m][k] for k in ("action", "estimated_seconds", "actual_seconds")}
                                         for m in acts}})
             print(json.dumps(results[-1]), file=sys.stderr)
-
-    def med(f):
-        return statistics.median(f(r) for r in results)
+            shutil.rmtree(root, ignore_errors=True)
 
     summary = {}
-    for label in ("newest", "random"):
-        rs = [r for r in results if r["subject"] == label]
-        if not rs:
-            continue
+    for scenario in a.scenarios.split(","):
+        rs = [r for r in results if r["scenario"] == scenario]
         s = {}
-        for m, base in (("sisa", "sisa"), ("certified", "certified"), ("mlp", "mlp")):
+        for m in ("sisa", "mlp", "certified"):
             act = statistics.median(r["actions"][m]["actual_seconds"] for r in rs)
             est = statistics.median(r["actions"][m]["estimated_seconds"] for r in rs)
-            full = statistics.median(r["retrain_seconds"][base] for r in rs)
-            s[m] = {"action": rs[0]["actions"][m]["action"], "estimated": round(est, 4), "actual": round(act, 4),
-                    "actual/estimated": round(act / est, 3) if est else None, "full_retrain": round(full, 3),
-                    "speedup": round(full / act, 1) if act else None}
-        summary[label] = s
+            full = statistics.median(r["retrain_seconds"][m] for r in rs)
+            s[m] = {"action": sorted({r["actions"][m]["action"] for r in rs}), "estimated": round(est, 3),
+                    "actual": round(act, 3), "actual/estimated": round(act / est, 2) if est else None,
+                    "full_retrain": round(full, 3), "speedup": round(full / act, 1) if act else None}
+        summary[scenario] = s
     doc = {"customers": a.customers, "features": a.features, "epochs": a.epochs, "repeats": a.repeats,
            "summary": summary, "runs": results}
     text = json.dumps(doc, indent=2)

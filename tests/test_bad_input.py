@@ -163,3 +163,20 @@ def test_new_model_version_fine_tuned_from_its_previous_version(env):
         res = run("track", "run", "--manifest", tmp / "m.json", "--store", st, "--json")
         assert res.exit_code == 0, res.output
         assert json.loads(res.output)["models"][0]["id"] == f"a@{i + 1}"
+
+
+def test_long_id_lists_are_still_validated_item_by_item():
+    """Long lists are checked without jsonschema walking every item: a bad item anywhere is still refused."""
+    from expunge.errors import SchemaError
+    from expunge.lineage.runs import validate_manifest
+
+    rows = [f"r{i}" for i in range(200)]
+    validate_manifest({"run": {"inputs": [{"dataset": "d", "rows": rows}]}})
+    for bad in (1.5, True, None, {"x": 1}):
+        with pytest.raises(SchemaError):
+            validate_manifest({"run": {"inputs": [{"dataset": "d", "rows": rows[:100] + [bad] + rows[100:]}]}})
+    steps = list(range(200))
+    validate_manifest({"run": {"inputs": [{"dataset": "d"}], "facts": {"rows": rows, "first_step": steps}}})
+    with pytest.raises(SchemaError):
+        validate_manifest({"run": {"inputs": [{"dataset": "d"}],
+                                   "facts": {"rows": rows, "first_step": steps[:150] + [-3] + steps[151:]}}})

@@ -403,8 +403,10 @@ def test_plan_cli(demo_store):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     jsonschema.validate(doc, load_schema("plan.schema.json"))
-    # Marketing allows approximate unlearning: somewhere it is now the cheapest admissible action.
-    assert any(i["chosen"]["guarantee"] == "approximate" for i in doc["items"])
+    # Marketing allows approximate unlearning: it is admissible somewhere (whether it is chosen depends on the
+    # measured seconds and the policy's premium: the golden test pins those).
+    assert all(i["required_guarantee"] == "approximate" for i in doc["items"])
+    assert any(c["guarantee"] == "approximate" and c["admissible"] for i in doc["items"] for c in i["candidates"])
     res = runner.invoke(app, ["plan", "show", doc["id"][:10], "--store", str(store.root)])
     assert res.exit_code == 0 and "Actions" in res.output
     res = runner.invoke(app, ["plan", "approve", doc["id"][:10], "--store", str(store.root)])
