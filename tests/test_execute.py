@@ -282,3 +282,71 @@ def test_completion_proves_by_lineage_then_the_store_forgets(executed):
     assert rq.get(store, doc["requests"][0]).status == "verified"
     again = execute.run_plan(store, doc["id"])
     assert again["completed"] == out["completed"]
+
+
+def _cheapest_demo(tmp_path, extra: str = ""):
+    """The demo store under a policy that always takes the cheapest action (and `extra` TOML), made the store's
+    policy with the demo's approver; its newest customer's marketing request planned and approved."""
+    from expunge.demo import build_demo
+    from expunge.orchestrator.policy import set_store_policy
+
+    store, subject = build_demo(tmp_path)
+    text = (tmp_path / "policy.toml").read_text().replace("max_premium = 2.0", "max_premium = 1.0")
+    (tmp_path / "cheapest.toml").write_text(text + extra)
+    set_store_policy(store, tmp_path / "cheapest.toml")
+    r = rq.create(store, [subject], category="marketing", policy=store_policy(store))
+    doc = planner.make_plan(store, [r.id], store_policy(store))
+    planner.save_plan(store, doc)
+    planner.approve(store, doc["id"], tmp_path / "approver.key")
+    return store, subject, doc
+
+
+def test_a_chain_retrained_from_scratch_never_reuses_a_parents_approximate_result(tmp_path):
+    store, subject, doc = _cheapest_demo(tmp_path, '\n[models."churn-ft"]\nalways_retrain = true\n')
+    chosen = {i["model"]: i["chosen"]["action"] for i in doc["items"]}
+    assert chosen["churn-mlp@1"] == "approximate_unlearning" and chosen["churn-ft@1"] == "full_retrain"
+    out = execute.run_plan(store, doc["id"], finish=False)
+    new = {a["model"]: a["new_model"] for a in out["actions"]}
+    ft = info(store, new["churn-ft@1"])
+    (parent,) = ft["parents"]
+    assert parent["model"] != new["churn-mlp@1"]  # not the approximate result
+    # The chain's own scratch retrain of churn-mlp: its lineage holds none of the subject's records.
+    reached = {m["id"] for m in store.impact([subject]).models}
+    assert new["churn-ft@1"] not in reached and parent["model"] not in reached
+    assert new["churn-mlp@1"] in reached  # the approximate one still descends from a model that saw them
+    assert info(store, new["churn-ft@1"])["stage"] == "staging"
+
+
+def test_results_as_good_as_approximate_wait_for_their_check(tmp_path):
+    """A child re-derived from an approximately unlearned parent is approximate too: neither is promoted, the old
+    versions keep their stages, and the request is not completed (the subject stays known)."""
+    store, subject, doc = _cheapest_demo(tmp_path)
+    items = {i["model"]: i for i in doc["items"]}
+    assert items["churn-ft@1"]["chosen"] == {**items["churn-ft@1"]["chosen"], "action": "rederive_from_parent",
+                                             "guarantee": "approximate"}
+    out = execute.run_plan(store, doc["id"])
+    assert out["completed"] is None and store.impact([subject]).found == 1
+    for a in out["actions"]:
+        if a["guarantee"] == "approximate":
+            assert info(store, a["new_model"])["stage"] == "dev", a
+            assert info(store, a["model"])["stage"] != "superseded", a
+    assert rq.get(store, doc["requests"][0]).status == "executing"
+
+
+def test_run_needs_the_stores_policy_and_works_without_approvals_when_it_says_so(tmp_path):
+    from expunge.demo import build_demo
+    from expunge.orchestrator.policy import load_policy, set_store_policy
+
+    store, subject = build_demo(tmp_path)
+    lax = tmp_path / "lax.toml"
+    lax.write_text((tmp_path / "policy.toml").read_text().replace("required = true", "required = false"))
+    r = rq.create(store, [subject], category="default", policy=store_policy(store))
+    other = planner.make_plan(store, [r.id], load_policy(lax))
+    planner.save_plan(store, other)
+    with pytest.raises(BadInput, match="not the store's"):
+        execute.run_plan(store, other["id"], dry_run=True)
+    set_store_policy(store, lax)  # the store's policy now needs no approval
+    doc = planner.make_plan(store, [r.id], store_policy(store))
+    planner.save_plan(store, doc)
+    out = execute.run_plan(store, doc["id"], finish=False)
+    assert out["done"] == out["total"]

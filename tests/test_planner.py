@@ -114,10 +114,11 @@ def reference_prices(f, policy, parent_g, check, retired=()):
                                                      for r in f.replay_runs))
     if f.affected_parents and f.run and f.trainer and parent_g is not None and not set(f.affected_parents) & retired:
         out["rederive_from_parent"] = (parent_g, _remaining(*own))
-    if edits_own and f.certificate:
+    if edits_own and f.certificate and f.family == "logreg-certified":
         c = f.certificate
         k, n = f.train_rows or f.train_records, f.run_records
-        need = sum(4 * c["gamma"] / (c["lam"] ** 2 * max(n - i, 1)) for i in range(1, k + 1))
+        need = c.get("train_grad_norm", 0.0) + sum(4 * c["gamma"] / (c["lam"] ** 2 * max(n - i, 1))
+                                                   for i in range(1, k + 1))
         if need <= c["removal_budget"] - f.budget_spent:
             per_pass = f.run_seconds / f.iterations
             out["certified_removal"] = ("certified", setup + max(k, 1) * (

@@ -15,6 +15,7 @@ from expunge.orchestrator.costs import Estimate, RunCost
 from expunge.orchestrator.policy import Policy
 
 TORCH_FAMILIES = ("mlp", "sisa-mlp")
+CERTIFIED_FAMILY = "logreg-certified"
 # The family whose removals expunge computes itself (`orchestrator.certified`) when planning.
 CERTIFIED_FAMILY = "logreg-certified"
 STAGE_VALUE = {"production": 10.0, "staging": 2.0, "dev": 0.5, "archived": 0.1, "superseded": 0.0}
@@ -227,6 +228,8 @@ class CertifiedRemoval(Action):
             return why
         if not f.certificate:
             return "not trained for certified removal (no λ, σ recorded)"
+        if f.family != CERTIFIED_FAMILY:
+            return f"model family {f.family!r} is not the certified logistic regression expunge's Newton steps remove from"
         left = f.certificate["removal_budget"] - f.budget_spent
         need = self.consumption(f, limit=max(left, 0.0))
         if need > left:
@@ -252,7 +255,7 @@ class CertifiedRemoval(Action):
             return c.get("train_grad_norm", 0.0) + costs.certified_residual_bound(
                 k, lam=lam, n=int(c.get("n", n)), mu=c["hessian_min_eig"], spec_sq=c["x_spectral_sq"],
                 w_norm=c["w_norm"], gamma=gamma, limit=limit)
-        return sum(4 * gamma / (lam ** 2 * max(n - i, 1)) for i in range(1, k + 1))
+        return c.get("train_grad_norm", 0.0) + sum(4 * gamma / (lam ** 2 * max(n - i, 1)) for i in range(1, k + 1))
 
     def estimate(self, f, policy):
         est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations,

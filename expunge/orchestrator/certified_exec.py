@@ -39,8 +39,8 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
             [run]).fetchone()
     extra = json.loads(extra or "{}")
     cert = extra.get("certified_removal")
-    if not cert:
-        raise ActionFailed(f"run {run} recorded no certificate")
+    if not cert or rec["model_family"] != "logreg-certified":
+        raise ActionFailed(f"run {run} is not a certified logistic regression (no certificate, or another family)")
     spent = float(extra.get("removal_budget_spent", 0.0))
     req = TrainRequest(store=ctx.store, run_name=run, inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
                        out_dir=Path("."), trainer=rec["trainer"], model_name=rec["model_name"])
@@ -81,7 +81,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
                           "certified_removal": {k: v for k, v in cert.items()
                                                 if k not in ("n", "hessian_min_eig", "x_spectral_sq", "w_norm")},
                           "removed_by": {"plan": ctx.plan["id"], "newton_steps": len(remove), "bound": used}}},
-        "models": [{"name": info["name"], "path": str(path), "stage": item["stage"], "parents": rec["parents"]}]})
+        "models": [{"name": info["name"], "path": str(path), "stage": "dev", "parents": rec["parents"]}]})
     return Outcome(model_of_run(ctx.store, name),
                    {"newton_steps": len(remove), "budget_used": used, "budget_left":
                     cert["removal_budget"] - base - spent - used, "seconds": time.perf_counter() - t0})

@@ -13,7 +13,6 @@ applied twice; a half-written output directory is removed and the step done agai
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,10 @@ class ActionFailed(ExpungeError):
     exit_code = 5
 
 
+# A new version is recorded as dev; finishing the action promotes it to the replaced version's stage, unless
+# it waits for a check.
+NEW_STAGE = "dev"
+
 # Actions that redo part of a training run (the rest is reused from the old model).
 PARTIAL = ("sisa_shard_retrain", "checkpoint_replay")
 
@@ -70,10 +73,12 @@ class Context:
         return self.plan["id"][:8]
 
     def out_dir(self, run_name: str) -> Path:
-        """A fresh output directory for a step (whatever an interrupted attempt left there is removed)."""
-        d = self.store.root / "models" / self.tag / run_name
-        if d.exists():
-            shutil.rmtree(d)
+        """A fresh output directory for one attempt at a step: never shared, so a parallel or interrupted attempt
+        cannot delete files another one recorded (an attempt that lost the race leaves its directory unused)."""
+        import os
+        import uuid
+
+        d = self.store.root / "models" / self.tag / f"{run_name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
         d.mkdir(parents=True, mode=0o700)
         return d
 
@@ -120,12 +125,16 @@ def checkpoint_path(store: Store, run: str, step: int | None = None, shard: int 
 # ------------------------------------------------------------------ steps shared by the actions
 
 
-def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | None = None, **kw) -> str:
+def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | None = None, kind: str = "",
+               **kw) -> str:
     """Re-run a recorded run without the erased records (its parents replaced by their new versions in
-    `subst`), under a name derived from the plan; if an earlier attempt already recorded it, adopt it."""
+    `subst`), under a name derived from the plan and the kind of step (`kind` ".s": from scratch, as in a
+    chain's full retrain; "": the model's own action); if an attempt already recorded it, adopt it. Steps of
+    different kinds never adopt each other's results (a chain retrained from scratch must not reuse an
+    ancestor's approximate or certified result)."""
     from expunge.orchestrator.rerun import recorded_request, rerun
 
-    name = f"{run}.x{ctx.tag}"
+    name = f"{run}.x{ctx.tag}{kind}"
     done = model_of_run(ctx.store, name)
     if done:
         return done
@@ -172,7 +181,8 @@ def _rebuild_chain(ctx: Context, chain: list[str], item: dict, subst: dict[str, 
         if not info["run"]:
             raise ActionFailed(f"{ref} has no producing run to re-run")
         last = ref == chain[-1]
-        subst[ref] = rerun_step(ctx, info["run"], stage=item["stage"] if last else "archived", subst=dict(subst))
+        subst[ref] = rerun_step(ctx, info["run"], stage=NEW_STAGE if last else "archived", subst=dict(subst),
+                                kind=".s")
     return subst[chain[-1]]
 
 
@@ -216,14 +226,14 @@ def _rederive(ctx: Context, item: dict) -> Outcome:
         raise ActionFailed(f"{item['model']}: its parent(s) {', '.join(missing)} have no new version to re-derive "
                            "from")
     info = model_info(ctx.store, item["model"])
-    return Outcome(rerun_step(ctx, info["run"], stage=item["stage"], subst=subst), {"parents": subst})
+    return Outcome(rerun_step(ctx, info["run"], stage=NEW_STAGE, subst=subst), {"parents": subst})
 
 
 def _checkpoint_replay(ctx: Context, item: dict) -> Outcome:
     info = model_info(ctx.store, item["model"])
     step = _clean_step(ctx, info["run"])
     ckpt = checkpoint_path(ctx.store, info["run"], step=step)
-    return Outcome(rerun_step(ctx, info["run"], stage=item["stage"], start_checkpoint=ckpt), {"from_step": step})
+    return Outcome(rerun_step(ctx, info["run"], stage=NEW_STAGE, start_checkpoint=ckpt), {"from_step": step})
 
 
 def _clean_step(ctx: Context, run: str) -> int:
@@ -253,7 +263,7 @@ def _sisa_shards(ctx: Context, item: dict) -> Outcome:
         starts[k] = None if first == 0 else checkpoint_path(ctx.store, info["run"], shard=k, slice_=first - 1)
     if not starts:
         raise ActionFailed(f"{item['model']}: no affected shard recorded")
-    new = rerun_step(ctx, info["run"], stage=item["stage"], init_model=info["path"], shard_checkpoints=starts)
+    new = rerun_step(ctx, info["run"], stage=NEW_STAGE, init_model=info["path"], shard_checkpoints=starts)
     return Outcome(new, {"shards": {str(k): ("scratch" if v is None else Path(v).name) for k, v in starts.items()}})
 
 
@@ -310,6 +320,12 @@ def check_runnable(store: Store, doc: dict) -> None:
     if doc["blocked"]:
         raise BadInput(f"plan {pid[:12]} has models with no admissible action; it cannot run")
     policy = pinned(store, doc["policy"]["sha256"])
+    from expunge.orchestrator.policy import store_policy
+
+    current = store_policy(store)
+    if current.sha256() != policy.sha256():
+        raise BadInput(f"plan {pid[:12]} was made under policy {policy.source}, not the store's ({current.source}): "
+                       "only plans made under the store's policy run")
     if policy.approval_required:
         ok = planner.verified_approvals(store, doc)
         if len(ok) < policy.approvers:
@@ -334,6 +350,11 @@ def start(store: Store, doc: dict) -> None:
             c = item["chosen"]
             txn.con.execute("INSERT INTO execution_actions VALUES (?, ?, ?, ?, 'pending', NULL, ?, NULL, NULL, NULL,"
                             " NULL, 0, NULL, NULL)", [doc["id"], pos, item["model"], c["action"], c["seconds"]])
+        # A policy that needs no approval: the checked plan counts as approved.
+        planned = [r for (r,) in txn.con.execute(
+            "SELECT request_id FROM requests WHERE status = 'planned' AND request_id IN (SELECT unnest(?::VARCHAR[]))",
+            [doc["requests"]]).fetchall()]
+        rq.set_status_many(txn, planned, "approved")
         rq.set_status_many(txn, doc["requests"], "executing")
 
 
@@ -347,6 +368,9 @@ def _mark(store: Store, pid: str, pos: int, **fields) -> None:
 def _finish(store: Store, doc: dict, pos: int, item: dict, out: Outcome, wall: float, cpu: float) -> None:
     """Mark the action done; record the new version as replacing the old one (the old is superseded, the new
     takes its stage), with the training cost the old run recorded for future planning. One write."""
+    # A result as good as approximate (its own unlearning, or re-derived from an approximately unlearned parent)
+    # is not promoted before its check passes.
+    out.pending_check = out.pending_check or item["chosen"]["guarantee"] == "approximate"
     with store.write() as txn:
         if out.new_model:
             old = txn.resolve_model(item["model"])
@@ -418,7 +442,6 @@ def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, jobs: int = 1
     with `jobs` > 1, independent actions run in parallel worker processes. Resumable. Then, unless an
     approximate result waits for its check (or `finish` is false: tests), `complete` the requests.
     Returns the summary."""
-    from expunge.lineage.store import fault
     from expunge.orchestrator import planner
 
     if jobs < 1:
@@ -430,6 +453,25 @@ def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, jobs: int = 1
         check_runnable(store, doc)
     if dry_run:
         return summary(store, doc, state, dry_run=True)
+    from expunge.lineage.fsutil import WriterLock
+
+    runner = WriterLock(store.root / f"run-{pid[:16]}.lock")  # one process runs a plan at a time
+    try:
+        runner.acquire()
+    except ExpungeError:
+        raise ExpungeError(f"plan {pid[:12]} is being run by another expunge process; wait for it, or run it "
+                           "again when it stops (it resumes)") from None
+    try:
+        return _run_locked(store, doc, state, jobs, on_event, finish)
+    finally:
+        runner.release()
+
+
+def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finish: bool) -> dict:
+    from expunge.lineage.store import fault
+
+    pid = doc["id"]
+    state = _state(store, pid)
     start(store, doc)
     state = _state(store, pid)
     hashes = _hashes(Context(store, doc, np.zeros(0, np.uint32)))
@@ -452,7 +494,8 @@ def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, jobs: int = 1
         _mark(store, pid, pos, state="running", started_at=_now(), attempts=state[pos]["attempts"] + 1)
 
     def failed(pos: int, exc: BaseException):
-        msg = str(exc) if isinstance(exc, ExpungeError) else f"{type(exc).__name__}: {exc}"
+        # A trainer's own exception text may quote its data: the record keeps only its type.
+        msg = str(exc) if isinstance(exc, ExpungeError) else f"{type(exc).__name__} in the trainer (see its output)"
         _mark(store, pid, pos, state="failed", ended_at=_now(), error=msg[:2000])
         emit("failed", {"position": pos, "item": items[pos], "error": msg})
         if isinstance(exc, ExpungeError):
@@ -521,12 +564,12 @@ def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, jobs: int = 1
     out = summary(store, doc, _state(store, pid))
     if finish and not any(a["pending_check"] and a["state"] == "done" for a in out["actions"]):
         out["completed"] = complete(store, doc, out)
+        if policy.purge_residuals:  # only once nothing waits for a check (a failed one rolls back to them)
+            from expunge.orchestrator.residuals import purge
+
+            out["purged"] = sum(purge(store, r, policy)["purged"] for r in doc["requests"])
     else:
         out["completed"] = None  # approximate results wait for their check: the subjects stay known
-    if policy.purge_residuals:
-        from expunge.orchestrator.residuals import purge
-
-        out["purged"] = sum(purge(store, r, policy)["purged"] for r in doc["requests"])
     return out
 
 
@@ -551,8 +594,14 @@ def complete(store: Store, doc: dict, out: dict) -> dict:
                             "reached_by_erased": []}, sort_keys=True)
         _set_execution(store, pid, proof=proof)
     if forgotten is None:
+        from expunge.lineage.forget import tombstones
+
         result = {}
         for r in doc["requests"]:
+            done_before = tombstones(store, [r])
+            if done_before:  # forgotten by an attempt that stopped before recording it
+                result[r] = {"tombstones": len(done_before), "changed": True, "resumed": True}
+                continue
             got = store.forget_subjects(rq.subject_hashes(store, [r]), r)
             result[r] = {k: got[k] for k in ("records_removed", "tombstones_added", "changed") if k in got}
         forgotten = json.dumps(result, sort_keys=True, default=str)
