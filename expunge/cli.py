@@ -52,10 +52,25 @@ def _emit_json(doc: dict) -> None:
     sys.stdout.write(dumps(doc) + "\n")
 
 
+_WAIT = {"seconds": 0.0}
+
+
+@app.callback()
+def _global(wait: float = typer.Option(0.0, "--wait", envvar="EXPUNGE_WAIT", metavar="SECONDS",
+                                       help="If another expunge process is writing, wait up to SECONDS for it "
+                                            "(default: fail at once with 'store is busy', exit 3).")) -> None:
+    """Record-level data lineage and machine-unlearning orchestration."""
+    if wait < 0:
+        raise typer.BadParameter("--wait must be 0 or more seconds")
+    _WAIT["seconds"] = wait
+
+
 def _open(store: Optional[Path]):
     from expunge.lineage.store import Store
 
-    return Store.open(store)
+    st = Store.open(store)
+    st.lock_wait = _WAIT["seconds"]
+    return st
 
 
 def _console():

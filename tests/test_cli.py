@@ -156,3 +156,33 @@ def test_every_command_has_help_with_example():
 
     for path, cmd in walk(group, []):
         assert "Example:" in (cmd.help or ""), f"{' '.join(path)} has no example in its help"
+
+
+def test_wait_for_another_writer_instead_of_failing(tmp_path):
+    """`store is busy` (exit 3) at once by default; `--wait SECONDS` waits for the writer to finish."""
+    import threading
+
+    from expunge.lineage.store import Store
+
+    st = Store.init(tmp_path / "st")
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with st.write():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    held.wait(10)
+    try:
+        res = CliRunner().invoke(app, ["request", "create", "--subject", "a", "--store", str(st.root)])
+        assert res.exit_code == 3 and "store is busy" in res.stderr
+        threading.Timer(0.5, release.set).start()
+        res = CliRunner().invoke(app, ["--wait", "20", "request", "create", "--subject", "a", "--store", str(st.root)])
+        assert res.exit_code == 0, res.output
+    finally:
+        release.set()
+        t.join()
+    res = CliRunner().invoke(app, ["--wait", "-1", "request", "list", "--store", str(st.root)])
+    assert res.exit_code == 2
