@@ -36,8 +36,8 @@ def sha256_file(path: Path) -> str:
 def _shrink(value: Any, where: str) -> Any:
     """The manifest with its long id lists ("rows", facts columns) checked here and cut to one element for
     jsonschema, which validates ~100k items a second: a re-run of 200k rows spent 2.4 s in it."""
-    if isinstance(value, dict):
-        return {k: _shrink(v, f"{where}/{k}") for k, v in value.items()}
+    if isinstance(value, dict):  # keys starting with "_" are the Python API's, never from a manifest file
+        return {k: _shrink(v, f"{where}/{k}") for k, v in value.items() if not k.startswith("_")}
     if isinstance(value, list) and len(value) > 64:
         kinds = {type(v) for v in value}
         # Only plain ids: strings and non-negative ints (facts columns allow null too); anything else (a
@@ -205,7 +205,15 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path, measure_record: bool = F
         rows = inp.get("rows")
         if "rows_file" in inp:
             rows = _read_rows_file(base / inp["rows_file"])
-        if rows is not None:
+        without = inp.get("_without_records")
+        if isinstance(without, np.ndarray) and pv["row_space"] == "records":
+            bm = txn.load_bitmap(pv["bitmap_file"]) - BitMap(without.astype(np.uint32))
+            subset_file = txn.save_bitmap(bm)
+            n_rows = len(bm)
+            if rows is not None and len(rows) != n_rows:
+                raise BadInput(f"run {name!r}: input {pv['label']} lists {len(rows)} rows, not the "
+                               f"{n_rows} of the version without the excluded records")
+        elif rows is not None:
             ids = pa.array([str(r) for r in rows], pa.string())
             if len(set(ids.to_pylist())) != len(ids):
                 raise BadInput(f"run {name!r}: input {pv['label']} lists a row twice")

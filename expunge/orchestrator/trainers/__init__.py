@@ -95,6 +95,10 @@ class TrainRequest:
         entry: dict = {"dataset": dataset.version, "role": role}
         if len(self.exclude_records) or self.train_input.get("rows") is not None:
             entry["rows"] = list(dataset.row_ids)
+            if self.train_input.get("rows") is None:
+                # The whole version minus records: for a version whose rows are records the store records the
+                # subset from these ordinals directly instead of resolving every row id again.
+                entry["_without_records"] = np.asarray(dataset.excluded, np.uint32)
         return entry
 
     def tracker(self, *, inputs: list[dict], **kwargs):
