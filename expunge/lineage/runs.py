@@ -397,6 +397,7 @@ class RunTracker:
         self._facts_arrow = None
         self._device_seconds = 0.0
         self._setup_seconds = float(setup_seconds)  # loading data before the `with` block, measured by the caller
+        self._off_wall = 0.0                         # setup spent inside the block (taken out of wall seconds)
         self._t0 = self._c0 = 0.0
         self.result: dict | None = None
 
@@ -436,6 +437,13 @@ class RunTracker:
     def add_device_seconds(self, seconds: float) -> None:
         self._device_seconds += float(seconds)
 
+    def add_setup_seconds(self, seconds: float, *, from_wall: bool = False) -> None:
+        """Count `seconds` as setup (work a re-run pays whatever share of training it redoes); `from_wall`: they
+        were spent inside the `with` block, so they leave the wall seconds."""
+        self._setup_seconds += float(seconds)
+        if from_wall:
+            self._off_wall += float(seconds)
+
     def set_total_steps(self, steps: int) -> None:
         """The optimizer steps the run took in all (checkpoint replay is priced on it)."""
         self.run["total_steps"] = int(steps)
@@ -456,7 +464,8 @@ class RunTracker:
         if exc_type is not None:
             return
         self.run["ended_at"] = _now().isoformat()
-        cost = {"wall_seconds": time.perf_counter() - self._t0, "cpu_seconds": time.process_time() - self._c0}
+        cost = {"wall_seconds": max(time.perf_counter() - self._t0 - self._off_wall, 0.0),
+                "cpu_seconds": time.process_time() - self._c0}
         if self._device_seconds:
             cost["gpu_seconds"] = self._device_seconds
         if self._setup_seconds:

@@ -229,6 +229,9 @@ class TrainingTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        import time
+
+        t0 = time.perf_counter()
         if exc_type is None:
             self._run.set_total_steps(self.step)
             if self._first_idx is not None:
@@ -244,6 +247,9 @@ class TrainingTracker:
                     slice=[self._slice.get(r, -1) for r in rows] if self._slice else None,
                     first_step=[self._first.get(r, -1) for r in rows] if self._first else None,
                 )
+        # Gathering every row's facts is a fixed cost of recording, not training: a re-run that trains a
+        # fraction of the steps still pays all of it, so it counts as setup, not as wall seconds.
+        self._run.add_setup_seconds(time.perf_counter() - t0, from_wall=True)
         self._run.__exit__(exc_type, exc, tb)
 
 
