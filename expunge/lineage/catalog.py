@@ -55,7 +55,8 @@ CREATE TABLE runs(
     facts_index JSON,                 -- the code table of facts_file and the clean checkpoint steps
     extra JSON, created_at TIMESTAMP,
     total_steps BIGINT,               -- optimizer steps the run took (NULL: not recorded)
-    setup_seconds DOUBLE);            -- loading its data before training (not in wall_seconds)
+    setup_seconds DOUBLE,             -- loading its data before training (not in wall_seconds)
+    record_seconds DOUBLE);           -- gathering its facts and recording it (a re-run of it pays both again)
 CREATE TABLE run_inputs(
     run_id INTEGER, position INTEGER, version_id INTEGER, role VARCHAR,
     subset_file VARCHAR, n_rows BIGINT, n_records BIGINT);

@@ -285,16 +285,17 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path, measure_record: bool = F
     cost = dict(run.get("cost", {}))
     if measure_record and "wall_seconds" in cost:
         # A run captured by expunge's tracker: recording the run (resolving its rows, encoding its facts) is work a re-run pays again, like loading
-        # its data: counted with setup_seconds, outside the training's wall seconds.
-        cost["setup_seconds"] = cost.get("setup_seconds", 0.0) + (time.perf_counter() - t_record)
+        # its data: counted as record_seconds, outside the training's wall seconds.
+        cost["record_seconds"] = cost.get("record_seconds", 0.0) + (time.perf_counter() - t_record)
     txn.con.execute(
-        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run_id, name, run.get("trainer"), json.dumps(run.get("config", {}), sort_keys=True),
          run.get("code_version"), run.get("seed"), run.get("model_family"),
          cost.get("wall_seconds"), cost.get("cpu_seconds"), cost.get("gpu_seconds"),
          _ts(run.get("started_at")), _ts(run.get("ended_at")), n_shards, n_slices,
          facts_file, json.dumps(index) if index else None,
-         json.dumps(run.get("extra", {}), sort_keys=True), _now(), total_steps, cost.get("setup_seconds")],
+         json.dumps(run.get("extra", {}), sort_keys=True), _now(), total_steps, cost.get("setup_seconds"),
+         cost.get("record_seconds")],
     )
     for row in input_rows:
         txn.con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?, ?, ?, ?)", row)
@@ -397,7 +398,8 @@ class RunTracker:
         self._facts_arrow = None
         self._device_seconds = 0.0
         self._setup_seconds = float(setup_seconds)  # loading data before the `with` block, measured by the caller
-        self._off_wall = 0.0                         # setup spent inside the block (taken out of wall seconds)
+        self._off_wall = 0.0                         # recording spent inside the block (out of wall seconds)
+        self._record_seconds = 0.0
         self._t0 = self._c0 = 0.0
         self.result: dict | None = None
 
@@ -437,12 +439,11 @@ class RunTracker:
     def add_device_seconds(self, seconds: float) -> None:
         self._device_seconds += float(seconds)
 
-    def add_setup_seconds(self, seconds: float, *, from_wall: bool = False) -> None:
-        """Count `seconds` as setup (work a re-run pays whatever share of training it redoes); `from_wall`: they
-        were spent inside the `with` block, so they leave the wall seconds."""
-        self._setup_seconds += float(seconds)
-        if from_wall:
-            self._off_wall += float(seconds)
+    def add_record_seconds(self, seconds: float) -> None:
+        """Count `seconds` spent inside the `with` block gathering the run's facts as recording (a re-run pays it
+        whatever share of training it redoes), not as training wall seconds."""
+        self._record_seconds += float(seconds)
+        self._off_wall += float(seconds)
 
     def set_total_steps(self, steps: int) -> None:
         """The optimizer steps the run took in all (checkpoint replay is priced on it)."""
@@ -470,6 +471,8 @@ class RunTracker:
             cost["gpu_seconds"] = self._device_seconds
         if self._setup_seconds:
             cost["setup_seconds"] = self._setup_seconds
+        if self._record_seconds:
+            cost["record_seconds"] = self._record_seconds
         self.run["cost"] = cost
         self.result = record_runs(self.store, [{"run": self.run, "models": self.models}], base_dir=Path.cwd(),
                                   facts_tables=[self._facts_arrow], measure_record=True)[0]

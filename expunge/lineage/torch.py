@@ -249,7 +249,7 @@ class TrainingTracker:
                 )
         # Gathering every row's facts is a fixed cost of recording, not training: a re-run that trains a
         # fraction of the steps still pays all of it, so it counts as setup, not as wall seconds.
-        self._run.add_setup_seconds(time.perf_counter() - t0, from_wall=True)
+        self._run.add_record_seconds(time.perf_counter() - t0)
         self._run.__exit__(exc_type, exc, tb)
 
 

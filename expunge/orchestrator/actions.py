@@ -40,7 +40,8 @@ class ModelFacts:
     run_device: str = "cpu"
     run_records: int = 0                 # records the run trained on
     run_rows: int = 0                    # training rows (≥ records for joins/augments; 0: as records)
-    setup_seconds: float = 0.0           # loading the run's data before training (a re-run pays it again)
+    setup_seconds: float = 0.0           # loading the run's data before training (every action pays it again)
+    record_seconds: float = 0.0          # gathering the run's facts and recording it (a re-run pays it again)
     shards: int = 1                      # SISA: constituent models, each run on every prediction
     total_steps: int | None = None       # optimizer steps the run took (None: not recorded)
     clean_step: int | None = None        # newest checkpoint step before the records were first seen
@@ -64,7 +65,11 @@ class ModelFacts:
     retired_parents: list = field(default_factory=list)  # affected parents the plan retires (no new version)
 
     def own_run(self) -> RunCost:
-        return RunCost(self.run or "?", self.run_seconds, self.run_records, self.train_records, self.setup_seconds)
+        return RunCost(self.run or "?", self.run_seconds, self.run_records, self.train_records, self.rerun_setup())
+
+    def rerun_setup(self) -> float:
+        """What a re-run of its run pays besides training: loading the data, and recording the new run."""
+        return self.setup_seconds + self.record_seconds
 
     def forget_rows(self) -> int:
         """Training rows built from the erased records: several per record in an augmented set, one for many
@@ -135,7 +140,7 @@ class FullRetrain(Action):
 
     def estimate(self, f, policy):
         if not f.ancestor_runs:
-            return costs.full_retrain(f.run_seconds, f.run_records, f.train_records, f.setup_seconds)
+            return costs.full_retrain(f.run_seconds, f.run_records, f.train_records, f.rerun_setup())
         return costs.rerun_runs([*f.ancestor_runs, f.own_run()], "retrain the whole chain from scratch")
 
 
@@ -156,7 +161,7 @@ class SisaShardRetrain(Action):
         return None
 
     def estimate(self, f, policy):
-        return costs.sisa_shards(f.run_seconds, f.stage_steps, f.affected_shards, f.setup_seconds)
+        return costs.sisa_shards(f.run_seconds, f.stage_steps, f.affected_shards, f.rerun_setup())
 
 
 class CheckpointReplay(Action):
@@ -177,7 +182,7 @@ class CheckpointReplay(Action):
         return None
 
     def estimate(self, f, policy):
-        return costs.checkpoint_replay(f.run_seconds, f.total_steps, f.clean_step, f.setup_seconds)
+        return costs.checkpoint_replay(f.run_seconds, f.total_steps, f.clean_step, f.rerun_setup())
 
 
 class CleanAncestorReplay(Action):

@@ -34,9 +34,9 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     t0 = time.perf_counter()
     rec = recorded_request(ctx.store, run)
     with ctx.store.read() as con:
-        extra, wall, cpu, total_steps, setup = con.execute(
-            "SELECT extra, wall_seconds, cpu_seconds, total_steps, setup_seconds FROM runs WHERE name = ?",
-            [run]).fetchone()
+        extra, wall, cpu, total_steps, setup, record = con.execute(
+            "SELECT extra, wall_seconds, cpu_seconds, total_steps, setup_seconds, record_seconds FROM runs "
+            "WHERE name = ?", [run]).fetchone()
     extra = json.loads(extra or "{}")
     cert = extra.get("certified_removal")
     if not cert or rec["model_family"] != "logreg-certified":
@@ -67,15 +67,19 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
                 "removed_rows": len(remove), "removal_budget_spent": spent + used}, tmp)
     tmp.replace(path)
     inputs = [dict(i) for i in rec["inputs"]]
+    import numpy as np
+
     for i in inputs:
         if i.get("role", "train") == "train":
             i["rows"] = kept_ids
+            i["_without_records"] = np.asarray(ctx.erased, np.uint32)  # recorded from ordinals, not 200k ids
     ctx.store.record_run({
         "run": {"name": name, "trainer": rec["trainer"], "config": rec["config"], "inputs": inputs,
                 **{k: rec[k] for k in ("seed", "code_version", "model_family") if rec.get(k) is not None},
                 # For planning it is still a model that cost the original run to train.
                 "cost": {"wall_seconds": wall or 0.0, "cpu_seconds": cpu or 0.0,
-                         **({"setup_seconds": setup} if setup else {})},
+                         **({"setup_seconds": setup} if setup else {}),
+                         **({"record_seconds": record} if record else {})},
                 **({"total_steps": total_steps} if total_steps is not None else {}),
                 "extra": {**extra, "removal_budget_spent": spent + used,
                           "certified_removal": {k: v for k, v in cert.items()

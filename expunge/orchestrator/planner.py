@@ -58,12 +58,13 @@ class _Catalog:
     def __init__(self, store: Store):
         with store.view() as view:
             self.runs: dict[str, dict] = {}
-            for name, rid, trainer, family, wall, gpu, config, extra, total_steps, shards, setup in view.execute(
+            for name, rid, trainer, family, wall, gpu, config, extra, total_steps, shards, setup, rec in view.execute(
                 """SELECT name, run_id, trainer, model_family, coalesce(wall_seconds, 0), coalesce(gpu_seconds, 0),
-                          config, extra, total_steps, n_shards, coalesce(setup_seconds, 0) FROM runs""").fetchall():
+                          config, extra, total_steps, n_shards, coalesce(setup_seconds, 0),
+                          coalesce(record_seconds, 0) FROM runs""").fetchall():
                 self.runs[name] = dict(rid=rid, trainer=trainer, family=family, wall=wall, gpu=gpu, config=config,
                                        extra=extra, n_train=0, n_rows=0, ckpts=[], total_steps=total_steps,
-                                       shards=shards or 1, setup=float(setup))
+                                       shards=shards or 1, setup=float(setup), record=float(rec))
             by_rid = {r["rid"]: r for r in self.runs.values()}
             for rid, n, rows in view.execute(
                 "SELECT run_id, sum(n_records), sum(n_rows) FROM run_inputs WHERE role = 'train' GROUP BY run_id"
@@ -102,7 +103,7 @@ class _Catalog:
         got = self._facts[name] = dict(
             trainer=run["trainer"], family=run["family"], run_seconds=float(run["wall"]),
             run_device="gpu" if run["gpu"] else "cpu", run_records=run["n_train"], run_rows=run["n_rows"],
-            setup_seconds=run["setup"],
+            setup_seconds=run["setup"], record_seconds=run["record"],
             shards=run["shards"],
             epochs=int(cfg.get("epochs", 1) or 1),
             # Gradient passes the certified trainer counted, else its configured cap.
@@ -142,7 +143,7 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
         rf = cat.runs[run]
         if rf["trainer"] is None:
             return f"{whose} {model}'s run {run} has no recorded trainer entry point"
-        return RunCost(run, float(rf["wall"]), int(rf["n_train"]), removed(run), float(rf["setup"]))
+        return RunCost(run, float(rf["wall"]), int(rf["n_train"]), removed(run), float(rf["setup"] + rf["record"]))
 
     ancestors_memo: dict[str, list[str]] = {}
 
@@ -391,8 +392,8 @@ def choose(facts: Sequence[ModelFacts], policy: Policy, required: str | dict[str
             "not_applicable": {c["action"]: c["why_not"] for c in cands if not c["applicable"]},
             "blocked_by": None if best else sorted({c["why_not"] for c in cands if c["why_not"]}),
             # The counterfactual: its own run again, loading included (like every action's price).
-            "retrain_seconds": round(f.setup_seconds + f.run_seconds, 6),
-            "retrain_cost": round((f.setup_seconds + f.run_seconds) / 3600 * _rate(f, policy), 6),
+            "retrain_seconds": round(f.rerun_setup() + f.run_seconds, 6),
+            "retrain_cost": round((f.rerun_setup() + f.run_seconds) / 3600 * _rate(f, policy), 6),
         })
     return items
 
