@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from expunge.orchestrator.execute import ActionFailed, Context, Outcome, model_of_run
+from expunge.orchestrator.execute import ActionFailed, Context, Outcome, erased_rows, model_of_run
 
 
 def load_classifier(info: dict, config: dict, family: str | None):
@@ -32,10 +32,8 @@ def load_classifier(info: dict, config: dict, family: str | None):
 
 
 def approximate_unlearning(ctx: Context, item: dict, info: dict) -> Outcome:
-    import pyarrow as pa
     import torch
 
-    from expunge.lineage.rows import version_rows
     from expunge.orchestrator import approximate
     from expunge.orchestrator.policy import pinned
     from expunge.orchestrator.rerun import recorded_request
@@ -53,9 +51,7 @@ def approximate_unlearning(ctx: Context, item: dict, info: dict) -> Outcome:
                        out_dir=Path("."), trainer=rec["trainer"], model_name=rec["model_name"])
     t0 = time.perf_counter()
     ds = mlp.dataset(req)
-    vr = version_rows(ctx.store, ds.version)
-    dropped = set(vr.row_ids.filter(pa.array(~vr.keep_mask(ctx.erased))).to_pylist())
-    is_forget = torch.tensor([r in dropped for r in ds.row_ids], dtype=torch.bool)
+    is_forget = torch.from_numpy(erased_rows(ctx.store, ds, ctx.erased))
     forget_idx = torch.nonzero(is_forget).flatten()
     other_idx = torch.nonzero(~is_forget).flatten()
     if forget_idx.numel() == 0:

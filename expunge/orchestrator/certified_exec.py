@@ -12,16 +12,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from expunge.orchestrator.execute import ActionFailed, Context, Outcome, model_of_run
+from expunge.orchestrator.execute import ActionFailed, Context, Outcome, erased_rows, model_of_run
 
 
 def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     import json
 
-    import pyarrow as pa
+    import numpy as np
     import torch
 
-    from expunge.lineage.rows import version_rows
     from expunge.lineage.torch import load_artifact
     from expunge.orchestrator.rerun import recorded_request
     from expunge.orchestrator.trainers import TrainRequest, logreg_certified as lc, mlp
@@ -45,10 +44,9 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     req = TrainRequest(store=ctx.store, run_name=run, inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
                        out_dir=Path("."), trainer=rec["trainer"], model_name=rec["model_name"])
     full = mlp.dataset(req)  # loaded once: the rows to remove are those built from an erased record
-    vr = version_rows(ctx.store, full.version)
-    dropped = set(vr.row_ids.filter(pa.array(~vr.keep_mask(ctx.erased))).to_pylist())
-    remove = [i for i, rid in enumerate(full.row_ids) if rid in dropped]
-    kept_ids = [rid for rid in full.row_ids if rid not in dropped]
+    mask = erased_rows(ctx.store, full, ctx.erased)
+    remove = np.flatnonzero(mask).tolist()
+    kept_ids = [rid for rid, m in zip(full.row_ids, mask) if not m]
     if not info["path"]:
         raise ActionFailed(f"{item['model']}: no artifact recorded")
     state = load_artifact(info["path"], info["sha256"], store=ctx.store)  # hash-checked, weights only
@@ -67,8 +65,6 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
                 "removed_rows": len(remove), "removal_budget_spent": spent + used}, tmp)
     tmp.replace(path)
     inputs = [dict(i) for i in rec["inputs"]]
-    import numpy as np
-
     for i in inputs:
         if i.get("role", "train") == "train":
             i["rows"] = kept_ids

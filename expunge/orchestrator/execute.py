@@ -86,6 +86,21 @@ class Context:
 # ------------------------------------------------------------------ catalog lookups
 
 
+def erased_rows(store: Store, ds, erased: np.ndarray) -> np.ndarray:
+    """Boolean mask of a RecordDataset's rows built from an erased record. A row built from one record (every
+    row of a source or subset version) is checked from the ordinals the dataset holds; rows built from
+    several records need the version's row map."""
+    if np.array_equal(ds.first_ords, ds.last_ords):
+        return np.isin(ds.first_ords, np.asarray(erased, np.int64))
+    import pyarrow as pa
+
+    from expunge.lineage.rows import version_rows
+
+    vr = version_rows(store, ds.version)
+    dropped = set(vr.row_ids.filter(pa.array(~vr.keep_mask(erased))).to_pylist())
+    return np.array([r in dropped for r in ds.row_ids], dtype=bool)
+
+
 def model_info(store: Store, ref: str) -> dict:
     with store.view() as view:
         m = view.resolve_model(ref)
