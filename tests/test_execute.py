@@ -350,3 +350,9 @@ def test_run_needs_the_stores_policy_and_works_without_approvals_when_it_says_so
     planner.save_plan(store, doc)
     out = execute.run_plan(store, doc["id"], finish=False)
     assert out["done"] == out["total"]
+
+
+def test_plan_list_says_which_plans_ran(executed):
+    store, _, doc, _, _ = executed
+    states = {p["id"]: p["state"] for p in planner.list_plans(store)}
+    assert states[doc["id"]] == "ran"

@@ -660,7 +660,9 @@ def plan_exists_with_approvals(store: Store, plan_id: str) -> bool:
         return bool(con.execute("SELECT count(*) FROM approvals WHERE plan_id = ?", [plan_id]).fetchall()[0][0])
 
 
-def plan_state(superseded_by, lapsed_at, blocked: int, approvals: int, needed: int) -> str:
+def plan_state(superseded_by, lapsed_at, blocked: int, approvals: int, needed: int, run: str | None = None) -> str:
+    if run is not None:  # its execution: "running" (or stopped part-way; `expunge run` resumes it), "ran"
+        return "ran" if run == "done" else "running"
     if superseded_by:
         return "lapsed" if lapsed_at else "superseded"
     if blocked:
@@ -673,20 +675,22 @@ def list_plans(store: Store, request_id: str | None = None) -> list[dict]:
     with store.read() as con:
         if not has_table(con, "plans"):
             return []
+        run = "(SELECT e.state FROM executions e WHERE e.plan_id = p.plan_id)" if has_table(con, "executions") \
+            else "NULL"
         rows = con.execute(
-            """SELECT p.plan_id, p.created_at, p.models, p.blocked, p.total_seconds, p.approvers, p.subjects_requested,
+            f"""SELECT p.plan_id, p.created_at, p.models, p.blocked, p.total_seconds, p.approvers, p.subjects_requested,
                       p.subjects_found, p.superseded_by, p.lapsed_at,
                       (SELECT list(request_id ORDER BY request_id) FROM plan_requests r WHERE r.plan_id = p.plan_id),
-                      (SELECT count(*) FROM approvals a WHERE a.plan_id = p.plan_id)
+                      (SELECT count(*) FROM approvals a WHERE a.plan_id = p.plan_id), {run}
                FROM plans p
                WHERE ? IS NULL OR p.plan_id IN (SELECT plan_id FROM plan_requests WHERE request_id = ?)
                ORDER BY p.created_at DESC, p.plan_id""", [request_id, request_id]).fetchall()
     out = []
-    for pid, at, models, blocked, secs, needed, req_n, found, sup, lapsed, reqs, n_appr in rows:
+    for pid, at, models, blocked, secs, needed, req_n, found, sup, lapsed, reqs, n_appr, ran in rows:
         out.append({"id": pid, "created_at": at.isoformat() + "Z", "requests": reqs, "models": models,
                     "blocked": blocked, "total_seconds": secs, "subjects": {"requested": req_n, "found": found},
                     "approvals": n_appr, "approvals_needed": needed, "superseded_by": sup,
-                    "state": plan_state(sup, lapsed, blocked, n_appr, needed)})
+                    "state": plan_state(sup, lapsed, blocked, n_appr, needed, ran)})
     return out
 
 
