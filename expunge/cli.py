@@ -641,13 +641,18 @@ def run_cmd(
         raise BadInput(f"unknown executor {executor!r}: this expunge runs actions with 'local' (a cluster executor "
                        "implements the same submit/shutdown interface: expunge.orchestrator.execute.LocalExecutor)")
     st = _open(store)
+    if jobs < 1:
+        raise BadInput("--jobs must be at least 1")
+    from expunge.orchestrator.planner import load_plan
+
+    load_plan(st, plan_id)  # an unknown or changed plan: one line, before any progress bar
     if dry_run or json_out:
         result = run_plan(st, plan_id, dry_run=dry_run, jobs=jobs)
     else:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                      "{task.total}"), TimeElapsedColumn(), console=_console(), transient=False) as bar:
+                      "{task.total}"), TimeElapsedColumn(), console=_console(), transient=True) as bar:
             task = bar.add_task("Unlearning", total=None)
 
             def event(kind: str, info: dict) -> None:
