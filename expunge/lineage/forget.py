@@ -571,6 +571,14 @@ class _ReadTxn:
         return self.con.execute(sql, params)
 
 
+def _checked(hashes: Any, request_id: str, cleaned_dir) -> tuple[np.ndarray, str, Path | None]:
+    """The arguments of forget_subjects and clean_versions, checked."""
+    out_dir = Path(cleaned_dir) if cleaned_dir is not None else None
+    if out_dir is not None and not out_dir.is_dir():
+        raise BadInput(f"the directory for cleaned files does not exist: {out_dir}")
+    return check_hashes(hashes), check_request_id(request_id), out_dir
+
+
 def forget_subjects(store: Store, hashes: Any, request_id: str, *, purge: bool = False,
                     cleaned_dir: str | os.PathLike | None = None) -> dict:
     """Remove the subjects' records from every table and file of the store, in one write; tombstone them.
@@ -580,11 +588,7 @@ def forget_subjects(store: Store, hashes: Any, request_id: str, *, purge: bool =
     rewritten, with the reason). Forgetting subjects already forgotten changes nothing and says
     so (`changed: false`).
     """
-    hashes = check_hashes(hashes)
-    request_id = check_request_id(request_id)
-    out_dir = Path(cleaned_dir) if cleaned_dir is not None else None
-    if out_dir is not None and not out_dir.is_dir():
-        raise BadInput(f"the directory for cleaned files does not exist: {out_dir}")
+    hashes, request_id, out_dir = _checked(hashes, request_id, cleaned_dir)
     with store.read() as con:
         dead, n_records, n_req = _pending(con, store, hashes)
     result: dict[str, Any] = {
@@ -647,11 +651,7 @@ def clean_versions(store: Store, hashes: Any, request_id: str, *,
     """Add a cleaned version (and a cleaned copy of its file, where known) for every version that holds
     the subjects' records, without forgetting anything yet; versions already cleaned for this
     request are left alone. For executors that retrain on the cleaned data before the request completes."""
-    hashes = check_hashes(hashes)
-    request_id = check_request_id(request_id)
-    out_dir = Path(cleaned_dir) if cleaned_dir is not None else None
-    if out_dir is not None and not out_dir.is_dir():
-        raise BadInput(f"the directory for cleaned files does not exist: {out_dir}")
+    hashes, request_id, out_dir = _checked(hashes, request_id, cleaned_dir)
     with store.read() as con:
         ords, _ = _segment_hits(_ReadTxn(store, con), hashes)
         pending = bool(ords.size)

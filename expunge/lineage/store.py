@@ -94,11 +94,17 @@ def attached(path: Path, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyC
         # A failed CHECKPOINT invalidates the database and this cursor's statements with it: detach
         # from a fresh cursor, or the file stays attached and every later write here would fail.
         cur.close()
-        fresh = _hub_connection().cursor()
-        try:
+        _detach(alias)
+
+
+def _detach(*aliases: str) -> None:
+    """Detach catalogs from a fresh cursor of the shared instance (the one that attached them may be dead)."""
+    fresh = _hub_connection().cursor()
+    try:
+        for alias in aliases:
             fresh.execute(f"DETACH DATABASE IF EXISTS {alias}")
-        finally:
-            fresh.close()
+    finally:
+        fresh.close()
 
 
 def sql_literal(text: str) -> str:
@@ -141,12 +147,7 @@ def _rebuild_catalog(path: Path) -> None:
         cur.execute(f"CHECKPOINT {dst}")
     finally:
         cur.close()
-        fresh_cur = _hub_connection().cursor()
-        try:
-            fresh_cur.execute(f"DETACH DATABASE IF EXISTS {src}")
-            fresh_cur.execute(f"DETACH DATABASE IF EXISTS {dst}")
-        finally:
-            fresh_cur.close()
+        _detach(src, dst)
     os.chmod(fresh, 0o600)
     os.replace(fresh, path)
 
