@@ -177,3 +177,16 @@ def test_plans_are_in_topological_order(tmp_path_factory, data):
     for m, item in items.items():
         assert all(pos[p] < pos[m] for p in item["after"]), (m, item["after"], order)
         assert item["order"] == pos[m] + 1
+
+
+def test_a_rerun_pays_loading_and_recording_and_so_does_the_counterfactual(store):
+    """A run that took 60 s to train, 4 s to load its data and 2 s to record: a full retrain without one of 10
+    records costs 4 + 2 + 54 s, and "retrain everything" counts the whole 66 s."""
+    source(store)
+    doc = run("r-costs", list(range(10)), 60.0)
+    doc["cost"].update(setup_seconds=4.0, record_seconds=2.0)
+    record(store, doc, "m")
+    items, _ = plan_for(store, "s3")
+    m = items["m@1"]
+    assert m["chosen"]["action"] == "full_retrain" and m["chosen"]["seconds"] == pytest.approx(60.0)
+    assert m["retrain_seconds"] == pytest.approx(66.0)
