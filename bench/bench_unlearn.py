@@ -117,8 +117,18 @@ def main() -> None:
             run = erase(store, root, subject, scenario)
             retrain = {m: full_retrain(store, root, f"{m}-1", subject) for m in ("sisa", "mlp", "certified")}
             acts = {x["model"].split("@")[0]: x for x in run["actions"]}
+            with store.read() as con:
+                details = {m.split("@")[0]: json.loads(d or "{}") for m, d in con.execute(
+                    "SELECT model, detail FROM execution_actions WHERE plan_id = ?", [run["plan"]]).fetchall()}
+                # The retrains' training alone (their runs' wall seconds: no loading, no recording).
+                retrain_train = {m: con.execute("SELECT wall_seconds FROM runs WHERE name = ?",
+                                                [f"{m}-1-ref-{subject}"]).fetchone()[0]
+                                 for m in ("sisa", "mlp", "certified")}
             results.append({"repeat": rep, "scenario": scenario, "train_seconds": train_s, "retrain_seconds": retrain,
-                            "actions": {m: {k: acts[m][k] for k in ("action", "estimated_seconds", "actual_seconds")}
+                            "retrain_training_seconds": retrain_train,
+                            "actions": {m: {**{k: acts[m][k] for k in ("action", "estimated_seconds", "actual_seconds")},
+                                            **{k: details.get(m, {}).get(k) for k in ("read_seconds", "step_seconds")
+                                               if details.get(m, {}).get(k) is not None}}
                                         for m in acts}})
             print(json.dumps(results[-1]), file=sys.stderr)
             shutil.rmtree(root, ignore_errors=True)
@@ -134,6 +144,18 @@ def main() -> None:
             s[m] = {"action": sorted({r["actions"][m]["action"] for r in rs}), "estimated": round(est, 3),
                     "actual": round(act, 3), "actual/estimated": round(act / est, 2) if est else None,
                     "full_retrain": round(full, 3), "speedup": round(full / act, 1) if act else None}
+        cert = [r for r in rs if r["actions"]["certified"]["action"] == "certified_removal"
+                and "step_seconds" in r["actions"]["certified"]]
+        if cert:
+            # The removal's own compute (one Newton step) against the retrain's training alone; and with finding
+            # the removed rows in the features table.
+            step = statistics.median(r["actions"]["certified"]["step_seconds"] for r in cert)
+            read = statistics.median(r["actions"]["certified"]["read_seconds"] for r in cert)
+            train = statistics.median(r["retrain_training_seconds"]["certified"] for r in cert)
+            s["certified"].update({"newton_step": round(step, 5), "finding_rows": round(read, 4),
+                                   "retrain_training": round(train, 3),
+                                   "compute_speedup": round(train / step, 1) if step else None,
+                                   "compute_and_read_speedup": round(train / (step + read), 1)})
         summary[scenario] = s
     doc = {"customers": a.customers, "features": a.features, "epochs": a.epochs, "repeats": a.repeats,
            "summary": summary, "runs": results}

@@ -261,6 +261,35 @@ def test_certified_removal_spends_what_the_newton_steps_bound_and_refuses_over_b
         new_extra = json.loads(con.execute("SELECT extra FROM runs WHERE name = 'churn-certified-1.xffffffff'")
                                .fetchone()[0])
     assert new_extra["removal_budget_spent"] == pytest.approx(sum(bounds))
+    assert out.detail["how"] == "batch"  # the trained weights carried their Hessian: the removed rows alone
+    # A second removal, from the new version (which carries no Hessian at its own weights): Newton steps per row
+    # on its training data, i.e. the version minus both subjects' records, recomputed here independently.
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    ids = [r for r in pq.read_table(rec["config"]["features"]).column("customer_id").to_pylist() if r != subject]
+    other = ids[len(ids) // 2]
+    first = store.records_of_subjects([subject])
+    kept1 = mlp.dataset(TrainRequest(**{**req.__dict__, "exclude_records": first}))
+    both = np.union1d(first, store.records_of_subjects([other]))
+    kept2 = set(mlp.dataset(TrainRequest(**{**req.__dict__, "exclude_records": both})).row_ids)
+    remove2 = [i for i, r in enumerate(kept1.row_ids) if r not in kept2]
+    assert remove2
+    x1, y1 = lc.design(kept1)
+    expect2, bounds2 = lc.newton_removal(x1, y1, got, rec["config"].get("lam", 1e-3), remove2)
+    item2 = {**item, "model": out.new_model}
+    ctx2 = execute.Context(store, {"id": "e" * 64, "requests": [], "items": [item2]},
+                           store.records_of_subjects([other]))
+    out2 = execute.EXECUTORS["certified_removal"](ctx2, item2)
+    assert out2.detail["how"] == "per-row" and out2.detail["newton_steps"] == len(remove2)
+    got2 = weights(info(store, out2.new_model)["path"])["w"].double()
+    assert torch.allclose(got2, expect2, atol=1e-6)
+    assert out2.detail["budget_used"] == pytest.approx(sum(bounds2))
+    # Its run records the rows it kept: the version minus both subjects (its base subset minus the second).
+    rec2 = recorded_request(store, execute.model_info(store, out2.new_model)["run"])
+    assert sorted(rec2["inputs"][0]["rows"]) == sorted(kept2)
+    # And it saved the Hessian at its weights: a third removal would need only the removed rows.
+    assert "hessian" in torch.load(info(store, out2.new_model)["path"])["removal_state"]
 
 
 

@@ -430,8 +430,8 @@ def test_plan_cli(demo_store):
 
 def test_certified_removal_budget_from_the_runs_data(demo_store):
     """The demo's certified model: its recorded (pre-data) bound says one record already exceeds the
-    budget, the Newton steps' own bounds on the run's data say it fits; the planner uses the latter,
-    and spends nothing it cannot certify."""
+    budget, the batch Newton step's own bound (from the removed rows and the Hessian saved with the weights)
+    says it fits; the planner uses the latter, and spends nothing it cannot certify."""
     from expunge.orchestrator.actions import CertifiedRemoval
 
     store, subject = demo_store
@@ -446,13 +446,14 @@ def test_certified_removal_budget_from_the_runs_data(demo_store):
     doc = planner.make_plan(store, [r.id], cheapest)
     item = next(i for i in doc["items"] if i["model"] == "churn-certified@1")
     assert item["chosen"]["action"] == "certified_removal"
-    assert any("Newton-step bounds on the run's data" in why for why in item["chosen"]["reasons"])
+    assert any("one batch Newton step's bound" in why for why in item["chosen"]["reasons"])
     facts = next(f for f in planner.gather(store, store.impact([subject])) if f.model == "churn-certified@1")
     assert facts.certified_need is None  # without the records' ordinals only the recorded bound is known
     assert CertifiedRemoval.consumption(facts) > facts.certificate["removal_budget"]
     with_data = next(f for f in planner.gather(store, store.impact([subject]), store.records_of_subjects([subject]))
                      if f.model == "churn-certified@1")
     assert 0 < with_data.certified_need < with_data.certificate["removal_budget"]
+    assert with_data.certified_how == "batch"
 
 
 def test_batching_saves_against_planning_each_alone(demo_store):

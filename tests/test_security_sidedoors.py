@@ -178,7 +178,7 @@ def test_planning_never_imports_the_recorded_trainer(store, tmp_path, crafted):
     assert not crafted.exists(), "planning imported the run's recorded trainer"
     (item,) = json.loads(res.output)["items"]
     assert item["chosen"]["action"] == "certified_removal"
-    assert any("Newton-step bounds on the run's data" in why for why in item["chosen"]["reasons"])
+    assert any("one batch Newton step's bound" in why for why in item["chosen"]["reasons"])
 
 
 def test_planning_refuses_a_swapped_certified_model(store, tmp_path, torch_load_calls):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -249,8 +251,26 @@ def test_newton_removal_is_certified_by_its_bounds(store, tmp_path):
     rows = store.rows("customers@1")
     by_id = dict(zip(rows.row_ids.to_pylist(), rows.ords.tolist()))
     ex = np.array(sorted(by_id[ds.row_ids[i]] for i in remove), np.uint32)
+    # The trained weights carry their Hessian, so the removal is one batch Newton step from the removed rows
+    # alone. Checked against the step computed directly on the kept rows (Hessian of their objective at w,
+    # not the saved one) and against the true residual, recomputed with autograd.
+    p = torch.sigmoid(y[keep] * (x[keep] @ w))
+    h_kept = x[keep].T @ ((p * (1 - p))[:, None] * x[keep]) + cert["lam"] * int(keep.sum()) * torch.eye(x.shape[1],
+                                                                                                          dtype=x.dtype)
+    pr = torch.sigmoid(y[remove] * (x[remove] @ w))
+    delta = (x[remove] * ((pr - 1) * y[remove])[:, None]).sum(0) + cert["lam"] * len(remove) * w
+    w_batch = w + torch.linalg.solve(h_kept, delta)
+    state = torch.load(tmp_path / "cr" / "model.pt")["removal_state"]
+    got_w, batch_bound, left = lc.certified.batch_removal(state, w, cert["lam"], x[remove], y[remove])
+    assert torch.allclose(got_w, w_batch, rtol=0, atol=1e-10)
+    assert torch.allclose(left["gram"], x[keep].T @ x[keep], atol=1e-9) and int(left["n"]) == len(y) - len(remove)
+    assert grad_norm(w_batch) <= batch_bound + cert["train_grad_norm"]
+    assert grad_norm(w_batch) < 0.01 * grad_norm(w)
+    spec = float(torch.linalg.eigvalsh(x[keep].T @ x[keep])[-1].sqrt())
+    step = w_batch - w
+    assert batch_bound == pytest.approx(0.25 * spec * float(step.norm()) * float((x[keep] @ step).norm()), rel=1e-9)
     need = lc.removal_need(store, "cr-1", tmp_path / "cr" / "model.pt", ex)
-    assert need == pytest.approx(sum(bounds), rel=1e-9)
+    assert need == pytest.approx(batch_bound, rel=1e-9)
 
 
 def test_pre_data_bound_covers_newton_steps_on_random_problems():
@@ -291,3 +311,56 @@ def test_pre_data_bound_covers_newton_steps_on_random_problems():
         assert pre >= exact * (1 - 1e-9)
 
     check()
+
+
+def _read_facts(store, run: str):
+    from expunge.lineage.facts import RunFacts
+
+    with store.read() as con:
+        path, index = con.execute("SELECT facts_file, facts_index FROM runs WHERE name = ?", [run]).fetchone()
+    return RunFacts(store.data_path(path), json.loads(index))
+
+
+def test_tracker_records_positional_facts_as_the_per_row_calls_do(store, tmp_path):
+    """The vectorised path (bind, assign_many on the bound rows, consumed with positions) records the same facts
+    file as the per-row path (row ids, assign per row, consumed with ids): rows with no fact left out, a row
+    first consumed at step 0 kept, slices and shards as given."""
+    from expunge.lineage.torch import RecordDataset
+
+    table, cfg = customers_store(store, tmp_path, 60, 4)
+    ds = RecordDataset(store, "customers@1", cfg["features"], row_col="record_id",
+                       feature_cols=cfg["feature_cols"], label_col="churned")
+    rng = np.random.default_rng(0)
+    shard = rng.integers(0, 3, len(ds))
+    slice_ = rng.integers(0, 2, len(ds))
+    batches = [rng.choice(len(ds), 7, replace=False) for _ in range(5)]  # some rows never consumed
+    for name, positional in (("fast", True), ("slow", False)):
+        with TrainingTracker(store, name, inputs=[{"dataset": "customers@1"}], out_dir=tmp_path / name,
+                             shards=3, slices=2) as tr:
+            if positional:
+                tr.bind(ds)
+                tr.assign_many(ds.row_ids, shard, slice_)
+            else:
+                for i, r in enumerate(ds.row_ids):
+                    tr.assign([r], shard=int(shard[i]), slice=int(slice_[i]))
+            for k, b in enumerate(batches):
+                tr.consumed(torch.as_tensor(b) if positional else [ds.row_ids[i] for i in b])
+                if k == 1:
+                    tr.checkpoint(torch.nn.Linear(1, 1))  # after step 2: clean for rows first seen later
+    fast, slow = _read_facts(store, "fast"), _read_facts(store, "slow")
+    assert list(fast.records) == list(slow.records) and len(fast.records) == len(ds)
+    with store.read() as con:
+        idx = {n: json.loads(i) for n, i in con.execute(
+            "SELECT name, facts_index FROM runs WHERE name IN ('fast', 'slow')").fetchall()}
+    assert idx["fast"] == idx["slow"]
+    assert np.array_equal(np.asarray(fast.codes), np.asarray(slow.codes))
+    # Independently: the record first consumed in batch 0 has first step 0; one never consumed has none.
+    first = {}
+    for step, b in enumerate(batches):
+        for i in b:
+            first.setdefault(int(i), step)
+    assert 0 in first.values() and len(first) < len(ds)
+    want = {ds.first_ords[i]: (int(shard[i]), int(slice_[i]), -1 if i not in first else int(first[i] >= 2))
+            for i in range(len(ds))}
+    got = {o: tuple(fast.table[c][0]) for o, c in zip(fast.records, np.asarray(fast.codes).tolist())}
+    assert got == want

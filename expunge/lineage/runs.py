@@ -207,7 +207,14 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path, measure_record: bool = F
             rows = _read_rows_file(base / inp["rows_file"])
         without = inp.get("_without_records")
         if isinstance(without, np.ndarray) and pv["row_space"] == "records":
-            bm = txn.load_bitmap(pv["bitmap_file"]) - BitMap(without.astype(np.uint32))
+            base = inp.get("_base_records")  # a subset of the version the records are removed from
+            whole = txn.load_bitmap(pv["bitmap_file"])
+            if isinstance(base, np.ndarray):
+                base = BitMap(base.astype(np.uint32))
+                if not base.issubset(whole):
+                    raise BadInput(f"run {name!r}: input {pv['label']}: the base subset is not in the version")
+                whole = base
+            bm = whole - BitMap(without.astype(np.uint32))
             subset_file = txn.save_bitmap(bm)
             n_rows = len(bm)
             if rows is not None and len(rows) != n_rows:
@@ -419,10 +426,13 @@ class RunTracker:
                 return pa.nulls(n, pa.int64())
             if len(v) != n:
                 raise BadInput(f"run facts: {len(v)} values for {n} rows")
-            a = np.asarray([-1 if x is None else x for x in v], dtype=np.int64)
+            a = v.astype(np.int64) if isinstance(v, np.ndarray) and v.dtype.kind in "iu" else \
+                np.asarray([-1 if x is None else x for x in v], dtype=np.int64)
             return pa.array(a, mask=a < 0)
 
-        self._facts_arrow = pa.table({"row_id": pa.array([str(r) for r in rows], pa.string()),
+        ids = rows if isinstance(rows, pa.Array) and pa.types.is_string(rows.type) else \
+            pa.array([str(r) for r in rows], pa.string())
+        self._facts_arrow = pa.table({"row_id": ids,
                                       "shard": col(shard), "slice": col(slice), "first_step": col(first_step)})
 
     def add_checkpoint(self, step: int, path: str | os.PathLike, *, sha256: str | None = None,

@@ -68,6 +68,7 @@ class RecordDataset(torch.utils.data.Dataset):
         self._store = store
         self.first_ords = vrows.first_ords()[order]   # per row: oldest and newest source record
         self.last_ords = vrows.last_ords()[order]
+        self._row_ids_arrow = ids
         self.row_ids: list[str] = ids.to_pylist()
         x = np.column_stack([sel.column(c).to_numpy(zero_copy_only=False).astype(np.float32)
                              for c in feature_cols]) if feature_cols else np.zeros((len(ids), 0), np.float32)
@@ -77,6 +78,10 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.row_ids)
+
+    def row_ids_arrow(self):
+        """The row ids as an Arrow string array (same order as `row_ids`)."""
+        return self._row_ids_arrow
 
     def owner_keys(self) -> np.ndarray:
         """Per row, 16 bits of the keyed hash of the subject owning its oldest record: all rows of one
@@ -133,6 +138,8 @@ class TrainingTracker:
         """Let `consumed` take row positions of `dataset` (a tensor or array): the cheap path."""
         self._bound = dataset
         self._first_idx = np.full(len(dataset), -1, np.int64)
+        self._shard_idx: np.ndarray | None = None  # per bound row, from assign_many(dataset.row_ids, ...)
+        self._slice_idx: np.ndarray | None = None
         self._pending: list = []
         self._pending_steps: list[int] = []
         self._pending_rows = 0
@@ -190,6 +197,16 @@ class TrainingTracker:
                 self._slice[r] = int(slice)
 
     def assign_many(self, row_ids: Sequence[str], shards: Sequence[int], slices: Sequence[int] | None = None) -> None:
+        if self._bound is not None and row_ids is self._bound.row_ids:
+            # Every bound row at once (the SISA trainer): kept as arrays, no per-row work.
+            self._shard_idx = np.asarray(shards, np.int64).copy()
+            if slices is not None:
+                self._slice_idx = np.asarray(slices, np.int64).copy()
+            if len(self._shard_idx) != len(row_ids) or (self._slice_idx is not None and
+                                                        len(self._slice_idx) != len(row_ids)):
+                raise BadInput(f"assign_many: {len(row_ids)} rows, {len(shards)} shards"
+                               + (f", {len(slices)} slices" if slices is not None else ""))
+            return
         self._shard.update(zip(row_ids, (int(x) for x in shards)))
         if slices is not None:
             self._slice.update(zip(row_ids, (int(x) for x in slices)))
@@ -228,6 +245,36 @@ class TrainingTracker:
         self._run.__enter__()
         return self
 
+    def _set_bound_facts(self) -> None:
+        """Facts of the bound dataset's rows from the per-position arrays: rows with any fact, in the
+        dataset's order; a column nobody set is left unrecorded (as the per-row path does)."""
+        first = self._first_idx
+        shard, slice_ = self._shard_idx, self._slice_idx
+        has_first = bool((first >= 0).any())
+        keep = first >= 0
+        if shard is not None:
+            keep |= shard >= 0
+        if slice_ is not None:
+            keep |= slice_ >= 0
+        pos = np.flatnonzero(keep)
+        if not pos.size:
+            return
+        self._run.set_facts(self._bound.row_ids_arrow().take(pos) if pos.size < len(first)
+                            else self._bound.row_ids_arrow(),
+                            shard=None if shard is None else shard[pos],
+                            slice=None if slice_ is None else slice_[pos],
+                            first_step=first[pos] if has_first else None)
+
+    def _facts_to_dicts(self) -> None:
+        """Per-row calls were mixed with positions: fold the positional facts into the per-row dicts."""
+        ids = self._bound.row_ids
+        if self._shard_idx is not None:
+            self._shard.update((ids[i], int(v)) for i, v in enumerate(self._shard_idx.tolist()) if v >= 0)
+        if self._slice_idx is not None:
+            self._slice.update((ids[i], int(v)) for i, v in enumerate(self._slice_idx.tolist()) if v >= 0)
+        seen = np.flatnonzero(self._first_idx >= 0)
+        self._first.update(zip((ids[i] for i in seen.tolist()), self._first_idx[seen].tolist()))
+
     def __exit__(self, exc_type, exc, tb) -> None:
         import time
 
@@ -236,17 +283,19 @@ class TrainingTracker:
             self._run.set_total_steps(self.step)
             if self._first_idx is not None:
                 self._fold()
-                seen = np.flatnonzero(self._first_idx >= 0)
-                self._first.update(zip((self._bound.row_ids[i] for i in seen.tolist()),
-                                       self._first_idx[seen].tolist()))
-            rows = sorted(set(self._first) | set(self._shard) | set(self._slice))
-            if rows:
-                self._run.set_facts(
-                    rows,
-                    shard=[self._shard.get(r, -1) for r in rows] if self._shard else None,
-                    slice=[self._slice.get(r, -1) for r in rows] if self._slice else None,
-                    first_step=[self._first.get(r, -1) for r in rows] if self._first else None,
-                )
+                if not (self._first or self._shard or self._slice):
+                    self._set_bound_facts()  # everything came as positions of the bound dataset: arrays only
+                else:
+                    self._facts_to_dicts()
+            if not (self._first_idx is not None and not (self._first or self._shard or self._slice)):
+                rows = sorted(set(self._first) | set(self._shard) | set(self._slice))
+                if rows:
+                    self._run.set_facts(
+                        rows,
+                        shard=[self._shard.get(r, -1) for r in rows] if self._shard else None,
+                        slice=[self._slice.get(r, -1) for r in rows] if self._slice else None,
+                        first_step=[self._first.get(r, -1) for r in rows] if self._first else None,
+                    )
         # Gathering every row's facts is a fixed cost of recording, not training: a re-run that trains a
         # fraction of the steps still pays all of it, so it counts as setup, not as wall seconds.
         self._run.add_record_seconds(time.perf_counter() - t0)

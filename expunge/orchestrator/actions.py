@@ -51,6 +51,7 @@ class ModelFacts:
     certificate: dict | None = None      # certified-removal facts of the run
     budget_spent: float = 0.0
     certified_need: float | None = None  # budget the removal would use, computed on the run's data
+    certified_how: str | None = None     # how it was computed: "batch" (one step, removed rows) or "per-row"
     dim: int = 0
     iterations: int = 1
     epochs: int = 1
@@ -263,10 +264,14 @@ class CertifiedRemoval(Action):
         return c.get("train_grad_norm", 0.0) + sum(4 * gamma / (lam ** 2 * max(n - i, 1)) for i in range(1, k + 1))
 
     def estimate(self, f, policy):
-        est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations,
-                                      steps=f.forget_rows(), setup=f.setup_seconds)
+        if f.certified_how == "batch":
+            est = costs.certified_batch(f.certificate.get("removal_read_seconds", 0.0), f.forget_rows(), f.dim)
+        else:
+            est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations,
+                                          steps=f.forget_rows(), setup=f.setup_seconds)
         left = f.certificate["removal_budget"] - f.budget_spent
-        how = ("Newton-step bounds on the run's data" if f.certified_need is not None
+        how = ("one batch Newton step's bound, from the removed rows and the saved Hessian"
+               if f.certified_how == "batch" else "Newton-step bounds on the run's data" if f.certified_need is not None
                else "bound from the recorded Hessian facts" if "hessian_min_eig" in f.certificate
                else "worst-case bound")
         est.reasons.append(f"uses {self.consumption(f):.3g} of the {left:.3g} removal budget left ({how})")

@@ -46,6 +46,51 @@ def removal_facts(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float)
                 "x_spectral_sq": float(torch.linalg.eigvalsh(x.T @ x)[-1]), "w_norm": float(w.norm())}
 
 
+def removal_state(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float) -> dict:
+    """What a later removal needs besides the removed rows, saved with the weights: the Hessian of the
+    training objective at `w` (λn·I included), XᵀX and n. d×d each: with them one batch Newton step
+    (`batch_removal`) and its certificate need only the removed rows, not the training data."""
+    with torch.no_grad():
+        p = torch.sigmoid(y * (x @ w))
+        h = x.T @ ((p * (1 - p))[:, None] * x) + lam * len(y) * torch.eye(x.shape[1], dtype=x.dtype)
+        return {"hessian": h, "gram": x.T @ x, "n": torch.tensor(len(y), dtype=torch.int64)}
+
+
+def batch_removal(state: dict, w: torch.Tensor, lam: float, xr: torch.Tensor, yr: torch.Tensor,
+                  gamma: float = 0.25) -> tuple[torch.Tensor, float, dict]:
+    """Remove the k rows (xr, yr) at once with one Newton step (Guo et al., batch removal), from the
+    `removal_state` recorded at `w` and the removed rows alone.
+
+    H' = H − Σ_r ℓ''(r) x_r x_rᵀ − λk·I (the kept objective's Hessian at w), Δ = Σ_r ∇ℓ(r) + λk·w,
+    w⁻ = w + H'⁻¹Δ. Bound on the gradient residual it adds (their Corollary 1, which holds for any Δ):
+    γ‖X'‖₂·‖H'⁻¹Δ‖·‖X'H'⁻¹Δ‖ with X'ᵀX' = XᵀX − X_rᵀX_r, so ‖X'‖₂² = λ_max(X'ᵀX') and
+    ‖X'v‖² = vᵀX'ᵀX'v. Returns (w⁻, bound, the state of the kept rows: XᵀX and n; no Hessian, which
+    would be needed at w⁻)."""
+    k = len(yr)
+    gram = state["gram"] - xr.T @ xr
+    n = int(state["n"]) - k
+    if k == 0:
+        return w.clone(), 0.0, {"gram": gram, "n": torch.tensor(n, dtype=torch.int64)}
+    eye = torch.eye(w.shape[0], dtype=w.dtype)
+    p = torch.sigmoid(yr * (xr @ w))
+    hess = state["hessian"] - xr.T @ ((p * (1 - p))[:, None] * xr) - lam * k * eye
+    delta = (xr * ((p - 1) * yr)[:, None]).sum(0) + lam * k * w
+    step = torch.linalg.solve(hess, delta)
+    spec = float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt())
+    bound = gamma * spec * float(step.norm()) * float((step @ gram @ step).clamp_min(0).sqrt())
+    return w + step, bound, {"gram": gram, "n": torch.tensor(n, dtype=torch.int64)}
+
+
+def design_arrays(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """`design` for plain feature and label arrays (float32 features, 0/1 labels, as RecordDataset holds)."""
+    class _D:
+        pass
+
+    d = _D()
+    d.x, d.y = torch.as_tensor(np.asarray(x, np.float32)), torch.as_tensor(np.asarray(y, np.int64))
+    return design(d)
+
+
 def newton_removal(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float, remove: list[int],
                    gamma: float = 0.25) -> tuple[torch.Tensor, list[float]]:
     """Remove rows `remove` of (x, y) one at a time, each with a Newton step (Guo et al., Alg. 1).
@@ -88,8 +133,75 @@ def training_data(store, rec: dict, exclude_records=()):
                          exclude_records=exclude_records)
 
 
+def removed_rows(store, rec: dict, erased) -> dict | None:
+    """The training rows built from `erased` records, read alone (not the training data): for a run with one
+    train input over a version whose rows are records. Returns {"x", "y" (design form), "k", "base" (the
+    train subset's record ordinals, or None for the whole version)}, or None when the rows cannot be found
+    that way (a composed version, several train inputs, a features table that does not hold each row once)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyroaring import BitMap
+
+    from expunge.lineage.rows import record_ids
+    from expunge.lineage.tables import id_column, read_table
+
+    train = [i for i in rec["inputs"] if i.get("role", "train") == "train"]
+    if len(train) != 1 or train[0].get("_row_space") != "records":
+        return None
+    c = rec["config"]
+    base = train[0].get("_subset_ords")
+    with store.view() as view:
+        v = view.resolve_version(train[0]["dataset"])
+        whole = BitMap(base) if base is not None else view.load_bitmap(v["bitmap_file"])
+        hit = np.asarray(list(whole & BitMap(np.asarray(erased, np.uint32))), np.uint32)
+        ids = record_ids(store, view, v["record_dataset_id"], hit) if hit.size else pa.array([], pa.string())
+    cols = [c.get("row_col", "record_id"), *c["feature_cols"], c["label_col"]]
+    table = read_table(c["features"], cols[:1])
+    have = id_column(table, cols[0], "features")
+    mask = pc.is_in(have, value_set=ids)  # a hash of the k ids, not of the file's
+    if int(pc.sum(mask).as_py() or 0) != len(ids):
+        return None  # a removed row missing from the table, or there more than once
+    rows = table.filter(mask)
+    x = np.column_stack([rows.column(f).to_numpy(zero_copy_only=False).astype(np.float32)
+                         for f in c["feature_cols"]]).reshape(len(rows), len(c["feature_cols"]))
+    y = rows.column(c["label_col"]).to_numpy(zero_copy_only=False).astype(np.int64)
+    xd, yd = design_arrays(x, y)
+    return {"x": xd, "y": yd, "k": int(hit.size), "base": base, "erased_train": hit}
+
+
+def read_probe_seconds(store, version: str, config: dict) -> float:
+    """Seconds that finding removed rows takes on this data (`removed_rows` for one record): reading the
+    features table's ids, matching them, reading the record ids. Measured by the trainer after training, so
+    that a batch removal can be priced before it runs."""
+    import time
+
+    import pyarrow.compute as pc
+
+    from expunge.lineage.rows import record_ids
+    from expunge.lineage.tables import id_column, read_table
+
+    t0 = time.perf_counter()
+    with store.view() as view:
+        v = view.resolve_version(version)
+        if v["row_space"] != "records":
+            return 0.0
+        bm = view.load_bitmap(v["bitmap_file"])
+        first = bm.min() if len(bm) else 0
+        ids = record_ids(store, view, v["record_dataset_id"], np.asarray([first], np.uint32))
+    row_col = config.get("row_col", "record_id")
+    table = read_table(config["features"], [row_col])
+    table.filter(pc.is_in(id_column(table, row_col, "features"), value_set=ids))
+    return time.perf_counter() - t0
+
+
 def removal_need(store, run: str, model_path, exclude_records, max_work: float = 2e8,
                  sha256: str | None = None) -> float | None:
+    """`removal_need_how`'s budget."""
+    return removal_need_how(store, run, model_path, exclude_records, max_work, sha256)[0]
+
+
+def removal_need_how(store, run: str, model_path, exclude_records, max_work: float = 2e8,
+                     sha256: str | None = None) -> tuple[float | None, str | None]:
     """Budget that removing `exclude_records` from `run`'s model would use (the sum of `newton_removal`'s
     bounds), computed on the run's training data; None when that work (k steps of n·d²) exceeds `max_work`
     or the data is not at hand. The weights are checked against their recorded sha256 (`sha256`, else the
@@ -97,15 +209,28 @@ def removal_need(store, run: str, model_path, exclude_records, max_work: float =
     from expunge.lineage.torch import load_artifact
     from expunge.orchestrator.rerun import recorded_request
 
+    rec = recorded_request(store, run, need_trainer=False, rows=False)
+    state = load_artifact(model_path, sha256, store=store)
+    saved = state.get("removal_state") or {}
+    if "hessian" in saved:
+        try:
+            fast = removed_rows(store, rec, np.asarray(exclude_records, np.uint32))
+        except (OSError, BadInput):
+            return None, None
+        if fast is not None:  # the executor's batch step, from the removed rows alone
+            lam = certificate(rec["config"])["lam"]
+            return batch_removal(saved, state["model"]["w"].double(), lam, fast["x"], fast["y"])[1], "batch"
+    if max_work <= 0:
+        return None, None
     rec = recorded_request(store, run, need_trainer=False)
     try:
         full = training_data(store, rec)
         kept = set(training_data(store, rec, np.asarray(exclude_records, np.uint32)).row_ids)
     except (OSError, BadInput):
-        return None
+        return None, None
     remove = [i for i, rid in enumerate(full.row_ids) if rid not in kept]
     x, y = design(full)
     if len(remove) * len(y) * x.shape[1] ** 2 > max_work:
-        return None
-    w = load_artifact(model_path, sha256, store=store)["model"]["w"].double()
-    return float(sum(newton_removal(x, y, w, certificate(rec["config"])["lam"], remove)[1]))
+        return None, None
+    w = state["model"]["w"].double()
+    return float(sum(newton_removal(x, y, w, certificate(rec["config"])["lam"], remove)[1])), "per-row"

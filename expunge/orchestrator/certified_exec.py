@@ -22,6 +22,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     import torch
 
     from expunge.lineage.torch import load_artifact
+    from expunge.orchestrator import certified
     from expunge.orchestrator.rerun import recorded_request
     from expunge.orchestrator.trainers import TrainRequest, logreg_certified as lc, mlp
 
@@ -31,7 +32,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     if done:
         return Outcome(done, {"adopted": True})
     t0 = time.perf_counter()
-    rec = recorded_request(ctx.store, run)
+    rec = recorded_request(ctx.store, run, rows=False)
     with ctx.store.read() as con:
         extra, wall, cpu, total_steps, setup, record = con.execute(
             "SELECT extra, wall_seconds, cpu_seconds, total_steps, setup_seconds, record_seconds FROM runs "
@@ -41,34 +42,58 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     if not cert or rec["model_family"] != "logreg-certified":
         raise ActionFailed(f"run {run} is not a certified logistic regression (no certificate, or another family)")
     spent = float(extra.get("removal_budget_spent", 0.0))
-    req = TrainRequest(store=ctx.store, run_name=run, inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
-                       out_dir=Path("."), trainer=rec["trainer"], model_name=rec["model_name"])
-    full = mlp.dataset(req)  # loaded once: the rows to remove are those built from an erased record
-    mask = erased_rows(ctx.store, full, ctx.erased)
-    remove = np.flatnonzero(mask).tolist()
-    kept_ids = [rid for rid, m in zip(full.row_ids, mask) if not m]
     if not info["path"]:
         raise ActionFailed(f"{item['model']}: no artifact recorded")
     state = load_artifact(info["path"], info["sha256"], store=ctx.store)  # hash-checked, weights only
-    x, y = lc.design(full)
     w = state["model"]["w"].double()
-    new_w, bounds = lc.newton_removal(x, y, w, cert["lam"], remove)
-    used = float(sum(bounds))
+    saved = state.get("removal_state") or {}
+    t_read = time.perf_counter()
+    fast = certified.removed_rows(ctx.store, rec, ctx.erased) if "hessian" in saved else None
+    t_step = time.perf_counter()
+    if fast is not None:
+        # The weights carry the Hessian at themselves: one batch Newton step from the removed rows alone.
+        new_w, used, new_state = certified.batch_removal(saved, w, cert["lam"], fast["x"], fast["y"])
+        steps, how = fast["k"], "batch"
+        timing = {"read_seconds": t_step - t_read, "step_seconds": time.perf_counter() - t_step}
+    else:
+        # One Newton step per erased row on the training data, which is read whole; the result carries the
+        # Hessian at its own weights, so that the next removal from it needs only the removed rows.
+        with_rows = recorded_request(ctx.store, run)
+        full = mlp.dataset(TrainRequest(store=ctx.store, run_name=run, inputs=with_rows["inputs"], config=rec["config"],
+                                        seed=rec["seed"], out_dir=Path("."), trainer=rec["trainer"],
+                                        model_name=rec["model_name"]))
+        mask = erased_rows(ctx.store, full, ctx.erased)
+        remove = np.flatnonzero(mask).tolist()
+        x, y = lc.design(full)
+        new_w, bounds = lc.newton_removal(x, y, w, cert["lam"], remove)
+        used, steps, how = float(sum(bounds)), len(remove), "per-row"
+        keep = torch.from_numpy(~mask)
+        new_state = certified.removal_state(new_w, x[keep], y[keep], cert["lam"])
+        timing = {"read_seconds": full.load_seconds, "step_seconds": time.perf_counter() - t_step - full.load_seconds}
     base = float(cert.get("train_grad_norm", 0.0))
     if base + spent + used > cert["removal_budget"]:
-        raise ActionFailed(f"{item['model']}: removing {len(remove)} row(s) needs {used:.3g} of the removal budget, "
+        raise ActionFailed(f"{item['model']}: removing {steps} row(s) needs {used:.3g} of the removal budget, "
                            f"{cert['removal_budget'] - spent - base:.3g} left: nothing was changed")
     out = ctx.out_dir(name)
     path = out / "model.pt"
     tmp = out / "model.pt.tmp"
     torch.save({"model": {"w": new_w.to(state["model"]["w"].dtype)}, "certificate": cert,
-                "removed_rows": len(remove), "removal_budget_spent": spent + used}, tmp)
+                "removed_rows": steps, "removal_budget_spent": spent + used, "removal_state": new_state}, tmp)
     tmp.replace(path)
-    inputs = [dict(i) for i in rec["inputs"]]
-    for i in inputs:
+    inputs = []
+    listed = None  # other inputs over a row subset keep their rows as recorded
+    for pos, i in enumerate(rec["inputs"]):
+        if i.get("role", "train") != "train" and "_subset_ords" in i:
+            listed = listed or recorded_request(ctx.store, run)
+            i = listed["inputs"][pos]
+        i = {k: v for k, v in i.items() if not k.startswith("_")}
         if i.get("role", "train") == "train":
-            i["rows"] = kept_ids
-            i["_without_records"] = np.asarray(ctx.erased, np.uint32)  # recorded from ordinals, not 200k ids
+            # Recorded from ordinals: the run's rows (its subset, or the version) minus the erased records.
+            i.pop("rows", None)
+            i["_without_records"] = np.asarray(ctx.erased, np.uint32)
+            if rec_subset(rec) is not None:
+                i["_base_records"] = rec_subset(rec)
+        inputs.append(i)
     ctx.store.record_run({
         "run": {"name": name, "trainer": rec["trainer"], "config": rec["config"], "inputs": inputs,
                 **{k: rec[k] for k in ("seed", "code_version", "model_family") if rec.get(k) is not None},
@@ -80,8 +105,15 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
                 "extra": {**extra, "removal_budget_spent": spent + used,
                           "certified_removal": {k: v for k, v in cert.items()
                                                 if k not in ("n", "hessian_min_eig", "x_spectral_sq", "w_norm")},
-                          "removed_by": {"plan": ctx.plan["id"], "newton_steps": len(remove), "bound": used}}},
+                          "removed_by": {"plan": ctx.plan["id"], "newton_steps": steps, "how": how,
+                                         "bound": used}}},
         "models": [{"name": info["name"], "path": str(path), "stage": "dev", "parents": rec["parents"]}]})
     return Outcome(model_of_run(ctx.store, name),
-                   {"newton_steps": len(remove), "budget_used": used, "budget_left":
-                    cert["removal_budget"] - base - spent - used, "seconds": time.perf_counter() - t0})
+                   {"newton_steps": steps, "how": how, "budget_used": used, "budget_left":
+                    cert["removal_budget"] - base - spent - used, "seconds": time.perf_counter() - t0, **timing})
+
+
+def rec_subset(rec: dict):
+    """The record ordinals of the run's train subset (None: the whole version)."""
+    train = [i for i in rec["inputs"] if i.get("role", "train") == "train"]
+    return train[0].get("_subset_ords") if len(train) == 1 else None

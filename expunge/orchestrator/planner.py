@@ -264,10 +264,13 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
         if not (f.certificate and f.direct and f.train_records and f.family == CERTIFIED_FAMILY):
             continue
         left = f.certificate.get("removal_budget", 0.0) - f.budget_spent
-        if left <= 0 or CertifiedRemoval.consumption(f, limit=left) <= left:
+        if left <= 0:
             continue
-        if f.forget_rows() * f.run_records * f.dim ** 2 > CERTIFIED_WORK:
-            continue  # k Hessians of n·d²: too much for planning; the recorded bound stands
+        # Weights saved with their Hessian are removed from with one batch step on the removed rows alone:
+        # its budget is computed exactly here (cheap). Otherwise, only where the recorded bound says no, the
+        # per-row steps on the run's data, unless k Hessians of n·d² are too much for planning.
+        bound_ok = CertifiedRemoval.consumption(f, limit=left) <= left
+        work = 0 if bound_ok or f.forget_rows() * f.run_records * f.dim ** 2 > CERTIFIED_WORK else CERTIFIED_WORK
         from expunge.orchestrator import certified
 
         name, _, ver = f.model.rpartition("@")
@@ -276,7 +279,8 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
                                [name, int(ver)]).fetchall()
         if row and row[0][0]:
             try:
-                f.certified_need = certified.removal_need(store, f.run, row[0][0], record_ords, sha256=row[0][1])
+                f.certified_need, f.certified_how = certified.removal_need_how(
+                    store, f.run, row[0][0], record_ords, sha256=row[0][1], max_work=work)
             except ArtifactMismatch:
                 raise
             except (ExpungeError, OSError, RuntimeError, ValueError, KeyError, TypeError):

@@ -18,9 +18,11 @@ from expunge.lineage.store import Store
 from expunge.orchestrator.trainers import TrainRequest, allowed_prefixes, load_trainer
 
 
-def recorded_request(store: Store, run: str, *, need_trainer: bool = True) -> dict:
+def recorded_request(store: Store, run: str, *, need_trainer: bool = True, rows: bool = True) -> dict:
     """What a run recorded: trainer, config, seed, inputs (with row subsets), and its model version.
-    Refused for a run with no trainer entry point unless `need_trainer` is False."""
+    Refused for a run with no trainer entry point unless `need_trainer` is False. With `rows=False` an input
+    over a subset carries `_subset_ords` (the records, as stored; for a records version, its rows) and
+    `_row_space` instead of its row ids."""
     from expunge.lineage.rows import record_ids
 
     with store.view() as view:
@@ -42,9 +44,13 @@ def recorded_request(store: Store, run: str, *, need_trainer: bool = True) -> di
                    FROM dataset_versions v JOIN datasets d USING (dataset_id) WHERE v.version_id = ?""", [vid]
             ).fetchall()[0]
             entry: dict = {"dataset": label, "role": role}
+            if not rows:
+                entry["_row_space"] = space
             if subset is not None:
                 ords = np.frombuffer(view.load_bitmap(subset).to_array(), np.uint32)
-                if space == "records":
+                if not rows:
+                    entry["_subset_ords"] = ords
+                elif space == "records":
                     entry["rows"] = record_ids(store, view, rec_ds, ords).to_pylist()
                 else:
                     entry["rows"] = _composed_rows(store, run, label, ords, n_rows)

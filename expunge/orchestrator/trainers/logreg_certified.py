@@ -59,6 +59,9 @@ def train(req: TrainRequest) -> dict:
         return loss
 
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
+    # What finding a removed row costs on this data, for pricing a later batch removal (outside the run's
+    # training seconds).
+    cert["removal_read_seconds"] = certified.read_probe_seconds(req.store, ds.version, c)
     with req.tracker(inputs=[req.input_manifest(ds)] + others, extra={"certified_removal": cert}) as tr:
         tr.consumed(ds.row_ids)  # full-batch: every row is in the first step
         opt.step(closure)
@@ -70,7 +73,8 @@ def train(req: TrainRequest) -> dict:
         cert.update(removal_facts(w.detach(), x, y, cert["lam"]), train_grad_norm=float(grad.norm()),
                     gradient_passes=passes + 1 + x.shape[1])
         tr.final_model(_Weights(w.detach()), req.model_name, stage=req.stage, parents=req.parents,
-                       certificate=cert, noise_seed=req.seed, grad_norm=float(grad.norm()))
+                       certificate=cert, noise_seed=req.seed, grad_norm=float(grad.norm()),
+                       removal_state=certified.removal_state(w.detach(), x, y, cert["lam"]))
     return tr.result
 
 
