@@ -22,6 +22,7 @@ SCHEMA_VERSION = 1
 DONE_STATUSES = ("verified", "closed")          # the request was carried out
 GUARANTEE_ORDER = ("exact", "certified", "approximate")
 DUE_SOON_DAYS = 7
+RESIDUAL_STATES = ("present", "held", "changed", "missing", "purged")
 METRIC_TEXT_MAX = 80                             # longer strings in a check's metrics are left out
 
 
@@ -153,8 +154,8 @@ def _version_coverage(store: Store, con) -> dict:
                 if not path.exists():
                     traced, why = 0, "its row map file is missing"
                 else:
-                    rm = np.load(path, allow_pickle=False)
-                    traced = int(np.unique(rm[1]).size) if rm.size else 0
+                    rm = np.load(path, allow_pickle=False)  # (record ordinal, row) pairs
+                    traced = int(np.count_nonzero(np.bincount(rm[1], minlength=n_rows))) if rm.size else 0
         except Exception:  # a corrupt lineage file: the version cannot be traced (the report still renders)
             traced, why = 0, "its lineage file cannot be read"
         lineage = "full" if traced >= n_rows else ("none" if traced == 0 else "partial")
@@ -315,16 +316,23 @@ def _checks(con) -> dict:
 
 
 def _residuals(store: Store, request_ids: list[str]) -> dict:
+    from expunge.errors import ExpungeError
     from expunge.orchestrator.residuals import residuals
 
-    items = []
+    items, notes = [], []
     for rid in request_ids:
-        for r in residuals(store, rid)["residuals"]:
+        try:
+            found = residuals(store, rid)["residuals"]
+        except ExpungeError as exc:  # e.g. its plan's document altered: say so, keep the rest of the report
+            notes.append(f"{rid}: {exc}")
+            continue
+        for r in found:
             items.append({"request": rid, "model": r["model"], "kind": r["kind"], "path": r["path"],
                           "state": r["state"], "why": r["why"]})
-    states = ("present", "held", "changed", "missing", "purged")
+    states = list(RESIDUAL_STATES) + sorted({i["state"] for i in items} - set(RESIDUAL_STATES))
     return {"requests": len(request_ids), "total": len(items),
-            "by_state": {s: sum(1 for i in items if i["state"] == s) for s in states}, "items": items}
+            "by_state": {s: sum(1 for i in items if i["state"] == s) for s in states}, "items": items,
+            "notes": notes}
 
 
 # ------------------------------------------------------------------ HTML
@@ -763,7 +771,8 @@ def _cost_html(acts: list[dict]) -> str:
 
 
 def _residuals_html(res: dict) -> str:
-    head = '<section id="residuals"><h2>Residual copies</h2>'
+    head = '<section id="residuals"><h2>Residual copies</h2>' + "".join(
+        f'<p class="warn">{_e(n)}</p>' for n in res["notes"])
     if not res["requests"]:
         return head + '<div class="empty">No request\'s plan has run yet: nothing is residual.</div></section>'
     if not res["items"]:
@@ -771,7 +780,7 @@ def _residuals_html(res: dict) -> str:
                       "</div></section>"
     import os
 
-    order = {"present": 0, "held": 1, "changed": 2, "missing": 3, "purged": 4}
+    order = {s: i for i, s in enumerate(res["by_state"])}
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in res["items"]:  # one row per replaced model version: its model file and its checkpoints
         groups.setdefault((r["request"], r["model"]), []).append(r)

@@ -159,7 +159,7 @@ def test_requests_by_status_and_deadlines(reported):
 
 
 def test_compute_against_retraining_everything(reported):
-    store, doc, root = reported["store"], reported["doc"], reported["root"]
+    store, doc = reported["store"], reported["doc"]
     comp = doc["compute"]
     assert [p["plan"] for p in comp["plans"]] == reported["plans"]
     actual = est = retrain = 0.0
@@ -227,6 +227,27 @@ def test_residual_copies(reported):
     assert states["present"] > 0 and states["purged"] > 0
     assert {k: v for k, v in doc["residuals"]["by_state"].items() if v} == states
     assert {r for r, _ in got} == {"req-000001", "req-000002"}
+
+
+def test_an_altered_plan_document_is_named_not_fatal(reported):
+    """A plan document changed after it ran: the report still renders, and says which plan and why."""
+    from expunge.report import build, render_html
+
+    store, pid = reported["store"], reported["plans"][1]
+    path = store.root / "plans" / f"{pid}.json"
+    body = path.read_bytes()
+    try:
+        path.write_bytes(body.replace(b'"requests"', b'"requests" ', 1))
+        doc = build(store)
+        jsonschema.validate(doc, load_schema("report.schema.json"))
+        bad = next(p for p in doc["compute"]["plans"] if p["plan"] == pid)
+        assert bad["retrain_everything_seconds"] is None and "changed after it was made" in bad["note"]
+        assert doc["compute"]["plans_counted"] == 1
+        assert [n.split(":")[0] for n in doc["residuals"]["notes"]] == ["req-000002"]
+        html = render_html(doc)
+        assert "changed after it was made" in html
+    finally:
+        path.write_bytes(body)
 
 
 # ------------------------------------------------------------------ the page
