@@ -923,6 +923,7 @@ from expunge.cli_trainers import register as _register_trainers_commands  # noqa
 
 _register_key_commands(app)
 _register_trainers_commands(app)
+from expunge.cli_report import register as _register_report; _register_report(app)  # noqa: E402, E702
 
 
 def main() -> None:
