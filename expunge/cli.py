@@ -923,6 +923,7 @@ from expunge.cli_trainers import register as _register_trainers_commands  # noqa
 
 _register_key_commands(app)
 _register_trainers_commands(app)
+__import__("expunge.cli_verify").cli_verify.register(app)
 
 
 def main() -> None:
