@@ -923,7 +923,11 @@ from expunge.cli_trainers import register as _register_trainers_commands  # noqa
 
 _register_key_commands(app)
 _register_trainers_commands(app)
-from expunge.cli_report import register as _register_report; _register_report(app)  # noqa: E402, E702
+from expunge.cli_report import register as _register_report_commands  # noqa: E402
+from expunge.cli_verify import register as _register_verify_commands  # noqa: E402
+
+_register_report_commands(app)
+_register_verify_commands(app)
 
 
 def main() -> None:

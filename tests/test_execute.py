@@ -336,30 +336,42 @@ def test_a_chain_retrained_from_scratch_never_reuses_a_parents_approximate_resul
     assert chosen["churn-mlp@1"] == "approximate_unlearning" and chosen["churn-ft@1"] == "full_retrain"
     out = execute.run_plan(store, doc["id"], finish=False)
     new = {a["model"]: a["new_model"] for a in out["actions"]}
+    pos = next(p for p, i in enumerate(doc["items"]) if i["model"] == "churn-mlp@1")
+    (esc,) = execute._escalated(store, doc["id"], pos)  # a one-row forget set: the check cannot pass
+    approximate = esc["rejected_model"]
     ft = info(store, new["churn-ft@1"])
     (parent,) = ft["parents"]
-    assert parent["model"] != new["churn-mlp@1"]  # not the approximate result
+    assert parent["model"] != approximate  # not the approximate result
     # The chain's own scratch retrain of churn-mlp: its lineage holds none of the subject's records.
     reached = {m["id"] for m in store.impact([subject]).models}
     assert new["churn-ft@1"] not in reached and parent["model"] not in reached
-    assert new["churn-mlp@1"] in reached  # the approximate one still descends from a model that saw them
+    assert approximate in reached  # the approximate one still descends from a model that saw them
     assert info(store, new["churn-ft@1"])["stage"] == "staging"
 
 
 def test_results_as_good_as_approximate_wait_for_their_check(tmp_path):
-    """A child re-derived from an approximately unlearned parent is approximate too: neither is promoted, the old
-    versions keep their stages, and the request is not completed (the subject stays known)."""
+    """A child re-derived from an approximately unlearned parent is approximate too, and waits for the parent's
+    check: here the parent's forget set (one row, no held-out rows) cannot pass it, so the parent's result is
+    rolled back (archived, never promoted) and the plan's next admissible action runs; the child is re-derived
+    from that, and the request completes."""
     store, subject, doc = _cheapest_demo(tmp_path)
     items = {i["model"]: i for i in doc["items"]}
     assert items["churn-ft@1"]["chosen"] == {**items["churn-ft@1"]["chosen"], "action": "rederive_from_parent",
                                              "guarantee": "approximate"}
+    runner_up = next(c["action"] for c in items["churn-mlp@1"]["candidates"]
+                     if c["admissible"] and c["action"] != "approximate_unlearning")
     out = execute.run_plan(store, doc["id"])
-    assert out["completed"] is None and store.impact([subject]).found == 1
-    for a in out["actions"]:
-        if a["guarantee"] == "approximate":
-            assert info(store, a["new_model"])["stage"] == "dev", a
-            assert info(store, a["model"])["stage"] != "superseded", a
-    assert rq.get(store, doc["requests"][0]).status == "executing"
+    acts = {a["model"]: a for a in out["actions"]}
+    assert acts["churn-mlp@1"]["action"] == runner_up and acts["churn-mlp@1"]["escalated_from"] == \
+        "approximate_unlearning"
+    pos = list(items).index("churn-mlp@1")
+    (esc,) = execute._escalated(store, doc["id"], pos)
+    assert esc["verdict"] == "inconclusive" and esc["to_action"] == runner_up
+    assert info(store, esc["rejected_model"])["stage"] == "archived"
+    assert info(store, acts["churn-ft@1"]["new_model"])["parents"][0]["model"] == acts["churn-mlp@1"]["new_model"]
+    assert all(a["check_result"] == "pass" and not a["pending_check"] for a in out["actions"])
+    assert out["completed"] is not None and store.impact([subject]).found == 0
+    assert rq.get(store, doc["requests"][0]).status == "verified"
 
 
 def test_run_needs_the_stores_policy_and_works_without_approvals_when_it_says_so(tmp_path):

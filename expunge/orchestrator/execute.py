@@ -36,7 +36,10 @@ CREATE TABLE IF NOT EXISTS execution_actions(
 CREATE TABLE IF NOT EXISTS model_replacements(
     model_id INTEGER NOT NULL, replaces_model_id INTEGER NOT NULL, plan_id VARCHAR NOT NULL,
     action VARCHAR NOT NULL, guarantee VARCHAR NOT NULL,
-    pending_check BOOLEAN NOT NULL);  -- an approximate result is not promoted before its check passes
+    pending_check BOOLEAN NOT NULL);  -- a result is not promoted before its check passes
+CREATE TABLE IF NOT EXISTS escalations(  -- a result that failed its check: rolled back, the next action tried
+    plan_id VARCHAR NOT NULL, position INTEGER NOT NULL, model VARCHAR NOT NULL, from_action VARCHAR NOT NULL,
+    rejected_model VARCHAR, verdict VARCHAR NOT NULL, to_action VARCHAR, reason VARCHAR, escalated_at TIMESTAMP NOT NULL);
 """
 
 
@@ -381,11 +384,10 @@ def _mark(store: Store, pid: str, pos: int, **fields) -> None:
 
 
 def _finish(store: Store, doc: dict, pos: int, item: dict, out: Outcome, wall: float, cpu: float) -> None:
-    """Mark the action done; record the new version as replacing the old one (the old is superseded, the new
-    takes its stage), with the training cost the old run recorded for future planning. One write."""
-    # A result as good as approximate (its own unlearning, or re-derived from an approximately unlearned parent)
-    # is not promoted before its check passes.
-    out.pending_check = out.pending_check or item["chosen"]["guarantee"] == "approximate"
+    """Mark the action done; record the new version as the candidate replacement of the old one, pending its
+    check (`_promote` or `_reject` settles it), with the training cost the old run recorded for future
+    planning. One write."""
+    out.pending_check = bool(out.new_model)
     with store.write() as txn:
         if out.new_model:
             old = txn.resolve_model(item["model"])
@@ -399,19 +401,92 @@ def _finish(store: Store, doc: dict, pos: int, item: dict, out: Outcome, wall: f
                              WHERE run_id = (SELECT run_id FROM models WHERE model_id = ?)) o
                        WHERE runs.run_id = (SELECT run_id FROM models WHERE model_id = ?)""",
                     [old["model_id"], new["model_id"]])
-            txn.con.execute("INSERT INTO model_replacements VALUES (?, ?, ?, ?, ?, ?)",
+            txn.con.execute("DELETE FROM model_replacements WHERE model_id = ? AND plan_id = ?",
+                            [new["model_id"], doc["id"]])
+            txn.con.execute("INSERT INTO model_replacements VALUES (?, ?, ?, ?, ?, TRUE)",
                             [new["model_id"], old["model_id"], doc["id"], item["chosen"]["action"],
-                             item["chosen"]["guarantee"], out.pending_check])
-            if not out.pending_check:
-                stage = txn.one("SELECT stage FROM models WHERE model_id = ?", [old["model_id"]])
-                txn.con.execute("UPDATE models SET stage = ? WHERE model_id = ?", [stage, new["model_id"]])
-                txn.con.execute("UPDATE models SET stage = 'superseded' WHERE model_id = ?", [old["model_id"]])
-                txn.con.execute("INSERT INTO model_stages VALUES (?, ?, ?, 'superseded', ?)",
-                                [old["model_id"], _now(), stage, f"replaced by {out.new_model} (plan {doc['id'][:8]})"])
+                             item["chosen"]["guarantee"]])
         txn.con.execute(
             """UPDATE execution_actions SET state = 'done', new_model = ?, wall_seconds = ?, cpu_seconds = ?,
                       ended_at = ?, detail = ?, error = NULL WHERE plan_id = ? AND position = ?""",
             [out.new_model, wall, cpu, _now(), json.dumps(out.detail, sort_keys=True, default=str), doc["id"], pos])
+
+
+def _promote(store: Store, doc: dict, item: dict, new_model: str) -> None:
+    """The result passed its check: the new version takes the old one's stage, the old one is superseded."""
+    with store.write() as txn:
+        old = txn.resolve_model(item["model"])
+        new = txn.resolve_model(new_model)
+        if not txn.one("SELECT count(*) FROM model_replacements WHERE model_id = ? AND plan_id = ? AND pending_check",
+                       [new["model_id"], doc["id"]]):
+            return  # promoted by an earlier attempt
+        txn.con.execute("UPDATE model_replacements SET pending_check = FALSE WHERE model_id = ? AND plan_id = ?",
+                        [new["model_id"], doc["id"]])
+        stage = txn.one("SELECT stage FROM models WHERE model_id = ?", [old["model_id"]])
+        txn.con.execute("UPDATE models SET stage = ? WHERE model_id = ?", [stage, new["model_id"]])
+        txn.con.execute("UPDATE models SET stage = 'superseded' WHERE model_id = ?", [old["model_id"]])
+        txn.con.execute("INSERT INTO model_stages VALUES (?, ?, ?, 'superseded', ?)",
+                        [old["model_id"], _now(), stage, f"replaced by {new_model} (plan {doc['id'][:8]})"])
+
+
+def effective_item(item: dict, st: dict | None) -> dict:
+    """The plan item as it runs: its chosen action, or the admissible alternative a failed check escalated it to
+    (the execution record's action)."""
+    act = (st or {}).get("action")
+    if not item.get("chosen") or not act or act == item["chosen"]["action"]:
+        return item
+    c = next(c for c in item["candidates"] if c["action"] == act)
+    kind = {"exact": "lineage", "certified": "certificate"}.get(c["guarantee"], item["chosen"]["check"]["kind"])
+    return {**item, "chosen": {"action": act, "guarantee": c["guarantee"], "seconds": c["seconds"],
+                               "cost": c["cost"], "check": {"kind": kind, "seconds": c.get("check_seconds", 0.0)},
+                               "escalated_from": item["chosen"]["action"]}}
+
+
+def _escalated(store: Store, pid: str, pos: int) -> list[dict]:
+    with store.read() as con:
+        if not has_table(con, "escalations"):
+            return []
+        rows = con.execute("""SELECT from_action, rejected_model, verdict, to_action, reason FROM escalations
+                              WHERE plan_id = ? AND position = ? ORDER BY escalated_at""", [pid, pos]).fetchall()
+    return [dict(zip(("from_action", "rejected_model", "verdict", "to_action", "reason"), r)) for r in rows]
+
+
+def next_action(item: dict, tried: set[str]) -> dict | None:
+    """The plan's next admissible candidate for the item not tried yet (best first, as priced); never another
+    approximate unlearning."""
+    for c in item.get("candidates") or []:
+        if c["admissible"] and c["action"] not in tried and c["action"] != "approximate_unlearning":
+            return c
+    return None
+
+
+def _reject(store: Store, doc: dict, pos: int, item: dict, new_model: str | None, res: dict,
+            to: dict | None) -> None:
+    """Roll a result back (its new version archived, never promoted) and record the escalation to `to`, or the
+    action's failure when no admissible action is left. One write."""
+    why = "; ".join(res["reasons"])[:1000] or res["verdict"]
+    with store.write() as txn:
+        if new_model:
+            new = txn.resolve_model(new_model)
+            txn.con.execute("DELETE FROM model_replacements WHERE model_id = ? AND plan_id = ?",
+                            [new["model_id"], doc["id"]])
+            stage = txn.one("SELECT stage FROM models WHERE model_id = ?", [new["model_id"]])
+            txn.con.execute("UPDATE models SET stage = 'archived' WHERE model_id = ?", [new["model_id"]])
+            txn.con.execute("INSERT INTO model_stages VALUES (?, ?, ?, 'archived', ?)",
+                            [new["model_id"], _now(), stage, f"rejected: its {res['kind']} check did not pass "
+                             f"({res['verdict']}; plan {doc['id'][:8]})"])
+        txn.con.execute("INSERT INTO escalations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [doc["id"], pos, item["model"], item["chosen"]["action"], new_model, res["verdict"],
+                         to["action"] if to else None, why, _now()])
+        if to:
+            txn.con.execute("""UPDATE execution_actions SET action = ?, est_seconds = ?, state = 'pending',
+                                      new_model = NULL WHERE plan_id = ? AND position = ?""",
+                            [to["action"], to["seconds"], doc["id"], pos])
+        else:
+            txn.con.execute("""UPDATE execution_actions SET state = 'failed', ended_at = ?, error = ?
+                               WHERE plan_id = ? AND position = ?""",
+                            [_now(), f"its {res['kind']} check did not pass ({res['verdict']}: {why}) and no other "
+                             "admissible action is left"[:2000], doc["id"], pos])
 
 
 class LocalExecutor:
@@ -484,46 +559,92 @@ def run_plan(store: Store, plan_id: str, *, dry_run: bool = False, jobs: int = 1
 
 def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finish: bool) -> dict:
     from expunge.lineage.store import fault
+    from expunge.orchestrator.policy import pinned
 
     pid = doc["id"]
     state = _state(store, pid)
     start(store, doc)
     state = _state(store, pid)
+    policy = pinned(store, doc["policy"]["sha256"])
     hashes = _hashes(Context(store, doc, np.zeros(0, np.uint32)))
     ctx = Context(store, doc, store.engine().records_of(hashes)[0])
-    for pos, st in sorted(state.items()):
-        if st["state"] == "done" and st["new_model"]:
-            ctx.new[st["model"]] = st["new_model"]
     emit = on_event or (lambda kind, info: None)
     items = doc["items"]
-    done = {pos for pos, st in state.items() if st["state"] == "done"}
+    acting = {pos: effective_item(item, state.get(pos)) for pos, item in enumerate(items)}
+    checked = _passed_checks(store, pid)
+    done = {pos for pos, st in state.items()
+            if st["state"] == "done" and pos in checked and checked[pos] == st["new_model"]}
     for pos in sorted(done):
-        emit("skip", {"position": pos, "item": items[pos], "state": state[pos], "all": items})
+        if state[pos]["new_model"]:
+            ctx.new[state[pos]["model"]] = state[pos]["new_model"]
+        emit("skip", {"position": pos, "item": acting[pos], "state": state[pos], "all": items})
     position = {item["model"]: pos for pos, item in enumerate(items)}
 
     def ready(pos: int) -> bool:
         return all(position[p] in done for p in items[pos]["after"] if p in position)
 
     def begin(pos: int) -> None:
-        emit("start", {"position": pos, "item": items[pos], "state": state[pos], "all": items})
+        emit("start", {"position": pos, "item": acting[pos], "state": state[pos], "all": items})
         _mark(store, pid, pos, state="running", started_at=_now(), attempts=state[pos]["attempts"] + 1)
 
     def failed(pos: int, exc: BaseException):
         # A trainer's own exception text may quote its data: the record keeps only its type.
         msg = str(exc) if isinstance(exc, ExpungeError) else f"{type(exc).__name__} in the trainer (see its output)"
         _mark(store, pid, pos, state="failed", ended_at=_now(), error=msg[:2000])
-        emit("failed", {"position": pos, "item": items[pos], "error": msg})
+        emit("failed", {"position": pos, "item": acting[pos], "error": msg})
         if isinstance(exc, ExpungeError):
-            return ActionFailed(f"{items[pos]['model']}: {items[pos]['chosen']['action']} failed: {msg}")
+            return ActionFailed(f"{items[pos]['model']}: {acting[pos]['chosen']['action']} failed: {msg}")
         return exc
 
-    def finished(pos: int, out: Outcome, wall: float, cpu: float) -> None:
-        _finish(store, doc, pos, items[pos], out, wall, cpu)
-        if out.new_model:
-            ctx.new[items[pos]["model"]] = out.new_model
-        done.add(pos)
-        emit("done", {"position": pos, "item": items[pos], "outcome": out})
+    def settle(pos: int, out: Outcome | None) -> None:
+        """Check the action's result before anything builds on it: a pass promotes it; a failed or inconclusive
+        check rolls it back and runs the plan's next admissible action for the item, checked in turn."""
+        from expunge.orchestrator import verify
 
+        while True:
+            new_model = out.new_model if out else _state(store, pid)[pos]["new_model"]
+            item = acting[pos]
+            fault(f"run:before-check-{pos}")
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="expunge-check-") as tmp:
+                res = verify.check_item(store, doc, item, item["chosen"]["action"], new_model, erased=ctx.erased,
+                                        hashes=hashes, policy=policy, passed=verify.passed_results(store, pid),
+                                        work_dir=Path(tmp))
+            verify.record(store, pid, pos, item["model"], new_model, res)
+            if res["passed"]:
+                if new_model:
+                    _promote(store, doc, item, new_model)
+                    ctx.new[item["model"]] = new_model
+                done.add(pos)
+                emit("done", {"position": pos, "item": item, "outcome": out, "check": res})
+                return
+            tried = {items[pos]["chosen"]["action"], item["chosen"]["action"],
+                     *(e["to_action"] for e in _escalated(store, pid, pos) if e["to_action"])}
+            nxt = next_action(items[pos], tried)
+            _reject(store, doc, pos, item, new_model, res, nxt)
+            emit("rejected", {"position": pos, "item": item, "check": res, "to": nxt})
+            if nxt is None:
+                raise ActionFailed(f"{item['model']}: {item['chosen']['action']}'s result did not pass its "
+                                   f"{res['kind']} check ({res['verdict']}: {'; '.join(res['reasons'])}) and the plan "
+                                   "has no other admissible action for it")
+            state[pos] = _state(store, pid)[pos]
+            acting[pos] = effective_item(items[pos], state[pos])
+            begin(pos)
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                out = executor(acting[pos]["chosen"]["action"])(ctx, acting[pos])
+            except Exception as exc:
+                raise failed(pos, exc) from None
+            _finish(store, doc, pos, acting[pos], out, time.perf_counter() - t0, time.process_time() - c0)
+
+    def finished(pos: int, out: Outcome, wall: float, cpu: float) -> None:
+        _finish(store, doc, pos, acting[pos], out, wall, cpu)
+        settle(pos, out)
+
+    # Results done but not checked yet (a run stopped between the two): check them before anything else.
+    for pos in sorted(p for p, st in state.items() if st["state"] == "done" and p not in done):
+        settle(pos, None)
     todo = [pos for pos in range(len(items)) if pos not in done]
     if jobs == 1:
         for pos in todo:
@@ -531,7 +652,7 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
             fault(f"run:before-action-{pos}")
             t0, c0 = time.perf_counter(), time.process_time()
             try:
-                out = executor(items[pos]["chosen"]["action"])(ctx, items[pos])
+                out = executor(acting[pos]["chosen"]["action"])(ctx, acting[pos])
             except Exception as exc:  # recorded, then re-raised (expunge's own errors as one line)
                 raise failed(pos, exc) from None
             fault(f"run:after-action-{pos}")
@@ -548,7 +669,8 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
                 for pos in [p for p in todo if ready(p)][:max(jobs - len(running), 0)]:
                     todo.remove(pos)
                     begin(pos)
-                    running[pool.submit(_work, str(store.root), doc, pos, dict(ctx.new), ctx.erased)] = pos
+                    work_doc = {**doc, "items": [acting[p] if p == pos else it for p, it in enumerate(items)]}
+                    running[pool.submit(_work, str(store.root), work_doc, pos, dict(ctx.new), ctx.erased)] = pos
                 if not running:
                     raise ActionFailed("no action can start: a parent's action did not finish")
                 finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -559,13 +681,18 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
                     except Exception as exc:
                         error = error or failed(pos, exc)
                         continue
-                    finished(pos, out, wall, cpu)
+                    try:
+                        finished(pos, out, wall, cpu)
+                    except Exception as exc:
+                        error = error or exc
             if error is not None:  # let the others finish and record them; the failed one stays failed
                 for fut in wait(running).done:
                     pos = running[fut]
                     try:
                         finished(pos, *fut.result())
                     except Exception as exc:
+                        if isinstance(exc, ActionFailed):
+                            continue
                         failed(pos, exc)
                 raise error
         finally:
@@ -573,9 +700,6 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
     with store.write() as txn:
         txn.con.execute("UPDATE executions SET state = 'done', ended_at = ? WHERE plan_id = ? AND state <> 'done'",
                         [_now(), pid])
-    from expunge.orchestrator.policy import pinned
-
-    policy = pinned(store, doc["policy"]["sha256"])
     out = summary(store, doc, _state(store, pid))
     if finish and not any(a["pending_check"] and a["state"] == "done" for a in out["actions"]):
         out["completed"] = complete(store, doc, out)
@@ -584,8 +708,15 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
 
             out["purged"] = sum(purge(store, r, policy)["purged"] for r in doc["requests"])
     else:
-        out["completed"] = None  # approximate results wait for their check: the subjects stay known
+        out["completed"] = None  # results wait for their check: the subjects stay known
     return out
+
+
+def _passed_checks(store: Store, pid: str) -> dict[int, str | None]:
+    """Position → the result whose latest check passed (None: an action with no new version that passed)."""
+    from expunge.orchestrator import verify
+
+    return {pos: c["new_model"] for pos, c in verify.latest(store, pid).items() if c["passed"]}
 
 
 def complete(store: Store, doc: dict, out: dict) -> dict:
@@ -600,13 +731,18 @@ def complete(store: Store, doc: dict, out: dict) -> dict:
     if proof is None:
         hashes = rq.subject_hashes(store, doc["requests"])
         reached = {m["id"] for m in store.impact_hashed(hashes).models}
-        new = [a["new_model"] for a in out["actions"] if a["new_model"]]
+        # Approximate results descend from the old versions by construction: their membership-inference check
+        # (passed, or they would not be done) is their proof.
+        new = [a["new_model"] for a in out["actions"] if a["new_model"] and a["guarantee"] != "approximate"]
+        approx = [a["new_model"] for a in out["actions"] if a["new_model"] and a["guarantee"] == "approximate"]
         bad = sorted(set(new) & reached)
         if bad:
             raise ActionFailed(f"lineage proof failed: {', '.join(bad)} still reach the erased records")
-        proof = json.dumps({"new_versions": {m: model_info(store, m)["sha256"] for m in new},
-                            "erased_records": int(len(store.engine().records_of(hashes)[0])),
-                            "reached_by_erased": []}, sort_keys=True)
+        proof = {"new_versions": {m: model_info(store, m)["sha256"] for m in new},
+                 "erased_records": int(len(store.engine().records_of(hashes)[0])), "reached_by_erased": []}
+        if approx:
+            proof["checked_by_membership_inference"] = {m: model_info(store, m)["sha256"] for m in approx}
+        proof = json.dumps(proof, sort_keys=True)
         _set_execution(store, pid, proof=proof)
     if forgotten is None:
         from expunge.lineage.forget import tombstones
@@ -636,15 +772,24 @@ def _set_execution(store: Store, pid: str, **fields) -> None:
 
 
 def summary(store: Store, doc: dict, state: dict[int, dict], dry_run: bool = False) -> dict:
+    from expunge.orchestrator import verify
+
+    checks = verify.latest(store, doc["id"]) if state else {}
     rows = []
     for pos, item in enumerate(doc["items"]):
         st = state.get(pos, {})
-        c = item["chosen"]
+        c = effective_item(item, st)["chosen"]
+        chk = checks.get(pos)
+        current = chk is not None and chk["new_model"] == st.get("new_model")
+        passed = bool(current and chk["passed"])
         rows.append({"order": item["order"], "model": item["model"], "action": c["action"],
                      "guarantee": c["guarantee"], "state": st.get("state", "pending"),
                      "new_model": st.get("new_model"), "estimated_seconds": c["seconds"],
                      "actual_seconds": st.get("wall_seconds"), "cpu_seconds": st.get("cpu_seconds"),
-                     "check": c["check"]["kind"], "pending_check": c["guarantee"] == "approximate",
+                     "check": c["check"]["kind"],
+                     "check_result": chk["verdict"] if current else None,
+                     "pending_check": st.get("state") == "done" and not passed,
+                     "escalated_from": c.get("escalated_from"),
                      "attempts": st.get("attempts", 0), "error": st.get("error")})
     return {"kind": "expunge.run", "plan": doc["id"], "requests": doc["requests"], "dry_run": dry_run,
             "actions": rows, "done": sum(r["state"] == "done" for r in rows), "total": len(rows)}

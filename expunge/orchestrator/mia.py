@@ -4,6 +4,8 @@ and the AUC of membership-inference attacks (forget set vs held-out non-members)
 The loss-threshold attack (Yeom et al., CSF 2018) calls a row a member when the model's loss on it is low; its
 AUC is P(loss(member) < loss(non-member)), ties counted half, computed exactly from ranks (Mann–Whitney U).
 The learned attack fits a logistic regression on [loss, confidence, margin] and reports its out-of-fold AUC.
+Each AUC's variance (and two AUCs' covariance, for a paired comparison on the same rows) is DeLong's, from the
+same ranks: what the verifier's confidence intervals are built on.
 """
 
 from __future__ import annotations
@@ -169,10 +171,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: 
     return w
 
 
-def learned_attack_auc(member_features: Any, nonmember_features: Any, *, folds: int = 5, seed: int = 0) -> float:
-    """AUC of a learned membership-inference attack: a logistic regression on per-row features (e.g.
-    `ExampleStats.features()`), scored out of fold by stratified k-fold cross-validation (seeded), so no row is
-    scored by a model that saw it. Uses min(folds, smaller class size) folds; ValueError below 2 rows a class."""
+def learned_attack_scores(member_features: Any, nonmember_features: Any, *, folds: int = 5,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold scores of a learned membership-inference attack: a logistic regression on per-row features
+    (e.g. `ExampleStats.features()`), each row scored by a model fit on the other folds (stratified k-fold,
+    seeded), so no row is scored by a model that saw it. Returns (member scores, non-member scores). Uses
+    min(folds, smaller class size) folds; ValueError below 2 rows a class."""
     m = np.asarray(member_features, dtype=np.float64)
     n = np.asarray(nonmember_features, dtype=np.float64)
     m, n = (a.reshape(-1, 1) if a.ndim == 1 else a for a in (m, n))
@@ -197,4 +201,38 @@ def learned_attack_auc(member_features: Any, nonmember_features: Any, *, folds: 
         train_x, test_x = _standardize(x[~test], x[test])
         w = fit_logistic(train_x, y[~test])
         scores[test] = w[0] + test_x @ w[1:]
-    return score_auc(scores[y == 1], scores[y == 0])
+    return scores[y == 1], scores[y == 0]
+
+
+def learned_attack_auc(member_features: Any, nonmember_features: Any, *, folds: int = 5, seed: int = 0) -> float:
+    """AUC of a learned membership-inference attack: the out-of-fold scores of `learned_attack_scores`."""
+    return score_auc(*learned_attack_scores(member_features, nonmember_features, folds=folds, seed=seed))
+
+
+def placements(positive_scores: Any, negative_scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: per positive, the share of negatives it outscores (ties half); per
+    negative, the share of positives that outscore it. Their means are both the AUC. From ranks: a positive's
+    rank among all scores minus its rank among the positives counts the negatives below it."""
+    pos = _finite_1d(positive_scores, "positive scores")
+    neg = _finite_1d(negative_scores, "negative scores")
+    ranks = _average_ranks(np.concatenate([pos, neg]))
+    v10 = (ranks[: pos.size] - _average_ranks(pos)) / neg.size
+    v01 = 1.0 - (ranks[pos.size:] - _average_ranks(neg)) / pos.size
+    return v10, v01
+
+
+def auc_covariance(pairs: list[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs and their covariance matrix (DeLong, DeLong and Clarke-Pearson, Biometrics 1988) for several
+    scorings of the same positives and negatives, each `(positive_scores, negative_scores)` in the same row
+    order: e.g. one attack on the unlearned and on the retrained model, to compare them paired. Needs at least
+    2 positives and 2 negatives (else the variance is undefined: ValueError)."""
+    comps = [placements(p, n) for p, n in pairs]
+    m, n = comps[0][0].size, comps[0][1].size
+    if m < 2 or n < 2:
+        raise ValueError(f"an AUC's variance needs at least 2 positives and 2 negatives, got {m} and {n}")
+    if any(v10.size != m or v01.size != n for v10, v01 in comps):
+        raise ValueError("paired AUCs need the same positives and negatives")
+    aucs = np.array([v10.mean() for v10, _ in comps])
+    s10 = np.atleast_2d(np.cov(np.stack([v10 for v10, _ in comps]), ddof=1))
+    s01 = np.atleast_2d(np.cov(np.stack([v01 for _, v01 in comps]), ddof=1))
+    return aucs, s10 / m + s01 / n

@@ -47,6 +47,11 @@ def residuals(store: Store, request_id: str, policy=None) -> dict:
                 """SELECT m.model_id, m.name, m.name || '@' || m.version_no, m.artifact_path, m.sha256, m.run_id,
                           'retired' FROM execution_actions a JOIN models m ON m.name || '@' || m.version_no = a.model
                    WHERE a.plan_id = ? AND a.action = 'retire' AND a.state = 'done'""", [pid]).fetchall()
+            if has_table(con, "escalations"):  # results rolled back after a failed check: derived from the old
+                models += con.execute(
+                    """SELECT m.model_id, m.name, m.name || '@' || m.version_no, m.artifact_path, m.sha256, m.run_id,
+                              'rejected' FROM escalations e JOIN models m ON m.name || '@' || m.version_no = e.rejected_model
+                       WHERE e.plan_id = ?""", [pid]).fetchall()
         purged = set() if not has_table(con, "purged_files") else {
             (p, s) for p, s in con.execute("SELECT path, sha256 FROM purged_files").fetchall()}
         files = []
