@@ -232,6 +232,20 @@ def test_one_flipped_byte_in_any_event_is_named(world, tmp_path):
     assert res.exit_code == 1 and "BROKEN at seq 1: hash_mismatch" in res.stdout
 
 
+def test_an_edited_event_with_its_hash_recomputed_breaks_the_next_link(world, tmp_path):
+    """A forger who edits event 4 and recomputes its hash leaves it self-consistent: event 5's prev names it."""
+    from expunge.audit_checker import link_hash, sha256
+
+    store = copy_store(world, tmp_path)
+    seq, kind, reqs, body, prev, _ = rows(store)[4]
+    forged = body.replace('"replan":false', '"replan":true')
+    assert forged != body
+    tamper(store, "UPDATE audit_events SET body = ?, hash = ? WHERE seq = 4",
+           [forged, link_hash(seq, kind, reqs, prev, sha256(forged.encode()))])
+    code, doc = verify_cli(store.root)
+    assert code == 1 and doc["first_broken"]["seq"] == 5 and doc["first_broken"]["problem"] == "prev_mismatch"
+
+
 def test_a_deleted_event_is_a_gap(world, tmp_path):
     store = copy_store(world, tmp_path)
     tamper(store, "DELETE FROM audit_events WHERE seq = 6")
