@@ -122,34 +122,62 @@ def default_actor() -> str | None:
 def log_event(target, kind: str, *, requests: Sequence[str] = (), actor: str | None = None, **payload) -> dict:
     """Append one event. `target`: an open write transaction (`with store.write() as txn`), so the
     event commits with the change it records; or a Store, for a write of its own. Returns the event."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown audit event kind {kind!r}")
     if not hasattr(target, "con"):  # a Store
         with target.write() as txn:
             return log_event(txn, kind, requests=requests, actor=actor, **payload)
+    return log_events(target, [(kind, requests, actor, payload)])[0]
+
+
+def _ready(txn) -> None:
+    if not getattr(txn, "_audit_ready", False):
+        txn.con.execute(DDL)
+        txn._audit_ready = True
+
+
+def log_events(txn, items: Sequence[tuple[str, Sequence[str], str | None, dict]]) -> list[dict]:
+    """Append several events (kind, requests, actor, payload) in order, with one statement per 500."""
     from expunge.lineage.store import _now
 
-    con = target.con
-    con.execute(DDL)
-    last = con.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchall()
+    for kind, *_ in items:
+        if kind not in KINDS:
+            raise ValueError(f"unknown audit event kind {kind!r}")
+    _ready(txn)
+    last = txn.con.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchall()
     seq, prev = (int(last[0][0]) + 1, last[0][1]) if last else (0, GENESIS)
-    reqs = sorted(set(requests))
-    body = {"seq": seq, "at": _now().isoformat(timespec="microseconds") + "Z", "kind": kind,
-            "actor": actor if actor is not None else default_actor(), "requests": reqs, "payload": _plain(payload)}
-    text = canonical(body).decode()
-    digest = link_hash(seq, kind, reqs, prev, sha256(text.encode()))
-    con.execute("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?)", [seq, kind, reqs, text, prev, digest])
-    return {**body, "prev": prev, "hash": digest}
+    at, me = _now().isoformat(timespec="microseconds") + "Z", None
+    out, values = [], []
+    for kind, requests, actor, payload in items:
+        if actor is None:
+            me = me or default_actor()
+        reqs = sorted(set(requests))
+        body = {"seq": seq, "at": at, "kind": kind, "actor": actor if actor is not None else me, "requests": reqs,
+                "payload": _plain(payload)}
+        text = canonical(body).decode()
+        digest = link_hash(seq, kind, reqs, prev, sha256(text.encode()))
+        values.append([seq, kind, reqs, text, prev, digest])
+        out.append({**body, "prev": prev, "hash": digest})
+        seq, prev = seq + 1, digest
+    for i in range(0, len(values), 500):
+        chunk = values[i:i + 500]
+        txn.con.execute("INSERT INTO audit_events VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                        [v for row in chunk for v in row])
+    return out
 
 
-def put_blob(txn, doc) -> str:
-    """Keep a document an event commits to by its hash; returns the hash."""
-    text = canonical(_plain(doc)).decode()
-    digest = sha256(text.encode())
-    txn.con.execute(DDL)
-    if not txn.one("SELECT count(*) FROM audit_blobs WHERE sha256 = ?", [digest]):
-        txn.con.execute("INSERT INTO audit_blobs VALUES (?, ?)", [digest, text])
-    return digest
+def put_blobs(txn, docs: Sequence) -> list[str]:
+    """Keep documents events commit to by their hashes; returns the hashes."""
+    texts = [canonical(_plain(d)).decode() for d in docs]
+    digests = [sha256(t.encode()) for t in texts]
+    _ready(txn)
+    have = {h for (h,) in txn.con.execute("SELECT sha256 FROM audit_blobs WHERE sha256 IN (SELECT unnest(?::VARCHAR[]))",
+                                          [digests]).fetchall()}
+    new = {h: t for h, t in zip(digests, texts) if h not in have}
+    items = list(new.items())
+    for i in range(0, len(items), 500):
+        chunk = items[i:i + 500]
+        txn.con.execute("INSERT INTO audit_blobs VALUES " + ", ".join(["(?, ?)"] * len(chunk)),
+                        [v for row in chunk for v in row])
+    return digests
 
 
 def requests_of_plan(txn, plan_id: str) -> list[str]:
@@ -160,18 +188,25 @@ def requests_of_plan(txn, plan_id: str) -> list[str]:
 # ----- the events of each place that changes the store (each called inside that place's write)
 
 
-def request_created(txn, request_id: str, *, category: str, deadline, subjects: int, hashes) -> dict:
-    """The request and a snapshot of its impact: counts, and the hash of the impacted entities' ids
-    (the lists themselves kept in audit_blobs; no subject or record id anywhere)."""
-    imp = txn.store.impact_hashed(hashes)
-    entities = {"datasets": sorted([d["id"], d["records"], d["rows"]] for d in imp.datasets),
-                "runs": sorted([r["id"], r["records"]] for r in imp.runs),
-                "models": sorted([m["id"], m["stage"], m["direct"]] for m in imp.models)}
-    snapshot = {"subjects_requested": int(subjects), "subjects_found": int(imp.found), "records": int(imp.records),
-                "datasets": len(entities["datasets"]), "runs": len(entities["runs"]),
-                "models": len(entities["models"]), "entities_sha256": put_blob(txn, entities)}
-    return log_event(txn, "request_created", requests=[request_id], request=request_id, category=category,
-                     deadline=deadline.isoformat() + "Z", impact=snapshot)
+def requests_created(txn, created: Sequence[dict]) -> None:
+    """One event per new request (dicts: id, category, deadline, subjects, hashes), each with a snapshot of its
+    impact: counts, and the hash of the impacted entities' ids (the lists kept in audit_blobs; no subject or
+    record id anywhere)."""
+    snapshots, lists = [], []
+    for r in created:
+        imp = txn.store.impact_hashed(r["hashes"])
+        entities = {"datasets": sorted([d["id"], d["records"], d["rows"]] for d in imp.datasets),
+                    "runs": sorted([x["id"], x["records"]] for x in imp.runs),
+                    "models": sorted([m["id"], m["stage"], m["direct"]] for m in imp.models)}
+        lists.append(entities)
+        snapshots.append({"subjects_requested": int(r["subjects"]), "subjects_found": int(imp.found),
+                          "records": int(imp.records), "datasets": len(entities["datasets"]),
+                          "runs": len(entities["runs"]), "models": len(entities["models"])})
+    for snap, digest in zip(snapshots, put_blobs(txn, lists)):
+        snap["entities_sha256"] = digest
+    log_events(txn, [("request_created", [r["id"]], None,
+                      {"request": r["id"], "category": r["category"], "deadline": r["deadline"].isoformat() + "Z",
+                       "impact": snap}) for r, snap in zip(created, snapshots)])
 
 
 def request_status(txn, previous: dict[str, str], status: str) -> None:

@@ -341,6 +341,17 @@ def _check_documents(root: str, bundle: dict, bodies: dict, rep: Report) -> None
         else:
             rep.ok(f"{where}: event seq {ev['seq']}, key {a['key_fingerprint']} listed in the policy, statement "
                    "names the plan and policy (signature: see SIGNATURES.md)")
+    checks = _load(root, "checks.json")
+    events = _events_of(bodies, "check")
+    for ev in events:
+        p = ev["payload"]
+        rows = [c for c in checks if (c.get("plan_id"), c.get("position"), c.get("kind")) ==
+                (p.get("plan"), p.get("position"), p.get("check"))]
+        if checks and not any(bool(c.get("passed")) == p.get("passed") for c in rows):
+            rep.fail("checks.json", f"no result matches check event seq {ev['seq']} ({p.get('model')}, "
+                                    f"{p.get('check')}: {'passed' if p.get('passed') else 'failed'})")
+    if events or checks:
+        rep.ok(f"checks: {len(checks)} result(s) in checks.json, {len(events)} check event(s) in the chain")
     recorded = {}
     for b in _events_of(bodies, "action_finished"):
         p = b["payload"]

@@ -486,3 +486,26 @@ def test_html_summary_is_escaped_and_self_contained(world):
 
     got = _html({"request": R(), "head": {"seq": 0, "hash": "0" * 64}}, [("t", ["h"], [["<b>&"]])])
     assert "<img" not in got and "&lt;img" in got and "&lt;b&gt;&amp;" in got
+
+
+def test_check_results_travel_in_the_bundle(world, tmp_path):
+    """A check recorded (the action_checks table, when the verifier made it, and a `check` event written in the same
+    write) is in the bundle, the summary and the chain; a result edited in checks.json no longer matches it."""
+    store = copy_store(world, tmp_path)
+    with store.write() as txn:
+        txn.con.execute("""CREATE TABLE action_checks(plan_id VARCHAR, position INTEGER, model VARCHAR,
+                           new_model VARCHAR, kind VARCHAR, passed BOOLEAN, metrics JSON, checked_at TIMESTAMP)""")
+        txn.con.execute("INSERT INTO action_checks VALUES (?, 0, 'churn@1', ?, 'lineage', true, ?, now())",
+                        [world["pid"], world["new_model"], json.dumps({"reached_by_erased": 0})])
+        audit.log_check(txn, world["pid"], 0, "churn@1", world["new_model"], "lineage", True, {"reached_by_erased": 0})
+    out = tmp_path / "b"
+    assert ok(cli(store.root, "audit", "export", world["rid"], "--out", str(out), "--json"))["checks"] == 1
+    (row,) = json.loads((out / "checks.json").read_text())
+    assert (row["plan_id"], row["kind"], row["passed"]) == (world["pid"], "lineage", True)
+    assert "lineage" in (out / "summary.md").read_text().split("## Checks")[1].split("##")[0]
+    res = checker(out)
+    assert res.returncode == 0 and "checks: 1 result(s) in checks.json, 1 check event(s)" in res.stdout, res.stdout
+    (out / "checks.json").write_text(json.dumps([row | {"passed": False}]))
+    rewrite_manifest(out)
+    res = checker(out)
+    assert res.returncode == 1 and "checks.json: no result matches check event seq 19" in res.stdout, res.stdout

@@ -110,8 +110,8 @@ def create_many(store: Store, specs: Sequence[dict], *, policy=None, now: dateti
             "hi": pa.array(np.concatenate(his)), "lo": pa.array(np.concatenate(los))}))
         txn.con.execute("INSERT INTO request_subjects SELECT request_id, hi, lo FROM _subj")
         txn.con.unregister("_subj")
-        for rid, r, hi, lo in zip(ids, rows, his, los):
-            audit.request_created(txn, rid, category=r[0], deadline=r[2], subjects=r[3], hashes=np.column_stack([hi, lo]))
+        audit.requests_created(txn, [dict(id=rid, category=r[0], deadline=r[2], subjects=r[3],
+                                          hashes=np.column_stack([hi, lo])) for rid, r, hi, lo in zip(ids, rows, his, los)])
     if len(ids) == 1:
         return [get(store, ids[0])]
     wanted = set(ids)
