@@ -482,7 +482,7 @@ def _bundle_facts(store, request_id: str) -> dict:
             "store_id": sid[0][0] if sid else None}
 
 
-def _payload_line(e: dict) -> str:
+def payload_summary(e: dict) -> str:
     """A short account of an event's payload for the summary (ids and numbers only)."""
     p = e["payload"] or {}
     skip = {"signature", "previous", "impact", "proof", "metrics", "to"}
@@ -546,7 +546,7 @@ def _summary_sections(f: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     out.append(("Artifacts", ["model", "role", "sha256", "state"],
                 [[a["model"], a["role"], a["sha256"] or "—", a["state"]] for a in f["artifacts"]]))
     out.append(("Events of the request (hash-chained)", ["seq", "at", "kind", "actor", "details", "hash"],
-                [[str(e["seq"]), e["at"] or "", e["kind"], e["actor"] or "", _payload_line(e), e["hash"][:16] + "…"]
+                [[str(e["seq"]), e["at"] or "", e["kind"], e["actor"] or "", payload_summary(e), e["hash"][:16] + "…"]
                  for e in evs]))
     return out
 
@@ -715,5 +715,6 @@ def export(store, request_id: str, out: str | os.PathLike, *, force: bool = Fals
         raise
     return {"kind": "expunge.audit.export", "request": req.id, "out": str(out), "files": len(files),
             "events": len(f["mine"]), "head": f["head"], "plans": list(f["plans"]),
-            "approvals": len(f["approvals"]), "checks": len(f["checks"])}
+            "approvals": len(f["approvals"]), "checks": len(f["checks"]),
+            "manifest_sha256": sha256(files["manifest.json"])}
 

@@ -93,7 +93,7 @@ def log(
             t.add_column(col, no_wrap=col in ("seq", "kind", "hash"))
         for e in evs:
             t.add_row(str(e["seq"]), (e["at"] or "?")[:19], e["kind"], escape(e["actor"] or "—"),
-                      escape(", ".join(e["requests"]) or "—"), escape(audit._payload_line(e)), e["hash"][:12])
+                      escape(", ".join(e["requests"]) or "—"), escape(audit.payload_summary(e)), e["hash"][:12])
         cli._console().print(t)
 
     go()
@@ -153,5 +153,6 @@ def export(
             typer.echo(f"Wrote the evidence bundle of {res['request']} to {res['out']}: {res['files']} files, "
                        f"{res['events']} event(s), chain head seq {res['head']['seq']}.")
             typer.echo(f"Check it anywhere: python3 {Path(res['out']) / 'verify_bundle.py'}")
+            typer.echo(f"Manifest SHA-256 (quote it when handing the bundle over): {res['manifest_sha256']}")
 
     go()

@@ -302,6 +302,7 @@ def test_the_checker_runs_on_the_standard_library_alone(world):
                    "All "):
         assert needle in res.stdout, needle
     jsonschema.validate(world["exported"], load_schema("audit_export.schema.json"))
+    assert world["exported"]["manifest_sha256"] == hashlib.sha256((world["bundle"] / "manifest.json").read_bytes()).hexdigest()
     jsonschema.validate(json.loads((world["bundle"] / "bundle.json").read_text()),
                         load_schema("audit_bundle.schema.json"))
 
