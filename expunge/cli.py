@@ -918,10 +918,12 @@ def demo(
     run_demo(directory, json_out=json_out)
 
 
+from expunge.cli_audit import register as _register_audit_commands  # noqa: E402
 from expunge.cli_key import register as _register_key_commands  # noqa: E402
 from expunge.cli_trainers import register as _register_trainers_commands  # noqa: E402
 
 _register_key_commands(app)
+_register_audit_commands(app)
 _register_trainers_commands(app)
 from expunge.cli_report import register as _register_report_commands  # noqa: E402
 from expunge.cli_verify import register as _register_verify_commands  # noqa: E402

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyroaring import BitMap
 
+from expunge import audit
 from expunge.errors import BadInput
 from expunge.lineage import catalog as C
 from expunge.lineage import segments as seglib
@@ -634,6 +635,8 @@ def forget_subjects(store: Store, hashes: Any, request_id: str, *, purge: bool =
                     txn.con.execute("DELETE FROM request_subjects r USING _gone g WHERE r.hi = g.hi AND r.lo = g.lo")
                 finally:
                     txn.con.unregister("_gone")
+        audit.log_event(txn, "subjects_forgotten", requests=[request_id], request=request_id, subjects=len(hashes),
+                        records_removed=len(erased), tombstones_added=len(new), files_rewritten=files)
         fault("forget:before-switch")
     fault("forget:after-switch")
     store._engine = None

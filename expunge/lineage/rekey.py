@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from expunge import audit
 from expunge.errors import BadInput, StoreCorrupt
 from expunge.lineage import catalog as C
 from expunge.lineage import keys
@@ -141,6 +142,8 @@ def rotate(store: Store) -> dict:
         # SISA trainers shard rows by the owner fingerprint, which the rotation changes: a later
         # shard retrain of these runs would deal rows into other shards than at training time.
         sharded = int(txn.one("SELECT count(*) FROM runs WHERE n_shards > 1"))
+        audit.log_event(txn, "key_rotated", key_layers=len(new_layers), subjects=counts["subjects"],
+                        records=counts["records"], requests_rehashed=counts["requests"])
     _adopt(store, new_layers, key.path)
     return {"store": str(store.root), "key_file": str(key.path), "key_layers": len(new_layers), **counts,
             "sharded_runs": sharded}

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from expunge import audit
 from expunge.errors import BadInput, SchemaError, UnknownReference
 from expunge.lineage import catalog as C
 from expunge.lineage.store import Store, Txn, _now, check_name, split_ref
@@ -367,6 +368,8 @@ def set_model_stage(store: Store, ref: str, stage: str, reason: str) -> dict:
         at = _now()
         txn.con.execute("UPDATE models SET stage = ? WHERE model_id = ?", [stage, m["model_id"]])
         txn.con.execute("INSERT INTO model_stages VALUES (?, ?, ?, ?, ?)", [m["model_id"], at, old, stage, reason])
+        audit.log_event(txn, "model_stage", model=m["label"], from_stage=old, to_stage=stage,
+                        reason_sha256=audit.text_sha256(reason))
     return {"model": m["label"], "from": old, "to": stage, "reason": reason, "at": at.isoformat() + "Z"}
 
 

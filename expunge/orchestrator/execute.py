@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from expunge import audit
 from expunge.errors import BadInput, ExpungeError
 from expunge.lineage.store import Store, _now, has_table
 
@@ -374,6 +375,7 @@ def start(store: Store, doc: dict) -> None:
             [doc["requests"]]).fetchall()]
         rq.set_status_many(txn, planned, "approved")
         rq.set_status_many(txn, doc["requests"], "executing")
+        audit.log_event(txn, "execution_started", requests=doc["requests"], plan=doc["id"], actions=len(doc["items"]))
 
 
 def _mark(store: Store, pid: str, pos: int, **fields) -> None:
@@ -381,6 +383,7 @@ def _mark(store: Store, pid: str, pos: int, **fields) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
         txn.con.execute(f"UPDATE execution_actions SET {sets} WHERE plan_id = ? AND position = ?",
                         [*fields.values(), pid, pos])
+        audit.action_marked(txn, pid, pos, fields)
 
 
 def _finish(store: Store, doc: dict, pos: int, item: dict, out: Outcome, wall: float, cpu: float) -> None:
@@ -410,6 +413,7 @@ def _finish(store: Store, doc: dict, pos: int, item: dict, out: Outcome, wall: f
             """UPDATE execution_actions SET state = 'done', new_model = ?, wall_seconds = ?, cpu_seconds = ?,
                       ended_at = ?, detail = ?, error = NULL WHERE plan_id = ? AND position = ?""",
             [out.new_model, wall, cpu, _now(), json.dumps(out.detail, sort_keys=True, default=str), doc["id"], pos])
+        audit.action_finished(txn, doc, pos, item, out.new_model, wall, cpu, out.pending_check)
 
 
 def _promote(store: Store, doc: dict, item: dict, new_model: str) -> None:
@@ -761,6 +765,8 @@ def complete(store: Store, doc: dict, out: dict) -> dict:
         still = [r for (r,) in txn.con.execute(
             "SELECT request_id FROM requests WHERE status = 'executing' AND request_id IN (SELECT unnest(?::VARCHAR[]))",
             [doc["requests"]]).fetchall()]
+        if still:
+            audit.log_event(txn, "execution_completed", requests=doc["requests"], plan=pid, proof=json.loads(proof))
         rq.set_status_many(txn, still, "verified")
     return {"proof": json.loads(proof), "forgotten": json.loads(forgotten)}
 

@@ -15,6 +15,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Sequence
 
+from expunge import audit
 from expunge.errors import BadInput, ExpungeError, UnknownReference
 from expunge.lineage.store import Store, _now, has_table
 from expunge.orchestrator import requests as rq
@@ -592,6 +593,7 @@ def save_plan(store: Store, doc: dict, pieces: dict[str, str] | None = None, *, 
                          doc["approval"]["approvers"] if doc["approval"]["required"] else 0,
                          doc["subjects"]["requested"], doc["subjects"]["found"]])
         txn.con.execute("INSERT INTO plan_requests SELECT ?, unnest(?::VARCHAR[])", [pid, doc["requests"]])
+        audit.plan_saved(txn, pid, doc, replan)
         txn.con.execute(
             """UPDATE plans SET superseded_by = ?,
                       lapsed_at = CASE WHEN EXISTS (SELECT 1 FROM approvals a WHERE a.plan_id = plans.plan_id)
@@ -798,9 +800,10 @@ def approve(store: Store, plan_id: str, key_file, *, force: bool = False, reason
         if stale:
             raise BadInput(f"plan {pid[:12]} is stale: the store changed since it was made ({stale}); make a new plan")
         forced = force and subj["found"] < subj["requested"]
+        signature = sig.sign(private, pid, doc["policy"]["sha256"])
         txn.con.execute("INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [pid, names[0], _now(), pid, forced, reason if forced else None, fp,
-                         sig.sign(private, pid, doc["policy"]["sha256"])])
+                        [pid, names[0], _now(), pid, forced, reason if forced else None, fp, signature])
+        audit.approval(txn, pid, doc, names[0], fp, signature, forced, reason)
         if len({a["key"] for a in st["approvals"]}) + 1 >= policy.approvers:
             rq.set_status_many(txn, doc["requests"], "approved")
     return load_plan(store, pid)

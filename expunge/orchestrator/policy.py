@@ -277,6 +277,9 @@ def set_store_policy(store, path: str | Path) -> Policy:
     policy = load_policy(path)
     sha = pin(store, policy)
     with store.write() as txn:
+        from expunge import audit
+
+        audit.log_event(txn, "policy_set", policy_sha256=sha, previous=txn.meta("policy_sha256"))
         txn.con.execute("DELETE FROM meta WHERE key = 'policy_sha256'")
         txn.con.execute("INSERT INTO meta VALUES ('policy_sha256', ?)", [sha])
     return policy

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from expunge import audit
 from expunge.errors import BadInput, UnknownReference
 from expunge.lineage.store import Store, _now, has_table
 
@@ -109,6 +110,8 @@ def create_many(store: Store, specs: Sequence[dict], *, policy=None, now: dateti
             "hi": pa.array(np.concatenate(his)), "lo": pa.array(np.concatenate(los))}))
         txn.con.execute("INSERT INTO request_subjects SELECT request_id, hi, lo FROM _subj")
         txn.con.unregister("_subj")
+        audit.requests_created(txn, [dict(id=rid, category=r[0], deadline=r[2], subjects=r[3],
+                                          hashes=np.column_stack([hi, lo])) for rid, r, hi, lo in zip(ids, rows, his, los)])
     if len(ids) == 1:
         return [get(store, ids[0])]
     wanted = set(ids)
@@ -166,6 +169,7 @@ def set_status_many(txn, request_ids: Sequence[str], status: str) -> None:
             raise UnknownReference(f"unknown request {rid!r}")
         if status not in NEXT[found[rid]]:
             raise BadInput(f"request {rid} is {found[rid]}; it cannot become {status}")
+    audit.request_status(txn, {rid: found[rid] for rid in ids}, status)
     txn.con.execute("UPDATE requests SET status = ?, updated_at = ? WHERE request_id IN (SELECT unnest(?::VARCHAR[]))",
                     [status, _now(), ids])
 
@@ -176,5 +180,6 @@ def set_status(txn, request_id: str, status: str) -> None:
         raise UnknownReference(f"unknown request {request_id!r}")
     if status not in NEXT[cur]:
         raise BadInput(f"request {request_id} is {cur}; it cannot become {status}")
+    audit.request_status(txn, {request_id: cur}, status)
     txn.con.execute("UPDATE requests SET status = ?, updated_at = ? WHERE request_id = ?",
                     [status, _now(), request_id])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from expunge import audit
 from expunge.errors import UnknownReference
 from expunge.lineage.store import Store, _now, has_table
 
@@ -119,5 +120,8 @@ def purge(store: Store, request_id: str, policy=None) -> dict:
             for r in deleted:
                 txn.con.execute("INSERT INTO purged_files VALUES (?, ?, ?, ?)",
                                 [r["path"], r["sha256"], request_id, _now()])
+            audit.log_event(txn, "residuals_purged", requests=[request_id], request=request_id, files=len(deleted),
+                            paths_sha256=[audit.text_sha256(r["path"]) for r in deleted],
+                            artifacts_sha256=[r["sha256"] for r in deleted])
     got["purged"] = len(deleted)
     return got
