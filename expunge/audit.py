@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS audit_blobs(   -- documents an event commits to by ha
 
 KINDS = (
     "request_created", "request_status", "plan_saved", "plan_superseded", "approval", "execution_started",
-    "action_started", "action_finished", "check", "execution_completed", "subjects_forgotten",
+    "action_started", "action_finished", "check", "escalation", "execution_completed", "subjects_forgotten",
     "residuals_purged", "policy_set", "key_rotated", "model_stage",
 )
 

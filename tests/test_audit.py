@@ -107,8 +107,8 @@ def test_every_change_is_one_event_with_independently_checked_facts(world):
     assert [e["kind"] for e in evs] == [
         "policy_set", "request_created", "plan_saved", "request_status", "plan_saved", "plan_superseded",
         "request_status", "approval", "request_status", "request_status", "execution_started", "action_started",
-        "action_finished", "subjects_forgotten", "execution_completed", "request_status", "residuals_purged",
-        "model_stage", "key_rotated"]
+        "action_finished", "check", "subjects_forgotten", "execution_completed", "request_status",
+        "residuals_purged", "model_stage", "key_rotated"]
     assert [e["payload"]["to"] for e in evs if e["kind"] == "request_status"] == \
         ["planned", "planned", "approved", "executing", "verified"]
     ev = {e["kind"]: e for e in evs}
@@ -134,6 +134,13 @@ def test_every_change_is_one_event_with_independently_checked_facts(world):
     assert fin["new_model"] == world["new_model"] and fin["state"] == "done" and fin["action"] == "full_retrain"
     assert fin["artifact_sha256"] == hashlib.sha256(Path(info["path"]).read_bytes()).hexdigest()
     assert ev["execution_completed"]["payload"]["proof"]["new_versions"] == {world["new_model"]: fin["artifact_sha256"]}
+    # The run's check (a lineage proof for the full retrain), written with its action_checks row.
+    chk = ev["check"]["payload"]
+    with store.read() as con:
+        row = con.execute("SELECT plan_id, position, model, new_model, kind, passed FROM action_checks").fetchall()
+    assert row == [(pid, 0, "churn@1", world["new_model"], "lineage", True)]
+    assert (chk["plan"], chk["position"], chk["model"], chk["new_model"], chk["check"], chk["passed"]) == row[0]
+    assert chk["metrics"]["verdict"] == "pass"
     assert ev["subjects_forgotten"]["payload"] | {"files_rewritten": 0} == {
         "request": rid, "subjects": 2, "records_removed": 2, "tombstones_added": 2, "files_rewritten": 0}
     purged = ev["residuals_purged"]["payload"]
@@ -193,9 +200,9 @@ def flip(text: str, at: int) -> str:
 
 def test_intact_chain_verifies(world):
     code, doc = verify_cli(world["root"], "--anchor", str(world["anchors"]))
-    assert code == 0 and doc["ok"] and doc["anchors"] == 1 and doc["events"] == 19
+    assert code == 0 and doc["ok"] and doc["anchors"] == 1 and doc["events"] == 20
     res = cli(world["root"], "audit", "verify")
-    assert res.exit_code == 0 and "intact: 19 event(s)" in res.stdout
+    assert res.exit_code == 0 and "intact: 20 event(s)" in res.stdout
 
 
 def test_one_flipped_byte_in_any_event_is_named(world, tmp_path):
@@ -263,17 +270,17 @@ def test_two_reordered_events_are_named(world, tmp_path):
 
 def test_a_truncated_or_rewritten_tail_needs_the_anchor(world, tmp_path):
     store = copy_store(world, tmp_path)
-    tamper(store, "DELETE FROM audit_events WHERE seq >= 17")
+    tamper(store, "DELETE FROM audit_events WHERE seq >= 18")
     # Consistent by itself: only the anchor kept outside the store tells.
     assert verify_cli(store.root)[0] == 0
     code, doc = verify_cli(store.root, "--anchor", str(world["anchors"]))
-    assert code == 1 and doc["first_broken"]["problem"] == "truncated" and doc["first_broken"]["seq"] == 17
+    assert code == 1 and doc["first_broken"]["problem"] == "truncated" and doc["first_broken"]["seq"] == 18
     # A rewritten tail: the cut events replaced by forged ones, each correctly chained.
     audit.log_event(store, "model_stage", model="churn@2", from_stage="staging", to_stage="production")
     audit.log_event(store, "policy_set", policy_sha256="0" * 64)
     assert verify_cli(store.root)[0] == 0
     code, doc = verify_cli(store.root, "--anchor", str(world["anchors"]))
-    assert code == 1 and doc["first_broken"] == {"seq": 18, "problem": "anchor_mismatch",
+    assert code == 1 and doc["first_broken"] == {"seq": 19, "problem": "anchor_mismatch",
                                                  "detail": doc["first_broken"]["detail"]}
     # The anchor command refuses to anchor a broken chain.
     tamper(store, "DELETE FROM audit_events WHERE seq = 3")
@@ -297,7 +304,7 @@ def test_the_checker_runs_on_the_standard_library_alone(world):
     assert bare.returncode != 0  # the interpreter the checker runs in cannot see expunge
     res = checker(world["bundle"], "--anchor", str(world["anchors"]))
     assert res.returncode == 0, res.stdout + res.stderr
-    for needle in ("manifest", "chain: 19 links", "all 16 events of req-000001",
+    for needle in ("manifest", "chain: 20 links", "all 17 events of req-000001",
                    "impact.json", "hashes to its id", "approvals #1 (ana)", "purged (a residual copy)",
                    "All "):
         assert needle in res.stdout, needle
@@ -349,12 +356,12 @@ def test_tampered_bundle_fails_the_standalone_checker(world, tmp_path, how):
         chain.write_text("".join(ch))
         want = "chain.jsonl seq 8: reorder"
     elif how == "truncate":  # the last two (store-wide) events cut, and bundle.json's head made to agree
-        ch = lines(chain)[:17]
+        ch = lines(chain)[:18]
         chain.write_text("".join(ch))
         meta = json.loads((b / "bundle.json").read_text())
-        meta["head"] = {"seq": 16, "hash": json.loads(ch[-1])["hash"]}
+        meta["head"] = {"seq": 17, "hash": json.loads(ch[-1])["hash"]}
         (b / "bundle.json").write_text(json.dumps(meta))
-        want = "chain.jsonl seq 17: truncated"
+        want = "chain.jsonl seq 18: truncated"
     elif how == "omit":  # an event of the request left out of the bundle (its approval)
         ev = lines(events)
         events.write_text("".join(e for e in ev if '\\"kind\\":\\"approval\\"' not in e))
@@ -436,7 +443,7 @@ def test_no_raw_subject_or_record_id_in_the_log_or_the_bundle(world):
 def test_log_filters_and_its_schema(world):
     doc = ok(cli(world["root"], "audit", "log", "--request", world["rid"], "--json"))
     jsonschema.validate(doc, load_schema("audit_log.schema.json"))
-    assert len(doc["events"]) == 16 and all(e["requests"] == [world["rid"]] for e in doc["events"])
+    assert len(doc["events"]) == 17 and all(e["requests"] == [world["rid"]] for e in doc["events"])
     doc = ok(cli(world["root"], "audit", "log", "--kind", "approval", "--json"))
     assert [e["kind"] for e in doc["events"]] == ["approval"]
     res = cli(world["root"], "audit", "log")
@@ -450,7 +457,7 @@ def test_anchor_and_export_refusals(world, tmp_path):
     root = store.root
     doc = ok(cli(root, "audit", "anchor", "--json"))
     jsonschema.validate(doc, load_schema("audit_anchor.schema.json"))
-    assert doc["file"] is None and doc["seq"] == 18
+    assert doc["file"] is None and doc["seq"] == 19
     for args in (["audit", "anchor", "--out", str(root / "anchors.jsonl")],
                  ["audit", "export", world["rid"], "--out", str(root / "evidence")],
                  ["audit", "export", "req-000099", "--out", str(tmp_path / "x")],
@@ -490,23 +497,19 @@ def test_html_summary_is_escaped_and_self_contained(world):
 
 
 def test_check_results_travel_in_the_bundle(world, tmp_path):
-    """A check recorded (the action_checks table, when the verifier made it, and a `check` event written in the same
-    write) is in the bundle, the summary and the chain; a result edited in checks.json no longer matches it."""
-    store = copy_store(world, tmp_path)
-    with store.write() as txn:
-        txn.con.execute("""CREATE TABLE action_checks(plan_id VARCHAR, position INTEGER, model VARCHAR,
-                           new_model VARCHAR, kind VARCHAR, passed BOOLEAN, metrics JSON, checked_at TIMESTAMP)""")
-        txn.con.execute("INSERT INTO action_checks VALUES (?, 0, 'churn@1', ?, 'lineage', true, ?, now())",
-                        [world["pid"], world["new_model"], json.dumps({"reached_by_erased": 0})])
-        audit.log_check(txn, world["pid"], 0, "churn@1", world["new_model"], "lineage", True, {"reached_by_erased": 0})
-    out = tmp_path / "b"
-    assert ok(cli(store.root, "audit", "export", world["rid"], "--out", str(out), "--json"))["checks"] == 1
+    """The run's check (its action_checks row, and the `check` event written in the same write) is in the bundle,
+    the summary and the chain; a result edited in checks.json no longer matches it."""
+    out = world["bundle"]
+    assert world["exported"]["checks"] == 1
     (row,) = json.loads((out / "checks.json").read_text())
     assert (row["plan_id"], row["kind"], row["passed"]) == (world["pid"], "lineage", True)
     assert "lineage" in (out / "summary.md").read_text().split("## Checks")[1].split("##")[0]
     res = checker(out)
     assert res.returncode == 0 and "checks: 1 result(s) in checks.json, 1 check event(s)" in res.stdout, res.stdout
-    (out / "checks.json").write_text(json.dumps([row | {"passed": False}]))
-    rewrite_manifest(out)
-    res = checker(out)
-    assert res.returncode == 1 and "checks.json: no result matches check event seq 19" in res.stdout, res.stdout
+    copy = tmp_path / "b"
+    shutil.copytree(out, copy)
+    (copy / "checks.json").write_text(json.dumps([row | {"passed": False}]))
+    rewrite_manifest(copy)
+    res = checker(copy)
+    seq = next(e["seq"] for e in audit.events(Store.open(world["root"])) if e["kind"] == "check")
+    assert res.returncode == 1 and f"checks.json: no result matches check event seq {seq}" in res.stdout, res.stdout

@@ -482,6 +482,11 @@ def _reject(store: Store, doc: dict, pos: int, item: dict, new_model: str | None
         txn.con.execute("INSERT INTO escalations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [doc["id"], pos, item["model"], item["chosen"]["action"], new_model, res["verdict"],
                          to["action"] if to else None, why, _now()])
+        from expunge.audit import log_event, requests_of_plan
+
+        log_event(txn, "escalation", requests=requests_of_plan(txn, doc["id"]), plan=doc["id"], position=pos,
+                  model=item["model"], rejected=new_model, verdict=res["verdict"],
+                  to=to["action"] if to else None)
         if to:
             txn.con.execute("""UPDATE execution_actions SET action = ?, est_seconds = ?, state = 'pending',
                                       new_model = NULL WHERE plan_id = ? AND position = ?""",

@@ -532,6 +532,13 @@ def record(store: Store, pid: str, pos: int, model: str, new_model: str | None, 
                         [pid, pos, model, new_model, res["kind"], res["passed"],
                          json.dumps({**res["metrics"], "reasons": res["reasons"]}, sort_keys=True, default=float),
                          _now(), res["verdict"], source])
+        from expunge.audit import log_check
+
+        # The event keeps the numbers (AUCs, accuracies, counts, budgets) and the verdict; hashes and texts stay
+        # in action_checks.
+        nums = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        log_check(txn, pid, pos, model, new_model, res["kind"], res["passed"],
+                  {**nums, "verdict": res["verdict"], "source": source})
 
 
 def latest(store: Store, pid: str) -> dict[int, dict]:
