@@ -265,7 +265,8 @@ class CertifiedRemoval(Action):
 
     def estimate(self, f, policy):
         if f.certified_how == "batch":
-            est = costs.certified_batch(f.certificate.get("removal_read_seconds", 0.0), f.forget_rows(), f.dim)
+            est = costs.certified_batch(f.certificate.get("removal_read_seconds", 0.0), f.forget_rows(), f.dim,
+                                        record=f.record_seconds)
         else:
             est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations,
                                           steps=f.forget_rows(), setup=f.setup_seconds)

@@ -73,7 +73,8 @@ def train(req: TrainRequest) -> dict:
         cert.update(removal_facts(w.detach(), x, y, cert["lam"]), train_grad_norm=float(grad.norm()),
                     gradient_passes=passes + 1 + x.shape[1])
         tr.final_model(_Weights(w.detach()), req.model_name, stage=req.stage, parents=req.parents,
-                       certificate=cert, noise_seed=req.seed, grad_norm=float(grad.norm()),
+                       certificate={k: v for k, v in cert.items() if k != "removal_read_seconds"},  # bytes: no timing
+                       noise_seed=req.seed, grad_norm=float(grad.norm()),
                        removal_state=certified.removal_state(w.detach(), x, y, cert["lam"]))
     return tr.result
 
