@@ -1,8 +1,13 @@
 import os
 
-import pytest
+# One intra-op thread for torch here and in every subprocess a test starts: the reference trainers' tensors are
+# small, and on 2 cores shared with other processes two spinning threads made a 1 s training take 30 s.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from expunge.lineage.store import Store
+import pytest  # noqa: E402
+
+from expunge.lineage.store import Store  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
