@@ -221,15 +221,43 @@ def track_run(
             typer.echo(f"Registered model {m['id']} ({m['stage']}, sha256 {m['sha256'][:12]}…)")
 
 
-def _read_subjects(subject: List[str], subjects_file: Optional[Path]) -> List[str]:
-    subs = list(subject)
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _read_subjects_where(subject: List[str], subjects_file: Optional[Path]) -> tuple[List[str], List[str]]:
+    """The subject ids given, in order, and where each came from ("the 2nd --subject", "line 3 of ids.txt"):
+    messages name the place, never the id. A file is UTF-8 whatever the locale (a byte-order mark is not part of
+    its first id); one id per line exactly as written, only the line break removed; blank lines are skipped."""
+    subs, where = [], []
+    for n, s in enumerate(subject, 1):
+        if s == "":
+            raise BadInput(f"the {_ordinal(n)} --subject is an empty subject id: it can never match a subject")
+        subs.append(s)
+        where.append(f"the {_ordinal(n)} --subject")
     if subjects_file is not None:
-        text = sys.stdin.read() if str(subjects_file) == "-" else subjects_file.read_text()
-        # One id per line, exactly as written (only the line break is removed).
-        subs.extend(line for line in text.splitlines() if line != "")
+        stdin = str(subjects_file) == "-"
+        name = "stdin" if stdin else str(subjects_file)
+        raw = sys.stdin.buffer.read() if stdin else subjects_file.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise BadInput(f"{name} is not UTF-8 text (line {line}): save it as UTF-8") from None
+        for n, line in enumerate(text.split("\n"), 1):
+            if line.endswith("\r"):
+                line = line[:-1]
+            if line != "":
+                subs.append(line)
+                where.append(f"line {n} of {name}")
     if not subs:
         raise BadInput("give at least one --subject or a --subjects-file")
-    return subs
+    return subs, where
+
+
+def _read_subjects(subject: List[str], subjects_file: Optional[Path]) -> List[str]:
+    return _read_subjects_where(subject, subjects_file)[0]
 
 
 @app.command()
