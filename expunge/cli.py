@@ -13,15 +13,59 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from expunge.errors import BadInput, ExpungeError
 
+
+def _usage_error_line(exc) -> str:
+    """A click usage error as one line: the message, then where the help is (no box, no usage block)."""
+    from typer._click import exceptions as click
+    msg = " ".join(exc.format_message().split())
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click.MissingParameter) and param is not None and param.param_type_name == "argument":
+        msg = f"Missing argument {param.metavar or param.name.upper()}."
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    return f"error: {msg}{where}"
+
+
+class ExpungeGroup(TyperGroup):
+    """The top-level group: a usage error (unknown option or command, missing or malformed argument) is one
+    line on stderr and exit 2, as every other error, instead of typer's rich box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from typer._click import exceptions as click  # typer 0.2x vendors click
+
+        prog_name = prog_name or "expunge"
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.NoArgsIsHelpError as exc:  # `expunge` alone: the help, as asked
+            typer.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as exc:
+            typer.echo(_usage_error_line(exc), err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="expunge",
+    cls=ExpungeGroup,
     help="Record-level data lineage and machine-unlearning orchestration.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=HELP,
 )
 ingest_app = typer.Typer(help="Capture dataset versions.", no_args_is_help=True)
 track_app = typer.Typer(help="Capture training runs and model versions.", no_args_is_help=True)
@@ -55,10 +99,20 @@ def _emit_json(doc: dict) -> None:
 _WAIT = {"seconds": 0.0}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from expunge import __version__
+
+        typer.echo(f"expunge {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(wait: float = typer.Option(0.0, "--wait", envvar="EXPUNGE_WAIT", metavar="SECONDS",
                                        help="If another expunge process is writing, wait up to SECONDS for it "
-                                            "(default: fail at once with 'store is busy', exit 3).")) -> None:
+                                            "(default: fail at once with 'store is busy', exit 3)."),
+            version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                         help="Print expunge's version and exit.")) -> None:
     """Record-level data lineage and machine-unlearning orchestration."""
     if wait < 0:
         raise typer.BadParameter("--wait must be 0 or more seconds")
@@ -79,6 +133,24 @@ def _console():
     return Console()
 
 
+def _os_message(exc: OSError) -> str:
+    """A system error about a file in plain words, without the `[Errno N]` prefix."""
+    name = exc.filename
+    if name is None:
+        return exc.strerror or str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {name}"
+    if isinstance(exc, IsADirectoryError):
+        return f"{name} is a directory"
+    if isinstance(exc, NotADirectoryError):
+        return f"{name}: a part of the path is not a directory"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {name}"
+    if isinstance(exc, FileExistsError):
+        return f"{name} already exists"
+    return f"{name}: {(exc.strerror or str(exc)).lower()}"
+
+
 def _guard(fn):
     """Turn expunge errors (and a few system ones) into one line and an exit code."""
     import functools
@@ -89,7 +161,9 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except ExpungeError as exc:
             _fail(exc)
-        except (OSError, json.JSONDecodeError) as exc:
+        except OSError as exc:
+            _fail(BadInput(_os_message(exc)))
+        except json.JSONDecodeError as exc:
             _fail(BadInput(str(exc)))
         except typer.Exit:
             raise
@@ -166,10 +240,10 @@ def _parse_sources(items: List[str]) -> Optional[dict]:
 def ingest_dataset(
     file: Path = typer.Argument(..., help="Parquet or CSV file with the derived rows."),
     name: str = typer.Option(..., "--name", help="Dataset name; each ingest adds a version."),
-    parent: List[str] = typer.Option([], "--parent", help="Parent version (name@N, or name for the latest)."),
+    parent: List[str] = typer.Option([], "--parent", help="Parent version (name@N, or name for the latest; repeatable)."),
     kind: str = typer.Option(..., "--kind", help="filter, sample, split, select, join, aggregate or augment."),
     record_col: Optional[str] = typer.Option(None, "--record-col", help="Subsets: column of the parent row ids kept."),
-    source: List[str] = typer.Option([], "--source", help="Compositions: PARENT=COLUMN of that parent's row ids."),
+    source: List[str] = typer.Option([], "--source", help="Compositions and unions: PARENT=COLUMN of that parent's row ids (repeatable: one per parent)."),
     row_col: Optional[str] = typer.Option(None, "--row-col", help="Compositions: column of the new row ids."),
     store: Optional[Path] = StoreOpt,
     json_out: bool = JsonOpt,
@@ -497,65 +571,45 @@ def policy_show(policy: Optional[Path] = PolicyOpt, store: Optional[Path] = Stor
         console.print(f"Model {escape(name)}: never retire={m.never_retire}, always retrain={m.always_retrain}")
 
 
-@app.command("plan")
-@_guard
-def plan_cmd(
-    args: List[str] = typer.Argument(..., help="REQUEST... | show PLAN | approve PLAN | list"),
-    key: Optional[Path] = typer.Option(None, "--key", help="approve: the approver's Ed25519 private key file."),
-    force: bool = typer.Option(False, "--force", help="approve: a plan that misses subjects (needs --reason)."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="approve --force: why."),
-    replan: bool = typer.Option(False, "--replan", help="Plan a request that has an approved plan (it lapses)."),
-    request: Optional[str] = typer.Option(None, "--request", help="list: only the plans of this request."),
-    show_all: bool = typer.Option(False, "--all", help=f"Show every model, not the {TABLE_LIMIT} that matter most."),
-    policy: Optional[Path] = PolicyOpt,
-    store: Optional[Path] = StoreOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Plan erasure requests (per affected model the action the policy prefers), list, show or approve plans.
+class PlanGroup(TyperGroup):
+    """`expunge plan`: the subcommands list, show and approve, and `make` (the default): `expunge plan REQUEST...`
+    is `expunge plan make REQUEST...`, whatever the order of its options and request ids."""
 
-    expunge plan REQUEST... [--policy F] [--replan]  make and save a plan under the store's policy (or F; exit 4
-                                                     if a model has no admissible action); --replan lets an
-                                                     approved plan's approval lapse
-    expunge plan list [--request R]                  saved plans, newest first, with their state
-    expunge plan show PLAN                           a saved plan (id or a prefix of 8+ characters), hash-checked
-    expunge plan approve PLAN --key KEY              sign the plan with an approver's key named in the policy;
-                     [--force --reason TEXT]         a changed, stale, blocked or replaced plan, or one made
-                                                     under another policy than the store's, is refused; one
-                                                     that misses subjects needs --force
+    def parse_args(self, ctx, args):
+        args = list(args)
+        if args and not any(a in ctx.help_option_names for a in args[:1]):
+            takes_value = {o for cmd in self.commands.values() for p in cmd.params
+                           if getattr(p, "param_type_name", "") == "option" and not p.is_flag for o in p.opts}
+            first = None
+            k = 0
+            while k < len(args):
+                a = args[k]
+                if a == "--":
+                    first = k + 1 if k + 1 < len(args) else None
+                    break
+                if a.startswith("-"):
+                    k += 2 if a in takes_value else 1
+                    continue
+                first = k
+                break
+            if first is not None and args[first] in self.commands:
+                args = [args[first]] + args[:first] + args[first + 1:]
+            else:
+                args = ["make"] + args
+        return super().parse_args(ctx, args)
 
-    Example: expunge plan req-000001 req-000002 --json
-    """
+
+plan_app = typer.Typer(
+    cls=PlanGroup, no_args_is_help=True,
+    help="Plan erasure requests (per affected model the action the policy prefers), list, show or approve plans. "
+         "`expunge plan REQUEST...` makes a plan (the `make` command).")
+app.add_typer(plan_app, name="plan")
+AllPlanOpt = typer.Option(False, "--all", help=f"Show every model, not the {TABLE_LIMIT} that matter most.")
+
+
+def _print_plan(st, doc: dict, pieces, json_out: bool, show_all: bool) -> None:
     from expunge.orchestrator import planner
-    from expunge.orchestrator.policy import policy_for
 
-    st = _open(store)
-    pieces = None  # the encoding made with a new plan's id, reused for --json
-    if args[0] == "list":
-        if len(args) != 1:
-            raise BadInput("usage: expunge plan list [--request REQUEST]")
-        plans = planner.list_plans(st, request)
-        if json_out:
-            _emit_json({"plans": plans})
-        else:
-            render_plan_list(plans)
-        return
-    if args[0] in ("show", "approve"):
-        if len(args) != 2:
-            raise BadInput(f"usage: expunge plan {args[0]} PLAN" + (" --key KEY" if args[0] == "approve" else ""))
-        if args[0] == "approve":
-            if not key:
-                raise BadInput("expunge plan approve needs --key KEY: approvals are signed with an approver's key "
-                               "named in the policy")
-            doc = planner.approve(st, args[1], key, force=force, reason=reason)
-        else:
-            doc = planner.load_plan(st, args[1])
-    else:
-        planner.check_replan(st, args, replan)
-        doc, pieces = planner.plan_and_encode(st, args, policy_for(st, policy))
-        planner.save_plan(st, doc, pieces, replan=replan)
-        doc["approvals"] = []  # a new plan (a re-made identical one keeps its id and approvals)
-        if planner.plan_exists_with_approvals(st, doc["id"]):
-            doc, pieces = planner.load_plan(st, doc["id"]), None
     if json_out:
         sys.stdout.write(planner.dumps(doc, pieces) + "\n")
     else:
@@ -566,6 +620,103 @@ def plan_cmd(
     if doc["blocked"]:
         raise planner.NoAdmissibleAction(
             f"no admissible action for {', '.join(doc['blocked'])} (see the plan for the rules that block it)")
+
+
+@plan_app.command("make")
+@_guard
+def plan_make(
+    request: List[str] = typer.Argument(..., help="Request ids, e.g. req-000001."),
+    replan: bool = typer.Option(False, "--replan", help="Plan a request that has an approved plan (it lapses)."),
+    show_all: bool = AllPlanOpt,
+    policy: Optional[Path] = PolicyOpt,
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make and save a plan for erasure requests (the default: `expunge plan REQUEST...`).
+
+    Under the store's policy (or --policy): per affected model the action the policy prefers. Exit 4 if a model
+    has no admissible action.
+
+    Example: expunge plan req-000001 req-000002 --json
+    """
+    from expunge.orchestrator import planner
+    from expunge.orchestrator.policy import policy_for
+
+    st = _open(store)
+    planner.check_replan(st, request, replan)
+    doc, pieces = planner.plan_and_encode(st, request, policy_for(st, policy))
+    planner.save_plan(st, doc, pieces, replan=replan)
+    doc["approvals"] = []  # a new plan (a re-made identical one keeps its id and approvals)
+    if planner.plan_exists_with_approvals(st, doc["id"]):
+        doc, pieces = planner.load_plan(st, doc["id"]), None
+    _print_plan(st, doc, pieces, json_out, show_all)
+
+
+@plan_app.command("list")
+@_guard
+def plan_list(
+    request: Optional[str] = typer.Option(None, "--request", help="Only the plans of this request."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """List saved plans, newest first, with their state.
+
+    States: planned, approved, blocked, superseded, lapsed, running, ran.
+
+    Example: expunge plan list --request req-000001
+    """
+    from expunge.orchestrator import planner
+
+    plans = planner.list_plans(_open(store), request)
+    if json_out:
+        _emit_json({"plans": plans})
+    else:
+        render_plan_list(plans)
+
+
+@plan_app.command("show")
+@_guard
+def plan_show(
+    plan: str = typer.Argument(..., help="Plan id (or a prefix of 8+ characters)."),
+    show_all: bool = AllPlanOpt,
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Show a saved plan; one whose content no longer matches its id is refused.
+
+    Example: expunge plan show 5d93380232af
+    """
+    from expunge.orchestrator import planner
+
+    st = _open(store)
+    _print_plan(st, planner.load_plan(st, plan), None, json_out, show_all)
+
+
+@plan_app.command("approve")
+@_guard
+def plan_approve(
+    plan: str = typer.Argument(..., help="Plan id (or a prefix of 8+ characters)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="The approver's Ed25519 private key file."),
+    force: bool = typer.Option(False, "--force", help="Approve a plan that misses subjects (needs --reason)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="With --force: why (kept with the approval)."),
+    show_all: bool = AllPlanOpt,
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Sign a plan with an approver's key named in the store's policy.
+
+    A changed, stale, blocked or replaced plan, or one made under another policy than the store's, is refused;
+    one that misses subjects needs --force.
+
+    Example: expunge plan approve 5d93380232af --key ~/.ssh/expunge-dpo
+    """
+    from expunge.orchestrator import planner
+
+    if not key:
+        raise BadInput("expunge plan approve needs --key KEY: approvals are signed with an approver's key "
+                       "named in the policy")
+    st = _open(store)
+    _print_plan(st, planner.approve(st, plan, key, force=force, reason=reason), None, json_out, show_all)
 
 
 @policy_app.command("set")
