@@ -267,3 +267,16 @@ def test_bad_dataset_names(env, name):
     f = write_csv(tmp / "f.csv", ["rid"], [["1"]])
     expect_bad(st, ingest_subset(st, f, name, "src"), "dataset name")
     assert snapshot(st) == before
+
+
+def test_csv_with_a_field_over_the_reader_block(env):
+    """A field larger than pyarrow's CSV block (1 MiB by default; issue 12 saw ~2 MB fail) is read, not refused."""
+    st, tmp = env
+    f = tmp / "big.csv"
+    blob = "x" * (3 << 20)
+    f.write_text(f"cid,rid,note\nc1,r1,{blob}\nc2,r2,short\nc3,r3,\"{blob}\"\n")
+    res = run("ingest", "source", f, "--name", "big", "--subject-col", "cid", "--record-col", "rid", "--store", st,
+              "--json")
+    assert res.exit_code == 0, res.output
+    assert (json.loads(res.stdout)["rows"], json.loads(res.stdout)["records"]) == (3, 3)
+    assert impact_doc(st, "--subject", "c3")["records"] == 1
