@@ -362,6 +362,15 @@ def _more(console, shown: int, total: int, what: str) -> None:
         console.print(f"… and {total - shown:,} more {what} (--all shows every row, --json gives the document)")
 
 
+def _how_affected(model: dict, roles: set[str]) -> str:
+    """How a directly affected model met the records: its run's roles that held them (an eval-only use is not
+    training)."""
+    if "train" in roles or not roles:
+        return "trained on the records"
+    used = " and ".join(w for r, w in (("val", "validated"), ("eval", "evaluated")) if r in roles)
+    return f"{used} on the records (not trained)"
+
+
 def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None:
     """The impact as text; every name from the store (datasets, runs, models) is escaped, not read as markup."""
     from rich.markup import escape
@@ -422,8 +431,9 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
             t.add_column(col, no_wrap=col == "model")
         models = sorted(result.models, key=lambda m: (STAGE_ORDER.get(m["stage"], 9), m["name"], m["version"]))
         models = models[:limit]
+        roles = {r["id"]: {i["role"] for i in r["inputs"] if i["records"]} for r in result.runs}
         for m in models:
-            how = "trained on the records" if m["direct"] else escape(" → ".join(
+            how = _how_affected(m, roles.get(m["run"], set())) if m["direct"] else escape(" → ".join(
                 f"{p['model']} ({p['relation']})" for p in m["path"]
             ))
             stage = f"[bold red]{m['stage']}[/]" if m["stage"] == "production" else escape(m["stage"])

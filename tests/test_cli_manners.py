@@ -132,3 +132,36 @@ def test_repeatable_options_say_so():
                 seen += 1
                 assert "repeatable" in (p.help or ""), f"{' '.join(path)} {p.opts[0]}: help does not say repeatable"
     assert seen >= 3  # --subject (impact, request create), --parent, --source
+
+
+def test_eval_only_use_is_not_training_and_nothing_prints_none(st, tmp_path):
+    """A run that only evaluated on the subject's records: its model is 'evaluated on', not 'trained on', the
+    records; and no output (text or JSON) shows Python's None where a value is absent (a model with no
+    recorded family, a model with no run)."""
+    import json
+    import re
+
+    zeros, ones = "0" * 64, "1" * 64
+    manifests = [
+        {"run": {"name": "ev", "inputs": [{"dataset": "src", "role": "eval"}]}, "models": [{"name": "m", "sha256": zeros}]},
+        {"run": {"name": "tr", "inputs": [{"dataset": "src", "role": "train"}, {"dataset": "src", "role": "val"}]},
+         "models": [{"name": "t", "sha256": ones}]},
+        {"models": [{"name": "m2", "sha256": "2" * 64, "parents": [{"model": "m@1", "relation": "fine-tune"}]}]},
+    ]
+    for n, m in enumerate(manifests):
+        (tmp_path / f"m{n}.json").write_text(json.dumps(m))
+        assert run("track", "run", "--manifest", tmp_path / f"m{n}.json", "--store", st).exit_code == 0
+    text = run("impact", "--subject", "a", "--store", st).stdout
+    rows = {ln.split()[1]: ln for ln in text.splitlines() if ln.startswith("│ ") and "@1" in ln.split()[1]}
+    assert "evaluated on the records (not trained)" in rows["m@1"], text
+    assert "trained on the records" in rows["t@1"] and "evaluated" not in rows["t@1"], text
+    assert "m@1 (fine-tune)" in rows["m2@1"], text
+    outputs = [text]
+    assert run("request", "create", "--subject", "a", "--store", st).exit_code == 0
+    res = run("plan", "req-000001", "--store", st, "--json")
+    outputs += [res.stdout, run("plan", "show", json.loads(res.stdout)["id"][:12], "--store", st).stdout]
+    for args in (["request", "show", "req-000001"], ["request", "list"], ["plan", "list"], ["policy", "show"],
+                 ["impact", "--subject", "a", "--json"], ["residuals", "req-000001"]):
+        outputs.append(run(*args, "--store", st).output)
+    for out in outputs:
+        assert not re.search(r"\bNone\b", out), out
