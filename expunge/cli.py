@@ -357,9 +357,35 @@ def impact(
 
 
 
+def _say(console, markup: str, hang: int = 2, **kw) -> None:
+    """Print a paragraph wrapped to the console's width with a hanging indent: the continuation lines start
+    `hang` columns right of the first (which keeps its own leading spaces), never at column 0. Leading and
+    trailing newlines print as blank lines."""
+    body = markup.strip("\n")
+    for _ in range(len(markup) - len(markup.lstrip("\n"))):
+        console.print()
+    if console.soft_wrap:  # a console asked not to wrap (the terminal will): one line
+        console.print(body, soft_wrap=True, **kw)
+    else:
+        _hang(console, body, hang, **kw)
+    for _ in range(len(markup) - len(markup.rstrip("\n"))):
+        console.print()
+
+
+def _hang(console, body: str, hang: int, **kw) -> None:
+    from rich.text import Text
+
+    text = Text.from_markup(body)
+    indent = len(text.plain) - len(text.plain.lstrip(" "))
+    text = text[indent:]
+    width = max(20, console.width - indent - hang)
+    for k, line in enumerate(text.wrap(console, width, overflow="fold")):
+        console.print(Text(" " * (indent + (hang if k else 0))) + line, soft_wrap=True, **kw)
+
+
 def _more(console, shown: int, total: int, what: str) -> None:
     if total > shown:
-        console.print(f"… and {total - shown:,} more {what} (--all shows every row, --json gives the document)")
+        _say(console, f"… and {total - shown:,} more {what} (--all shows every row, --json gives the document)")
 
 
 def _how_affected(model: dict, roles: set[str]) -> str:
@@ -378,7 +404,7 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
     console = console or _console()
     if result.empty:
         n = result.requested
-        console.print(
+        _say(console, 
             f"No records for {'this subject' if n == 1 else f'these {n} subjects'} in the store: "
             "nothing was touched."
         )
@@ -389,7 +415,7 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
     for m in result.models:
         stages[m["stage"]] = stages.get(m["stage"], 0) + 1
     by_stage = ", ".join(f"{n:,} {st}" for st, n in sorted(stages.items(), key=lambda x: STAGE_ORDER.get(x[0], 9)))
-    console.print(
+    _say(console, 
         f"[bold]{result.found}[/] of {result.requested} subject(s) found: [bold]{result.records:,}[/] record(s) in "
         f"{len(result.datasets):,} dataset version(s), {len(result.runs):,} run(s), {len(result.models):,} model "
         f"version(s)" + (f" ({by_stage})." if by_stage else ".")
@@ -563,7 +589,7 @@ def policy_show(policy: Optional[Path] = PolicyOpt, store: Optional[Path] = Stor
     from rich.table import Table
 
     console = _console()
-    console.print(f"Policy: {escape(p.source)}. Default category: {escape(p.default_category)}. Retiring models "
+    _say(console, f"Policy: {escape(p.source)}. Default category: {escape(p.default_category)}. Retiring models "
                   f"{'allowed' if p.allow_retire else 'not allowed'}. Approval: "
                   f"{f'{p.approvers} approver(s)' if p.approval_required else 'not required'}.")
     t = Table(title="Categories", title_justify="left")
@@ -572,13 +598,13 @@ def policy_show(policy: Optional[Path] = PolicyOpt, store: Optional[Path] = Stor
     for name, c in sorted(p.categories.items()):
         t.add_row(escape(name), c.weakest_guarantee, str(c.deadline_days), c.check)
     console.print(t)
-    console.print(f"Approximate results must pass: membership-inference AUC ≤ {p.max_mia_auc} (mia) or ≤ a retrained "
+    _say(console, f"Approximate results must pass: membership-inference AUC ≤ {p.max_mia_auc} (mia) or ≤ a retrained "
                   f"reference's + {p.max_mia_auc_gap} (mia_retrained), and an accuracy drop ≤ {p.max_accuracy_drop}.")
-    console.print(f"Residual risk: the strongest guarantee priced within {p.max_premium:g}× the cheapest admissible "
+    _say(console, f"Residual risk: the strongest guarantee priced within {p.max_premium:g}× the cheapest admissible "
                   f"action. Withdrawn models {'are' if p.retire_withdrawn else 'are not'} retired at no cost. "
                   f"Costs: {p.cpu_hour}/CPU-hour, {p.gpu_hour}/GPU-hour.")
     for name, m in sorted(p.models.items()):
-        console.print(f"Model {escape(name)}: never retire={m.never_retire}, always retrain={m.always_retrain}")
+        _say(console, f"Model {escape(name)}: never retire={m.never_retire}, always retrain={m.always_retrain}")
 
 
 class PlanGroup(TyperGroup):
@@ -787,10 +813,10 @@ def render_plan_list(plans: list[dict], console=None) -> None:
         console.print("No plans.")
         return
     if console.width < 110:  # one line per plan: a table would cut ids and dates
-        console.print("Plans, newest first:")
+        _say(console, "Plans, newest first:")
         for p in plans:
             state = p["state"] + (f" by {p['superseded_by'][:12]}" if p["superseded_by"] else "")
-            console.print(f"  [bold]{p['id'][:12]}[/] {state}; {escape(', '.join(p['requests']))}; made "
+            _say(console, f"  [bold]{p['id'][:12]}[/] {state}; {escape(', '.join(p['requests']))}; made "
                           f"{p['created_at'][:16].replace('T', ' ')} UTC; {p['models']:,} model(s), "
                           f"{_secs(p['total_seconds'])}; approvals {p['approvals']} of {p['approvals_needed']}; "
                           f"subjects found {p['subjects']['found']} of {p['subjects']['requested']}",
@@ -889,10 +915,10 @@ def residuals_cmd(
 
     console = _console()
     if not got["plans"]:
-        console.print(f"No plan of {request_id} has run yet: nothing is residual.")
+        _say(console, f"No plan of {request_id} has run yet: nothing is residual.")
         return
     counts = Counter(r["state"] for r in got["residuals"])
-    console.print(f"{request_id}: {len(got['residuals'])} residual file(s): "
+    _say(console, f"{request_id}: {len(got['residuals'])} residual file(s): "
                   + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
     for r in got["residuals"]:
         console.print(f"  {r['state']:9} {r['kind']:10} {escape(r['model'])}  {escape(r['path'])}  ({escape(r['why'])})",
@@ -907,16 +933,16 @@ def render_run(result: dict, console=None) -> None:
 
     console = console or _console()
     head = "Would run" if result["dry_run"] else "Ran"
-    console.print(f"{head} plan [bold]{result['plan'][:16]}[/] for {escape(', '.join(result['requests']))}: "
+    _say(console, f"{head} plan [bold]{result['plan'][:16]}[/] for {escape(', '.join(result['requests']))}: "
                   f"{result['done']} of {result['total']} action(s) done.")
     if console.width < 120:  # one entry per action: a table would cut the names
         for a in result["actions"]:
             check = "pending check" if a["pending_check"] else a["check"]
             actual = _secs(a["actual_seconds"]) if a["actual_seconds"] is not None else "—"
             new = f" → {escape(a['new_model'])}" if a["new_model"] else ""
-            console.print(f"  {a['order']}. [bold]{escape(a['model'])}[/]{new}: {a['action']} {a['state']}; "
+            _say(console, f"  {a['order']}. [bold]{escape(a['model'])}[/]{new}: {a['action']} {a['state']}; "
                           f"est. {_secs(a['estimated_seconds'])}, actual {actual}; {a['guarantee']}, {check}"
-                          + (f"; [red]{escape(a['error'])}[/]" if a["error"] else ""))
+                          + (f"; [red]{escape(a['error'])}[/]" if a["error"] else ""), hang=4)
         return
     t = Table(title="Actions", title_justify="left")
     for col in ("#", "model", "action", "state", "new version", "est.", "actual", "guarantee", "check"):
@@ -1001,41 +1027,41 @@ def render_plan(doc: dict, console=None, limit: int | None = TABLE_LIMIT) -> Non
 
     console = console or _console()
     subj = doc["subjects"]
-    console.print(f"Plan [bold]{doc['id'][:16]}[/] for {escape(', '.join(doc['requests']))}: {doc['records']:,} "
+    _say(console, f"Plan [bold]{doc['id'][:16]}[/] for {escape(', '.join(doc['requests']))}: {doc['records']:,} "
                   f"record(s) of {subj['found']} of {subj['requested']} subject(s) found; policy "
                   f"{escape(doc['policy']['source'])}.")
     if subj["found"] < subj["requested"]:
-        console.print(f"[bold yellow]Warning:[/] only {subj['found']} of {subj['requested']} subject(s) are in the "
+        _say(console, f"[bold yellow]Warning:[/] only {subj['found']} of {subj['requested']} subject(s) are in the "
                       "store: the plan covers only those found (a mistyped id? a wrong key?). Approving it needs "
                       "--force and a reason.")
     if doc.get("superseded_by"):
         lapsed = " (its approval lapsed)" if doc.get("lapsed_at") else ""
-        console.print(f"[bold yellow]Replaced[/] by plan {doc['superseded_by'][:16]}{lapsed}: it cannot be approved.")
+        _say(console, f"[bold yellow]Replaced[/] by plan {doc['superseded_by'][:16]}{lapsed}: it cannot be approved.")
     if not doc["items"]:
-        console.print("No model trained on these records: nothing to unlearn.")
+        _say(console, "No model trained on these records: nothing to unlearn.")
     deadlines = sorted({i["deadline"][:10] for i in doc["items"]})
     shown = _plan_items_shown(doc["items"], limit)
     if len(shown) < len(doc["items"]):
-        console.print(f"The {len(shown)} of {len(doc['items']):,} models that matter most: those with no admissible "
+        _say(console, f"The {len(shown)} of {len(doc['items']):,} models that matter most: those with no admissible "
                       "action, then the costliest.")
     if doc["items"] and console.width < 110:  # a table would truncate ids and reasons: one entry per model
-        console.print("Actions, in the order they run (deadline " + ", ".join(deadlines) + "):")
+        _say(console, "Actions, in the order they run (deadline " + ", ".join(deadlines) + "):")
         for i in shown:
             c, ru = i["chosen"], i["runner_up"]
             touched = f"{i['records']:,} record(s)" if i["direct"] else "derived from an affected model"
             head = f"  {i['order']}. [bold]{escape(i['model'])}[/] ({i['stage']}, {touched}): "
             if c is None:
-                console.print(head + "[bold red]no admissible action[/]")
+                _say(console, head + "[bold red]no admissible action[/]", hang=4)
                 for why in i["blocked_by"]:
-                    console.print(f"      blocked: {escape(why)}")
+                    _say(console, f"      blocked: {escape(why)}")
                 continue
             cost = f", cost {_money(c['cost'])}" if c["cost"] >= 0.01 else ""
-            console.print(head + f"{c['action']} — {c['guarantee']}, {_secs(c['seconds'])}{cost}")
+            _say(console, head + f"{c['action']} — {c['guarantee']}, {_secs(c['seconds'])}{cost}", hang=4)
             after = (f"starts from the unlearned {escape(', '.join(i['after']))}; "
                      if i["after"] and c["action"] == "rederive_from_parent" else "")
-            console.print(f"      {after}must pass: {_check_text(c)}")
+            _say(console, f"      {after}must pass: {_check_text(c)}")
             if ru:
-                console.print(f"      runner-up {ru['action']}: {escape(ru['why_not'])}")
+                _say(console, f"      runner-up {ru['action']}: {escape(ru['why_not'])}")
     elif doc["items"]:
         _plan_table(shown, deadlines, console)
     _plan_more(console, doc["items"], shown)
@@ -1048,7 +1074,7 @@ def _plan_table(items: list[dict], deadlines: list[str], console) -> None:
 
     narrow = console.width < 150
     if narrow and len(deadlines) == 1:
-        console.print(f"Deadline {deadlines[0]}. Costs are in the policy's units (see the totals).")
+        _say(console, f"Deadline {deadlines[0]}. Costs are in the policy's units (see the totals).")
     cols = ["#", "model", "stage", "records", "action", "guarantee", "est. time", "must pass"]
     if not narrow:
         cols.append("est. cost")
@@ -1079,16 +1105,16 @@ def _plan_footer(doc: dict, console) -> None:
     from rich.markup import escape
 
     tot, every = doc["total"], doc["retrain_everything"]
-    console.print(f"Total: {_secs(tot['seconds'])} (cost {_money(tot['cost'])}, checks included) against "
+    _say(console, f"Total: {_secs(tot['seconds'])} (cost {_money(tot['cost'])}, checks included) against "
                   f"{_secs(every['seconds'])} (cost {_money(every['cost'])}) to retrain everything affected.")
     if "batching" in doc:
         b = doc["batching"]
         verdict = "saves" if b["saving_seconds"] >= 0 else "costs"
-        console.print(f"Batching {verdict} {_secs(abs(b['saving_seconds']))} against planning each request alone "
+        _say(console, f"Batching {verdict} {_secs(abs(b['saving_seconds']))} against planning each request alone "
                       f"({_secs(b['alone_seconds'])}).")
     appr = doc.get("approvals", [])
     need = doc["approval"]["approvers"] if doc["approval"]["required"] else 0
-    console.print(f"Approvals: {len(appr)} of {need} needed"
+    _say(console, f"Approvals: {len(appr)} of {need} needed"
                   + (f" ({escape(', '.join(a['by'] for a in appr))})" if appr else ""))
 
 

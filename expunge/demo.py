@@ -153,22 +153,23 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
     if json_out:
         print(dumps(result.to_dict()))
         return
-    from expunge.cli import render_impact
+    from expunge.cli import _say, render_impact
 
     stats = store.stats()
     root_text = escape(str(store.root))  # a directory may be called a[/]
-    console.print(
+    _say(
+        console,
         f"Built a demo lineage at [bold]{root_text}[/]: {stats['records']:,} records of {N_CUSTOMERS} synthetic "
         f"customers, {stats['dataset_versions']} dataset versions, {stats['runs']} runs, {stats['models']} models."
     )
-    console.print(f"\nCustomer [bold]{escape(subject)}[/] asks to be forgotten. What did their records touch?\n")
+    _say(console, f"\nCustomer [bold]{escape(subject)}[/] asks to be forgotten. What did their records touch?\n")
     render_impact(result, console)
     from expunge.cli import render_plan
 
     plans = demo_plans(store, subject)
     for doc, what in zip(plans, ("the default category (exact unlearning required)",
                                  "the marketing category (approximate unlearning allowed)")):
-        console.print(f"\nAn erasure request under {what}, planned:\n")
+        _say(console, f"\nAn erasure request under {what}, planned:\n")
         render_plan(doc, console)
     ran = demo_run(store, plans, root, console)
     req1 = plans[0]["requests"][0]
@@ -186,24 +187,24 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
 def demo_run(store: Store, plans: list[dict], root: Path, console) -> list[dict]:
     """Approve and run the first plan; the second, made before it ran, is stale: plan it again, approve and
     run it. Returns both runs' summaries."""
-    from expunge.cli import render_plan, render_run
+    from expunge.cli import _say, render_plan, render_run
     from expunge.orchestrator import planner
     from expunge.orchestrator.execute import run_plan
     from expunge.orchestrator.policy import store_policy
 
     key = root / "approver.key"
     out = []
-    console.print(f"\nApproving the first plan with the demo approver's key ({key.name}) and running it:\n")
+    _say(console, f"\nApproving the first plan with the demo approver's key ({key.name}) and running it:\n")
     planner.approve(store, plans[0]["id"], key)
     with console.status("Unlearning: the first plan's actions…"):
         out.append(run_plan(store, plans[0]["id"]))
     render_run(out[-1], console)
     done = out[-1].get("completed")
     if done:
-        console.print(f"Proved by lineage: none of the {len(done['proof']['new_versions'])} new versions reaches the "
+        _say(console, f"Proved by lineage: none of the {len(done['proof']['new_versions'])} new versions reaches the "
                       f"erased records; the store has forgotten the customer (a tombstone keeps their keyed hash).")
     stale = planner.stale_reason(store, plans[1], store_policy(store))
-    console.print(f"\nThe second plan was made before the first ran, so it is stale ({stale}). Planned again:\n")
+    _say(console, f"\nThe second plan was made before the first ran, so it is stale ({stale}). Planned again:\n")
     doc = planner.make_plan(store, plans[1]["requests"], store_policy(store))
     planner.save_plan(store, doc)
     render_plan(dict(doc, approvals=[]), console)
@@ -213,6 +214,6 @@ def demo_run(store: Store, plans: list[dict], root: Path, console) -> list[dict]
     console.print()
     render_run(out[-1], console)
     if out[-1].get("completed") is None:
-        console.print("Approximate results stay pending (not promoted) until they pass the policy's "
+        _say(console, "Approximate results stay pending (not promoted) until they pass the policy's "
                       "membership-inference and accuracy check; the customer stays known until then.")
     return out

@@ -165,3 +165,52 @@ def test_eval_only_use_is_not_training_and_nothing_prints_none(st, tmp_path):
         outputs.append(run(*args, "--store", st).output)
     for out in outputs:
         assert not re.search(r"\bNone\b", out), out
+
+
+# ---------------------------------------------------------------- 80 columns
+
+
+def _render(render, width: int, soft: bool = False) -> str:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    render(Console(file=buf, width=width, soft_wrap=soft, color_system=None, highlight=False))
+    return buf.getvalue()
+
+
+def _column0(text: str) -> list[str]:
+    """Lines that start at column 0, table borders and rows left out."""
+    return [ln for ln in text.splitlines() if ln and not ln[0].isspace() and not 0x2500 <= ord(ln[0]) < 0x2580]
+
+
+def assert_hanging_indents(render, width: int = 80) -> str:
+    """Rendered at `width`, no line is wider and wrapping adds no line at column 0: the column-0 lines are, one
+    for one, the starts of the logical lines (the same render on a console that does not wrap text)."""
+    narrow = _render(render, width)
+    logical = _render(render, width, soft=True)
+    assert max(map(len, narrow.splitlines())) <= width, narrow
+    got, want = _column0(narrow), _column0(logical)
+    assert len(got) == len(want), "\n".join(got)
+    for g, w in zip(got, want):
+        assert w.startswith(g.rstrip()), (g, w)
+    assert len(narrow.splitlines()) > len(logical.splitlines())  # something did wrap: the check bit
+    return narrow
+
+
+def test_run_and_plan_list_wrap_with_hanging_indents():
+    from expunge.cli import render_plan_list, render_run
+
+    actions = [{"order": k, "model": f"churn-certified-long-name@{k}", "new_model": f"churn-certified-long-name@{k + 1}",
+                "action": "certified_removal", "state": "done", "estimated_seconds": 0.0103, "actual_seconds": 0.0907,
+                "guarantee": "certified", "check": "certificate", "pending_check": False, "error": None}
+               for k in range(1, 4)]
+    result = {"dry_run": False, "plan": "e7440b2e0c5dea6b" * 4, "requests": ["req-000001", "req-000002",
+              "req-000003", "req-000004", "req-000005"], "done": 3, "total": 3, "actions": actions}
+    text = assert_hanging_indents(lambda c: render_run(result, c))
+    assert "\n      " in text  # an action's continuation sits under its text
+    plans = [{"id": "ab" * 32, "state": "superseded", "superseded_by": "cd" * 32, "requests": ["req-000001"],
+              "created_at": "2026-11-30T13:58:30Z", "models": 12, "total_seconds": 3.3, "approvals": 0,
+              "approvals_needed": 1, "subjects": {"found": 1, "requested": 2}}]
+    assert_hanging_indents(lambda c: render_plan_list(plans, c))
