@@ -241,7 +241,9 @@ def ingest_dataset(
     file: Path = typer.Argument(..., help="Parquet or CSV file with the derived rows."),
     name: str = typer.Option(..., "--name", help="Dataset name; each ingest adds a version."),
     parent: List[str] = typer.Option([], "--parent", help="Parent version (name@N, or name for the latest; repeatable)."),
-    kind: str = typer.Option(..., "--kind", help="filter, sample, split, select, join, aggregate or augment."),
+    kind: str = typer.Option(..., "--kind", help="filter, sample, split, select (subsets of one parent); join, aggregate, augment (rows built "
+                                         "from records of the parents); union (rows stacked from two or more parents, "
+                                         "each row's id in its parent's --source column, empty in the others)."),
     record_col: Optional[str] = typer.Option(None, "--record-col", help="Subsets: column of the parent row ids kept."),
     source: List[str] = typer.Option([], "--source", help="Compositions and unions: PARENT=COLUMN of that parent's row ids (repeatable: one per parent)."),
     row_col: Optional[str] = typer.Option(None, "--row-col", help="Compositions: column of the new row ids."),
