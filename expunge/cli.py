@@ -350,12 +350,26 @@ def impact(
 
     Example: expunge impact --subject cust-0042 --json
     """
-    subs = _read_subjects(subject, subjects_file)
+    subs, where = _read_subjects_where(subject, subjects_file)
     result = _open(store).impact(subs)
+    missing = _missing_places(subs, where, result.missing)
     if json_out:
-        _emit_json(result.to_dict())
+        doc = result.to_dict()
+        if missing:
+            doc["subjects"]["missing"] = missing
+        _emit_json(doc)
     else:
-        render_impact(result, limit=None if show_all else TABLE_LIMIT)
+        render_impact(result, limit=None if show_all else TABLE_LIMIT, missing=missing)
+
+
+def _missing_places(subs: List[str], where: List[str], missing: List[int]) -> List[str]:
+    """Where each subject not found was given (every place, if given twice). The ids themselves are not
+    repeated back: this output ends up in tickets and logs, and the position is enough to find the id."""
+    if not missing:
+        return []
+    unique = list(dict.fromkeys(subs))
+    gone = {unique[k] for k in missing}
+    return [w for s, w in zip(subs, where) if s in gone]
 
 
 
@@ -399,14 +413,16 @@ def _how_affected(model: dict, roles: set[str]) -> str:
     return f"{used} on the records (not trained)"
 
 
-def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None:
-    """The impact as text; every name from the store (datasets, runs, models) is escaped, not read as markup."""
+def render_impact(result, console=None, limit: int | None = TABLE_LIMIT, missing: List[str] = ()) -> None:
+    """The impact as text; every name from the store (datasets, runs, models) is escaped, not read as markup.
+    `missing`: where the subjects not found were given (shown, the first ten)."""
     from rich.markup import escape
 
     console = console or _console()
     if result.empty:
         n = result.requested
-        _say(console, 
+        _say(
+            console,
             f"No records for {'this subject' if n == 1 else f'these {n} subjects'} in the store: "
             "nothing was touched."
         )
@@ -417,8 +433,13 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
     for m in result.models:
         stages[m["stage"]] = stages.get(m["stage"], 0) + 1
     by_stage = ", ".join(f"{n:,} {st}" for st, n in sorted(stages.items(), key=lambda x: STAGE_ORDER.get(x[0], 9)))
-    _say(console, 
-        f"[bold]{result.found}[/] of {result.requested} subject(s) found: [bold]{result.records:,}[/] record(s) in "
+    gone = ""
+    if missing:
+        more = f" and {len(missing) - 10:,} more" if len(missing) > 10 else ""
+        gone = f" (not found: {escape(', '.join(missing[:10]))}{more})"
+    _say(
+        console,
+        f"[bold]{result.found}[/] of {result.requested} subject(s) found{gone}: [bold]{result.records:,}[/] record(s) in "
         f"{len(result.datasets):,} dataset version(s), {len(result.runs):,} run(s), {len(result.models):,} model "
         f"version(s)" + (f" ({by_stage})." if by_stage else ".")
     )

@@ -214,3 +214,31 @@ def test_run_and_plan_list_wrap_with_hanging_indents():
               "created_at": "2026-11-30T13:58:30Z", "models": 12, "total_seconds": 3.3, "approvals": 0,
               "approvals_needed": 1, "subjects": {"found": 1, "requested": 2}}]
     assert_hanging_indents(lambda c: render_plan_list(plans, c))
+
+
+def test_impact_says_which_subjects_are_missing_by_position(st, tmp_path):
+    """'2 of 4 found' names the missing ones by where they were given, never by the id (the terminal output is
+    often pasted into tickets and logs)."""
+    import json
+
+    import jsonschema
+
+    from expunge.schemas import load_schema
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("b\n\nghost-two\n")  # line 3 is missing (line 2 is blank)
+    res = run("impact", "--subject", "a", "--subject", "ghost-one", "--subjects-file", ids, "--store", st)
+    assert res.exit_code == 0, res.output
+    first = res.stdout.splitlines()[0]
+    assert first.startswith("2 of 4 subject(s) found (not found: the 2nd --subject, line 3 of "), first
+    assert "ghost" not in res.output
+    doc = json.loads(run("impact", "--subject", "a", "--subject", "ghost-one", "--subjects-file", ids, "--store", st,
+                         "--json").stdout)
+    jsonschema.validate(doc, load_schema("impact.schema.json"))
+    assert doc["subjects"] == {"requested": 4, "found": 2, "missing": ["the 2nd --subject", f"line 3 of {ids}"]}
+    # All found: no list; the same missing id twice: both places.
+    doc = json.loads(run("impact", "--subject", "a", "--store", st, "--json").stdout)
+    assert doc["subjects"] == {"requested": 1, "found": 1}
+    doc = json.loads(run("impact", "--subject", "x", "--subject", "a", "--subject", "x", "--store", st,
+                         "--json").stdout)
+    assert doc["subjects"] == {"requested": 2, "found": 1, "missing": ["the 1st --subject", "the 3rd --subject"]}
