@@ -19,15 +19,50 @@ N_CUSTOMERS = 400
 SHARDS, SLICES = 4, 3
 
 
+# The demo's keys are FIXED and PUBLIC (derived from these labels), so that two demo runs hash the same customers
+# to the same shards and sign with the same approver: never use them, or a store built with them, for real data.
+DEMO_SUBJECT_KEY_FILE = "demo-subject-key.NOT-SECRET.key"
+DEMO_APPROVER_KEY_FILE = "approver.key"
+
+
+def _demo_seed(label: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(f"expunge demo key, public, for the demo only: {label}".encode()).digest()
+
+
+def demo_subject_key(root: Path) -> Path:
+    """The demo store's subject-hash key file (fixed; outside the store, under the demo dir)."""
+    from expunge.lineage.keys import write_key_file
+
+    path = root / DEMO_SUBJECT_KEY_FILE
+    if not path.exists():
+        write_key_file(path, [_demo_seed("subject hash")])
+    return path
+
+
+def _demo_approver_key(path: Path) -> str:
+    """Write the demo approver's Ed25519 key (fixed seed; OpenSSH format, mode 0600); return its public line."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    key = Ed25519PrivateKey.from_private_bytes(_demo_seed("approver you@demo"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
+    return key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode() + " you@demo"
+
+
 def demo_policy(store: Store, root: Path) -> Path:
-    """The shipped policy with one approver, "you", whose key the demo makes (`root/approver.key`); it becomes
-    the store's policy. Returns the key file."""
-    from expunge.orchestrator.approvals import keygen
+    """The shipped policy with one approver, "you", whose (fixed, public) demo key is `root/approver.key`; it
+    becomes the store's policy. Returns the key file."""
     from expunge.orchestrator.policy import default_policy_text, set_store_policy
 
-    key = root / "approver.key"
+    key = root / DEMO_APPROVER_KEY_FILE
     if not key.exists():
-        pub = keygen(key, "you@demo")
+        pub = _demo_approver_key(key)
         (root / "policy.toml").write_text(default_policy_text() + "\n[approval.keys]\n"
                                           f'you = "{" ".join(pub.split()[:2])}"\n')
     set_store_policy(store, root / "policy.toml")
@@ -36,7 +71,11 @@ def demo_policy(store: Store, root: Path) -> Path:
 
 def build_demo(root: Path) -> tuple[Store, str]:
     """Build the demo store under `root`; return it and the customer to show."""
-    store = Store.init(root / "store")
+    import os
+
+    # $EXPUNGE_SECRET, if set, is the user's choice of key; otherwise the demo's fixed one.
+    env_key = os.environ.get("EXPUNGE_SECRET", "").strip()
+    store = Store.init(root / "store", key_file=None if env_key else demo_subject_key(root))
     demo_policy(store, root)
     art = root / "artifacts"
     cust = synth.customers(N_CUSTOMERS, seed=1)

@@ -125,3 +125,29 @@ def test_demo_plans_match_golden_files(tmp_path, monkeypatch):
         assert_hanging_indents(lambda c: render_plan(doc, c))
     result = store.impact([subject])
     assert_hanging_indents(lambda c: render_impact(result, c))
+
+
+def test_demo_keys_are_fixed_so_runs_repeat(tmp_path):
+    """Two demo stores hash every customer alike (same SISA shards) and pin the same policy (same approver key);
+    a store with a fresh key does not (the comparison can fail)."""
+    import stat
+
+    from expunge.demo import DEMO_SUBJECT_KEY_FILE, demo_policy, demo_subject_key
+    from expunge.lineage.store import Store
+    from expunge.orchestrator.policy import store_policy
+
+    ids = synth.customer_ids(50)
+    hashes, policies = [], []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        st = Store.init(root / "store", key_file=demo_subject_key(root))
+        demo_policy(st, root)
+        hashes.append(st.hasher.hash_many(ids))
+        policies.append(store_policy(st).sha256())
+        assert "NOT-SECRET" in DEMO_SUBJECT_KEY_FILE
+        assert stat.S_IMODE((root / DEMO_SUBJECT_KEY_FILE).stat().st_mode) == 0o600
+        assert stat.S_IMODE((root / "approver.key").stat().st_mode) == 0o600
+    assert (hashes[0] == hashes[1]).all() and policies[0] == policies[1]
+    fresh = Store.init(tmp_path / "three" / "store")
+    assert not (fresh.hasher.hash_many(ids) == hashes[0]).all()
