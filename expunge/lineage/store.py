@@ -674,7 +674,7 @@ def check_name(name: str, what: str) -> str:
     # Names appear in paths, logs and one-line messages: no path parts, no line breaks or control characters.
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         raise BadInput(f"{what} name {name!r} must not contain a line break or other control character")
-    if "/" in name or "\\" in name or name in (".", ".."):
+    if what == "dataset" and ("/" in name or "\\" in name or name in (".", "..")):  # dataset names name files
         raise BadInput(f"{what} name {name!r} must not contain '/' or '\\', nor be '.' or '..'")
     return name
 
