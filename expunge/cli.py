@@ -13,15 +13,59 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from expunge.errors import BadInput, ExpungeError
 
+
+def _usage_error_line(exc) -> str:
+    """A click usage error as one line: the message, then where the help is (no box, no usage block)."""
+    from typer._click import exceptions as click
+    msg = " ".join(exc.format_message().split())
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click.MissingParameter) and param is not None and param.param_type_name == "argument":
+        msg = f"Missing argument {param.metavar or param.name.upper()}."
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    return f"error: {msg}{where}"
+
+
+class ExpungeGroup(TyperGroup):
+    """The top-level group: a usage error (unknown option or command, missing or malformed argument) is one
+    line on stderr and exit 2, as every other error, instead of typer's rich box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from typer._click import exceptions as click  # typer 0.2x vendors click
+
+        prog_name = prog_name or "expunge"
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.NoArgsIsHelpError as exc:  # `expunge` alone: the help, as asked
+            typer.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as exc:
+            typer.echo(_usage_error_line(exc), err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="expunge",
+    cls=ExpungeGroup,
     help="Record-level data lineage and machine-unlearning orchestration.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=HELP,
 )
 ingest_app = typer.Typer(help="Capture dataset versions.", no_args_is_help=True)
 track_app = typer.Typer(help="Capture training runs and model versions.", no_args_is_help=True)
@@ -55,10 +99,20 @@ def _emit_json(doc: dict) -> None:
 _WAIT = {"seconds": 0.0}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from expunge import __version__
+
+        typer.echo(f"expunge {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(wait: float = typer.Option(0.0, "--wait", envvar="EXPUNGE_WAIT", metavar="SECONDS",
                                        help="If another expunge process is writing, wait up to SECONDS for it "
-                                            "(default: fail at once with 'store is busy', exit 3).")) -> None:
+                                            "(default: fail at once with 'store is busy', exit 3)."),
+            version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                         help="Print expunge's version and exit.")) -> None:
     """Record-level data lineage and machine-unlearning orchestration."""
     if wait < 0:
         raise typer.BadParameter("--wait must be 0 or more seconds")
@@ -79,6 +133,24 @@ def _console():
     return Console()
 
 
+def _os_message(exc: OSError) -> str:
+    """A system error about a file in plain words, without the `[Errno N]` prefix."""
+    name = exc.filename
+    if name is None:
+        return exc.strerror or str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {name}"
+    if isinstance(exc, IsADirectoryError):
+        return f"{name} is a directory"
+    if isinstance(exc, NotADirectoryError):
+        return f"{name}: a part of the path is not a directory"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {name}"
+    if isinstance(exc, FileExistsError):
+        return f"{name} already exists"
+    return f"{name}: {(exc.strerror or str(exc)).lower()}"
+
+
 def _guard(fn):
     """Turn expunge errors (and a few system ones) into one line and an exit code."""
     import functools
@@ -89,7 +161,9 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except ExpungeError as exc:
             _fail(exc)
-        except (OSError, json.JSONDecodeError) as exc:
+        except OSError as exc:
+            _fail(BadInput(_os_message(exc)))
+        except json.JSONDecodeError as exc:
             _fail(BadInput(str(exc)))
         except typer.Exit:
             raise
@@ -166,10 +240,12 @@ def _parse_sources(items: List[str]) -> Optional[dict]:
 def ingest_dataset(
     file: Path = typer.Argument(..., help="Parquet or CSV file with the derived rows."),
     name: str = typer.Option(..., "--name", help="Dataset name; each ingest adds a version."),
-    parent: List[str] = typer.Option([], "--parent", help="Parent version (name@N, or name for the latest)."),
-    kind: str = typer.Option(..., "--kind", help="filter, sample, split, select, join, aggregate or augment."),
+    parent: List[str] = typer.Option([], "--parent", help="Parent version (name@N, or name for the latest; repeatable)."),
+    kind: str = typer.Option(..., "--kind", help="filter, sample, split, select (subsets of one parent); join, aggregate, augment (rows built "
+                                         "from records of the parents); union (rows stacked from two or more parents, "
+                                         "each row's id in its parent's --source column, empty in the others)."),
     record_col: Optional[str] = typer.Option(None, "--record-col", help="Subsets: column of the parent row ids kept."),
-    source: List[str] = typer.Option([], "--source", help="Compositions: PARENT=COLUMN of that parent's row ids."),
+    source: List[str] = typer.Option([], "--source", help="Compositions and unions: PARENT=COLUMN of that parent's row ids (repeatable: one per parent)."),
     row_col: Optional[str] = typer.Option(None, "--row-col", help="Compositions: column of the new row ids."),
     store: Optional[Path] = StoreOpt,
     json_out: bool = JsonOpt,
@@ -221,15 +297,43 @@ def track_run(
             typer.echo(f"Registered model {m['id']} ({m['stage']}, sha256 {m['sha256'][:12]}…)")
 
 
-def _read_subjects(subject: List[str], subjects_file: Optional[Path]) -> List[str]:
-    subs = list(subject)
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _read_subjects_where(subject: List[str], subjects_file: Optional[Path]) -> tuple[List[str], List[str]]:
+    """The subject ids given, in order, and where each came from ("the 2nd --subject", "line 3 of ids.txt"):
+    messages name the place, never the id. A file is UTF-8 whatever the locale (a byte-order mark is not part of
+    its first id); one id per line exactly as written, only the line break removed; blank lines are skipped."""
+    subs, where = [], []
+    for n, s in enumerate(subject, 1):
+        if s == "":
+            raise BadInput(f"the {_ordinal(n)} --subject is an empty subject id: it can never match a subject")
+        subs.append(s)
+        where.append(f"the {_ordinal(n)} --subject")
     if subjects_file is not None:
-        text = sys.stdin.read() if str(subjects_file) == "-" else subjects_file.read_text()
-        # One id per line, exactly as written (only the line break is removed).
-        subs.extend(line for line in text.splitlines() if line != "")
+        stdin = str(subjects_file) == "-"
+        name = "stdin" if stdin else str(subjects_file)
+        raw = sys.stdin.buffer.read() if stdin else subjects_file.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise BadInput(f"{name} is not UTF-8 text (line {line}): save it as UTF-8") from None
+        for n, line in enumerate(text.split("\n"), 1):
+            if line.endswith("\r"):
+                line = line[:-1]
+            if line != "":
+                subs.append(line)
+                where.append(f"line {n} of {name}")
     if not subs:
         raise BadInput("give at least one --subject or a --subjects-file")
-    return subs
+    return subs, where
+
+
+def _read_subjects(subject: List[str], subjects_file: Optional[Path]) -> List[str]:
+    return _read_subjects_where(subject, subjects_file)[0]
 
 
 @app.command()
@@ -246,28 +350,79 @@ def impact(
 
     Example: expunge impact --subject cust-0042 --json
     """
-    subs = _read_subjects(subject, subjects_file)
+    subs, where = _read_subjects_where(subject, subjects_file)
     result = _open(store).impact(subs)
+    missing = _missing_places(subs, where, result.missing)
     if json_out:
-        _emit_json(result.to_dict())
+        doc = result.to_dict()
+        if missing:
+            doc["subjects"]["missing"] = missing
+        _emit_json(doc)
     else:
-        render_impact(result, limit=None if show_all else TABLE_LIMIT)
+        render_impact(result, limit=None if show_all else TABLE_LIMIT, missing=missing)
 
+
+def _missing_places(subs: List[str], where: List[str], missing: List[int]) -> List[str]:
+    """Where each subject not found was given (every place, if given twice). The ids themselves are not
+    repeated back: this output ends up in tickets and logs, and the position is enough to find the id."""
+    if not missing:
+        return []
+    unique = list(dict.fromkeys(subs))
+    gone = {unique[k] for k in missing}
+    return [w for s, w in zip(subs, where) if s in gone]
+
+
+
+def _say(console, markup: str, hang: int = 2, **kw) -> None:
+    """Print a paragraph wrapped to the console's width with a hanging indent: the continuation lines start
+    `hang` columns right of the first (which keeps its own leading spaces), never at column 0. Leading and
+    trailing newlines print as blank lines."""
+    body = markup.strip("\n")
+    for _ in range(len(markup) - len(markup.lstrip("\n"))):
+        console.print()
+    if console.soft_wrap:  # a console asked not to wrap (the terminal will): one line
+        console.print(body, soft_wrap=True, **kw)
+    else:
+        _hang(console, body, hang, **kw)
+    for _ in range(len(markup) - len(markup.rstrip("\n"))):
+        console.print()
+
+
+def _hang(console, body: str, hang: int, **kw) -> None:
+    from rich.text import Text
+
+    text = Text.from_markup(body)
+    indent = len(text.plain) - len(text.plain.lstrip(" "))
+    text = text[indent:]
+    width = max(20, console.width - indent - hang)
+    for k, line in enumerate(text.wrap(console, width, overflow="fold")):
+        console.print(Text(" " * (indent + (hang if k else 0))) + line, soft_wrap=True, **kw)
 
 
 def _more(console, shown: int, total: int, what: str) -> None:
     if total > shown:
-        console.print(f"… and {total - shown:,} more {what} (--all shows every row, --json gives the document)")
+        _say(console, f"… and {total - shown:,} more {what} (--all shows every row, --json gives the document)")
 
 
-def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None:
-    """The impact as text; every name from the store (datasets, runs, models) is escaped, not read as markup."""
+def _how_affected(model: dict, roles: set[str]) -> str:
+    """How a directly affected model met the records: its run's roles that held them (an eval-only use is not
+    training)."""
+    if "train" in roles or not roles:
+        return "trained on the records"
+    used = " and ".join(w for r, w in (("val", "validated"), ("eval", "evaluated")) if r in roles)
+    return f"{used} on the records (not trained)"
+
+
+def render_impact(result, console=None, limit: int | None = TABLE_LIMIT, missing: List[str] = ()) -> None:
+    """The impact as text; every name from the store (datasets, runs, models) is escaped, not read as markup.
+    `missing`: where the subjects not found were given (shown, the first ten)."""
     from rich.markup import escape
 
     console = console or _console()
     if result.empty:
         n = result.requested
-        console.print(
+        _say(
+            console,
             f"No records for {'this subject' if n == 1 else f'these {n} subjects'} in the store: "
             "nothing was touched."
         )
@@ -278,8 +433,13 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
     for m in result.models:
         stages[m["stage"]] = stages.get(m["stage"], 0) + 1
     by_stage = ", ".join(f"{n:,} {st}" for st, n in sorted(stages.items(), key=lambda x: STAGE_ORDER.get(x[0], 9)))
-    console.print(
-        f"[bold]{result.found}[/] of {result.requested} subject(s) found: [bold]{result.records:,}[/] record(s) in "
+    gone = ""
+    if missing:
+        more = f" and {len(missing) - 10:,} more" if len(missing) > 10 else ""
+        gone = f" (not found: {escape(', '.join(missing[:10]))}{more})"
+    _say(
+        console,
+        f"[bold]{result.found}[/] of {result.requested} subject(s) found{gone}: [bold]{result.records:,}[/] record(s) in "
         f"{len(result.datasets):,} dataset version(s), {len(result.runs):,} run(s), {len(result.models):,} model "
         f"version(s)" + (f" ({by_stage})." if by_stage else ".")
     )
@@ -320,8 +480,9 @@ def render_impact(result, console=None, limit: int | None = TABLE_LIMIT) -> None
             t.add_column(col, no_wrap=col == "model")
         models = sorted(result.models, key=lambda m: (STAGE_ORDER.get(m["stage"], 9), m["name"], m["version"]))
         models = models[:limit]
+        roles = {r["id"]: {i["role"] for i in r["inputs"] if i["records"]} for r in result.runs}
         for m in models:
-            how = "trained on the records" if m["direct"] else escape(" → ".join(
+            how = _how_affected(m, roles.get(m["run"], set())) if m["direct"] else escape(" → ".join(
                 f"{p['model']} ({p['relation']})" for p in m["path"]
             ))
             stage = f"[bold red]{m['stage']}[/]" if m["stage"] == "production" else escape(m["stage"])
@@ -451,7 +612,7 @@ def policy_show(policy: Optional[Path] = PolicyOpt, store: Optional[Path] = Stor
     from rich.table import Table
 
     console = _console()
-    console.print(f"Policy: {escape(p.source)}. Default category: {escape(p.default_category)}. Retiring models "
+    _say(console, f"Policy: {escape(p.source)}. Default category: {escape(p.default_category)}. Retiring models "
                   f"{'allowed' if p.allow_retire else 'not allowed'}. Approval: "
                   f"{f'{p.approvers} approver(s)' if p.approval_required else 'not required'}.")
     t = Table(title="Categories", title_justify="left")
@@ -460,74 +621,54 @@ def policy_show(policy: Optional[Path] = PolicyOpt, store: Optional[Path] = Stor
     for name, c in sorted(p.categories.items()):
         t.add_row(escape(name), c.weakest_guarantee, str(c.deadline_days), c.check)
     console.print(t)
-    console.print(f"Approximate results must pass: membership-inference AUC ≤ {p.max_mia_auc} (mia) or ≤ a retrained "
+    _say(console, f"Approximate results must pass: membership-inference AUC ≤ {p.max_mia_auc} (mia) or ≤ a retrained "
                   f"reference's + {p.max_mia_auc_gap} (mia_retrained), and an accuracy drop ≤ {p.max_accuracy_drop}.")
-    console.print(f"Residual risk: the strongest guarantee priced within {p.max_premium:g}× the cheapest admissible "
+    _say(console, f"Residual risk: the strongest guarantee priced within {p.max_premium:g}× the cheapest admissible "
                   f"action. Withdrawn models {'are' if p.retire_withdrawn else 'are not'} retired at no cost. "
                   f"Costs: {p.cpu_hour}/CPU-hour, {p.gpu_hour}/GPU-hour.")
     for name, m in sorted(p.models.items()):
-        console.print(f"Model {escape(name)}: never retire={m.never_retire}, always retrain={m.always_retrain}")
+        _say(console, f"Model {escape(name)}: never retire={m.never_retire}, always retrain={m.always_retrain}")
 
 
-@app.command("plan")
-@_guard
-def plan_cmd(
-    args: List[str] = typer.Argument(..., help="REQUEST... | show PLAN | approve PLAN | list"),
-    key: Optional[Path] = typer.Option(None, "--key", help="approve: the approver's Ed25519 private key file."),
-    force: bool = typer.Option(False, "--force", help="approve: a plan that misses subjects (needs --reason)."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="approve --force: why."),
-    replan: bool = typer.Option(False, "--replan", help="Plan a request that has an approved plan (it lapses)."),
-    request: Optional[str] = typer.Option(None, "--request", help="list: only the plans of this request."),
-    show_all: bool = typer.Option(False, "--all", help=f"Show every model, not the {TABLE_LIMIT} that matter most."),
-    policy: Optional[Path] = PolicyOpt,
-    store: Optional[Path] = StoreOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Plan erasure requests (per affected model the action the policy prefers), list, show or approve plans.
+class PlanGroup(TyperGroup):
+    """`expunge plan`: the subcommands list, show and approve, and `make` (the default): `expunge plan REQUEST...`
+    is `expunge plan make REQUEST...`, whatever the order of its options and request ids."""
 
-    expunge plan REQUEST... [--policy F] [--replan]  make and save a plan under the store's policy (or F; exit 4
-                                                     if a model has no admissible action); --replan lets an
-                                                     approved plan's approval lapse
-    expunge plan list [--request R]                  saved plans, newest first, with their state
-    expunge plan show PLAN                           a saved plan (id or a prefix of 8+ characters), hash-checked
-    expunge plan approve PLAN --key KEY              sign the plan with an approver's key named in the policy;
-                     [--force --reason TEXT]         a changed, stale, blocked or replaced plan, or one made
-                                                     under another policy than the store's, is refused; one
-                                                     that misses subjects needs --force
+    def parse_args(self, ctx, args):
+        args = list(args)
+        if args and not any(a in ctx.help_option_names for a in args[:1]):
+            takes_value = {o for cmd in self.commands.values() for p in cmd.params
+                           if getattr(p, "param_type_name", "") == "option" and not p.is_flag for o in p.opts}
+            first = None
+            k = 0
+            while k < len(args):
+                a = args[k]
+                if a == "--":
+                    first = k + 1 if k + 1 < len(args) else None
+                    break
+                if a.startswith("-"):
+                    k += 2 if a in takes_value else 1
+                    continue
+                first = k
+                break
+            if first is not None and args[first] in self.commands:
+                args = [args[first]] + args[:first] + args[first + 1:]
+            else:
+                args = ["make"] + args
+        return super().parse_args(ctx, args)
 
-    Example: expunge plan req-000001 req-000002 --json
-    """
+
+plan_app = typer.Typer(
+    cls=PlanGroup, no_args_is_help=True,
+    help="Plan erasure requests (per affected model the action the policy prefers), list, show or approve plans. "
+         "`expunge plan REQUEST...` makes a plan (the `make` command).")
+app.add_typer(plan_app, name="plan")
+AllPlanOpt = typer.Option(False, "--all", help=f"Show every model, not the {TABLE_LIMIT} that matter most.")
+
+
+def _print_plan(st, doc: dict, pieces, json_out: bool, show_all: bool) -> None:
     from expunge.orchestrator import planner
-    from expunge.orchestrator.policy import policy_for
 
-    st = _open(store)
-    pieces = None  # the encoding made with a new plan's id, reused for --json
-    if args[0] == "list":
-        if len(args) != 1:
-            raise BadInput("usage: expunge plan list [--request REQUEST]")
-        plans = planner.list_plans(st, request)
-        if json_out:
-            _emit_json({"plans": plans})
-        else:
-            render_plan_list(plans)
-        return
-    if args[0] in ("show", "approve"):
-        if len(args) != 2:
-            raise BadInput(f"usage: expunge plan {args[0]} PLAN" + (" --key KEY" if args[0] == "approve" else ""))
-        if args[0] == "approve":
-            if not key:
-                raise BadInput("expunge plan approve needs --key KEY: approvals are signed with an approver's key "
-                               "named in the policy")
-            doc = planner.approve(st, args[1], key, force=force, reason=reason)
-        else:
-            doc = planner.load_plan(st, args[1])
-    else:
-        planner.check_replan(st, args, replan)
-        doc, pieces = planner.plan_and_encode(st, args, policy_for(st, policy))
-        planner.save_plan(st, doc, pieces, replan=replan)
-        doc["approvals"] = []  # a new plan (a re-made identical one keeps its id and approvals)
-        if planner.plan_exists_with_approvals(st, doc["id"]):
-            doc, pieces = planner.load_plan(st, doc["id"]), None
     if json_out:
         sys.stdout.write(planner.dumps(doc, pieces) + "\n")
     else:
@@ -538,6 +679,103 @@ def plan_cmd(
     if doc["blocked"]:
         raise planner.NoAdmissibleAction(
             f"no admissible action for {', '.join(doc['blocked'])} (see the plan for the rules that block it)")
+
+
+@plan_app.command("make")
+@_guard
+def plan_make(
+    request: List[str] = typer.Argument(..., help="Request ids, e.g. req-000001."),
+    replan: bool = typer.Option(False, "--replan", help="Plan a request that has an approved plan (it lapses)."),
+    show_all: bool = AllPlanOpt,
+    policy: Optional[Path] = PolicyOpt,
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make and save a plan for erasure requests (the default: `expunge plan REQUEST...`).
+
+    Under the store's policy (or --policy): per affected model the action the policy prefers. Exit 4 if a model
+    has no admissible action.
+
+    Example: expunge plan req-000001 req-000002 --json
+    """
+    from expunge.orchestrator import planner
+    from expunge.orchestrator.policy import policy_for
+
+    st = _open(store)
+    planner.check_replan(st, request, replan)
+    doc, pieces = planner.plan_and_encode(st, request, policy_for(st, policy))
+    planner.save_plan(st, doc, pieces, replan=replan)
+    doc["approvals"] = []  # a new plan (a re-made identical one keeps its id and approvals)
+    if planner.plan_exists_with_approvals(st, doc["id"]):
+        doc, pieces = planner.load_plan(st, doc["id"]), None
+    _print_plan(st, doc, pieces, json_out, show_all)
+
+
+@plan_app.command("list")
+@_guard
+def plan_list(
+    request: Optional[str] = typer.Option(None, "--request", help="Only the plans of this request."),
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """List saved plans, newest first, with their state.
+
+    States: planned, approved, blocked, superseded, lapsed, running, ran.
+
+    Example: expunge plan list --request req-000001
+    """
+    from expunge.orchestrator import planner
+
+    plans = planner.list_plans(_open(store), request)
+    if json_out:
+        _emit_json({"plans": plans})
+    else:
+        render_plan_list(plans)
+
+
+@plan_app.command("show")
+@_guard
+def plan_show(
+    plan: str = typer.Argument(..., help="Plan id (or a prefix of 8+ characters)."),
+    show_all: bool = AllPlanOpt,
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Show a saved plan; one whose content no longer matches its id is refused.
+
+    Example: expunge plan show 5d93380232af
+    """
+    from expunge.orchestrator import planner
+
+    st = _open(store)
+    _print_plan(st, planner.load_plan(st, plan), None, json_out, show_all)
+
+
+@plan_app.command("approve")
+@_guard
+def plan_approve(
+    plan: str = typer.Argument(..., help="Plan id (or a prefix of 8+ characters)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="The approver's Ed25519 private key file."),
+    force: bool = typer.Option(False, "--force", help="Approve a plan that misses subjects (needs --reason)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="With --force: why (kept with the approval)."),
+    show_all: bool = AllPlanOpt,
+    store: Optional[Path] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Sign a plan with an approver's key named in the store's policy.
+
+    A changed, stale, blocked or replaced plan, or one made under another policy than the store's, is refused;
+    one that misses subjects needs --force.
+
+    Example: expunge plan approve 5d93380232af --key ~/.ssh/expunge-dpo
+    """
+    from expunge.orchestrator import planner
+
+    if not key:
+        raise BadInput("expunge plan approve needs --key KEY: approvals are signed with an approver's key "
+                       "named in the policy")
+    st = _open(store)
+    _print_plan(st, planner.approve(st, plan, key, force=force, reason=reason), None, json_out, show_all)
 
 
 @policy_app.command("set")
@@ -598,10 +836,10 @@ def render_plan_list(plans: list[dict], console=None) -> None:
         console.print("No plans.")
         return
     if console.width < 110:  # one line per plan: a table would cut ids and dates
-        console.print("Plans, newest first:")
+        _say(console, "Plans, newest first:")
         for p in plans:
             state = p["state"] + (f" by {p['superseded_by'][:12]}" if p["superseded_by"] else "")
-            console.print(f"  [bold]{p['id'][:12]}[/] {state}; {escape(', '.join(p['requests']))}; made "
+            _say(console, f"  [bold]{p['id'][:12]}[/] {state}; {escape(', '.join(p['requests']))}; made "
                           f"{p['created_at'][:16].replace('T', ' ')} UTC; {p['models']:,} model(s), "
                           f"{_secs(p['total_seconds'])}; approvals {p['approvals']} of {p['approvals_needed']}; "
                           f"subjects found {p['subjects']['found']} of {p['subjects']['requested']}",
@@ -700,10 +938,10 @@ def residuals_cmd(
 
     console = _console()
     if not got["plans"]:
-        console.print(f"No plan of {request_id} has run yet: nothing is residual.")
+        _say(console, f"No plan of {request_id} has run yet: nothing is residual.")
         return
     counts = Counter(r["state"] for r in got["residuals"])
-    console.print(f"{request_id}: {len(got['residuals'])} residual file(s): "
+    _say(console, f"{request_id}: {len(got['residuals'])} residual file(s): "
                   + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
     for r in got["residuals"]:
         console.print(f"  {r['state']:9} {r['kind']:10} {escape(r['model'])}  {escape(r['path'])}  ({escape(r['why'])})",
@@ -718,16 +956,16 @@ def render_run(result: dict, console=None) -> None:
 
     console = console or _console()
     head = "Would run" if result["dry_run"] else "Ran"
-    console.print(f"{head} plan [bold]{result['plan'][:16]}[/] for {escape(', '.join(result['requests']))}: "
+    _say(console, f"{head} plan [bold]{result['plan'][:16]}[/] for {escape(', '.join(result['requests']))}: "
                   f"{result['done']} of {result['total']} action(s) done.")
     if console.width < 120:  # one entry per action: a table would cut the names
         for a in result["actions"]:
             check = "pending check" if a["pending_check"] else a["check"]
             actual = _secs(a["actual_seconds"]) if a["actual_seconds"] is not None else "—"
             new = f" → {escape(a['new_model'])}" if a["new_model"] else ""
-            console.print(f"  {a['order']}. [bold]{escape(a['model'])}[/]{new}: {a['action']} {a['state']}; "
+            _say(console, f"  {a['order']}. [bold]{escape(a['model'])}[/]{new}: {a['action']} {a['state']}; "
                           f"est. {_secs(a['estimated_seconds'])}, actual {actual}; {a['guarantee']}, {check}"
-                          + (f"; [red]{escape(a['error'])}[/]" if a["error"] else ""))
+                          + (f"; [red]{escape(a['error'])}[/]" if a["error"] else ""), hang=4)
         return
     t = Table(title="Actions", title_justify="left")
     for col in ("#", "model", "action", "state", "new version", "est.", "actual", "guarantee", "check"):
@@ -812,41 +1050,41 @@ def render_plan(doc: dict, console=None, limit: int | None = TABLE_LIMIT) -> Non
 
     console = console or _console()
     subj = doc["subjects"]
-    console.print(f"Plan [bold]{doc['id'][:16]}[/] for {escape(', '.join(doc['requests']))}: {doc['records']:,} "
+    _say(console, f"Plan [bold]{doc['id'][:16]}[/] for {escape(', '.join(doc['requests']))}: {doc['records']:,} "
                   f"record(s) of {subj['found']} of {subj['requested']} subject(s) found; policy "
                   f"{escape(doc['policy']['source'])}.")
     if subj["found"] < subj["requested"]:
-        console.print(f"[bold yellow]Warning:[/] only {subj['found']} of {subj['requested']} subject(s) are in the "
+        _say(console, f"[bold yellow]Warning:[/] only {subj['found']} of {subj['requested']} subject(s) are in the "
                       "store: the plan covers only those found (a mistyped id? a wrong key?). Approving it needs "
                       "--force and a reason.")
     if doc.get("superseded_by"):
         lapsed = " (its approval lapsed)" if doc.get("lapsed_at") else ""
-        console.print(f"[bold yellow]Replaced[/] by plan {doc['superseded_by'][:16]}{lapsed}: it cannot be approved.")
+        _say(console, f"[bold yellow]Replaced[/] by plan {doc['superseded_by'][:16]}{lapsed}: it cannot be approved.")
     if not doc["items"]:
-        console.print("No model trained on these records: nothing to unlearn.")
+        _say(console, "No model trained on these records: nothing to unlearn.")
     deadlines = sorted({i["deadline"][:10] for i in doc["items"]})
     shown = _plan_items_shown(doc["items"], limit)
     if len(shown) < len(doc["items"]):
-        console.print(f"The {len(shown)} of {len(doc['items']):,} models that matter most: those with no admissible "
+        _say(console, f"The {len(shown)} of {len(doc['items']):,} models that matter most: those with no admissible "
                       "action, then the costliest.")
     if doc["items"] and console.width < 110:  # a table would truncate ids and reasons: one entry per model
-        console.print("Actions, in the order they run (deadline " + ", ".join(deadlines) + "):")
+        _say(console, "Actions, in the order they run (deadline " + ", ".join(deadlines) + "):")
         for i in shown:
             c, ru = i["chosen"], i["runner_up"]
             touched = f"{i['records']:,} record(s)" if i["direct"] else "derived from an affected model"
             head = f"  {i['order']}. [bold]{escape(i['model'])}[/] ({i['stage']}, {touched}): "
             if c is None:
-                console.print(head + "[bold red]no admissible action[/]")
+                _say(console, head + "[bold red]no admissible action[/]", hang=4)
                 for why in i["blocked_by"]:
-                    console.print(f"      blocked: {escape(why)}")
+                    _say(console, f"      blocked: {escape(why)}")
                 continue
             cost = f", cost {_money(c['cost'])}" if c["cost"] >= 0.01 else ""
-            console.print(head + f"{c['action']} — {c['guarantee']}, {_secs(c['seconds'])}{cost}")
+            _say(console, head + f"{c['action']} — {c['guarantee']}, {_secs(c['seconds'])}{cost}", hang=4)
             after = (f"starts from the unlearned {escape(', '.join(i['after']))}; "
                      if i["after"] and c["action"] == "rederive_from_parent" else "")
-            console.print(f"      {after}must pass: {_check_text(c)}")
+            _say(console, f"      {after}must pass: {_check_text(c)}")
             if ru:
-                console.print(f"      runner-up {ru['action']}: {escape(ru['why_not'])}")
+                _say(console, f"      runner-up {ru['action']}: {escape(ru['why_not'])}")
     elif doc["items"]:
         _plan_table(shown, deadlines, console)
     _plan_more(console, doc["items"], shown)
@@ -859,7 +1097,7 @@ def _plan_table(items: list[dict], deadlines: list[str], console) -> None:
 
     narrow = console.width < 150
     if narrow and len(deadlines) == 1:
-        console.print(f"Deadline {deadlines[0]}. Costs are in the policy's units (see the totals).")
+        _say(console, f"Deadline {deadlines[0]}. Costs are in the policy's units (see the totals).")
     cols = ["#", "model", "stage", "records", "action", "guarantee", "est. time", "must pass"]
     if not narrow:
         cols.append("est. cost")
@@ -890,16 +1128,16 @@ def _plan_footer(doc: dict, console) -> None:
     from rich.markup import escape
 
     tot, every = doc["total"], doc["retrain_everything"]
-    console.print(f"Total: {_secs(tot['seconds'])} (cost {_money(tot['cost'])}, checks included) against "
+    _say(console, f"Total: {_secs(tot['seconds'])} (cost {_money(tot['cost'])}, checks included) against "
                   f"{_secs(every['seconds'])} (cost {_money(every['cost'])}) to retrain everything affected.")
     if "batching" in doc:
         b = doc["batching"]
         verdict = "saves" if b["saving_seconds"] >= 0 else "costs"
-        console.print(f"Batching {verdict} {_secs(abs(b['saving_seconds']))} against planning each request alone "
+        _say(console, f"Batching {verdict} {_secs(abs(b['saving_seconds']))} against planning each request alone "
                       f"({_secs(b['alone_seconds'])}).")
     appr = doc.get("approvals", [])
     need = doc["approval"]["approvers"] if doc["approval"]["required"] else 0
-    console.print(f"Approvals: {len(appr)} of {need} needed"
+    _say(console, f"Approvals: {len(appr)} of {need} needed"
                   + (f" ({escape(', '.join(a['by'] for a in appr))})" if appr else ""))
 
 

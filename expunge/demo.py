@@ -19,15 +19,50 @@ N_CUSTOMERS = 400
 SHARDS, SLICES = 4, 3
 
 
+# The demo's keys are FIXED and PUBLIC (derived from these labels), so that two demo runs hash the same customers
+# to the same shards and sign with the same approver: never use them, or a store built with them, for real data.
+DEMO_SUBJECT_KEY_FILE = "demo-subject-key.NOT-SECRET.key"
+DEMO_APPROVER_KEY_FILE = "approver.key"
+
+
+def _demo_seed(label: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(f"expunge demo key, public, for the demo only: {label}".encode()).digest()
+
+
+def demo_subject_key(root: Path) -> Path:
+    """The demo store's subject-hash key file (fixed; outside the store, under the demo dir)."""
+    from expunge.lineage.keys import write_key_file
+
+    path = root / DEMO_SUBJECT_KEY_FILE
+    if not path.exists():
+        write_key_file(path, [_demo_seed("subject hash")])
+    return path
+
+
+def _demo_approver_key(path: Path) -> str:
+    """Write the demo approver's Ed25519 key (fixed seed; OpenSSH format, mode 0600); return its public line."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    key = Ed25519PrivateKey.from_private_bytes(_demo_seed("approver you@demo"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
+    return key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode() + " you@demo"
+
+
 def demo_policy(store: Store, root: Path) -> Path:
-    """The shipped policy with one approver, "you", whose key the demo makes (`root/approver.key`); it becomes
-    the store's policy. Returns the key file."""
-    from expunge.orchestrator.approvals import keygen
+    """The shipped policy with one approver, "you", whose (fixed, public) demo key is `root/approver.key`; it
+    becomes the store's policy. Returns the key file."""
     from expunge.orchestrator.policy import default_policy_text, set_store_policy
 
-    key = root / "approver.key"
+    key = root / DEMO_APPROVER_KEY_FILE
     if not key.exists():
-        pub = keygen(key, "you@demo")
+        pub = _demo_approver_key(key)
         (root / "policy.toml").write_text(default_policy_text() + "\n[approval.keys]\n"
                                           f'you = "{" ".join(pub.split()[:2])}"\n')
     set_store_policy(store, root / "policy.toml")
@@ -36,7 +71,11 @@ def demo_policy(store: Store, root: Path) -> Path:
 
 def build_demo(root: Path) -> tuple[Store, str]:
     """Build the demo store under `root`; return it and the customer to show."""
-    store = Store.init(root / "store")
+    import os
+
+    # $EXPUNGE_SECRET, if set, is the user's choice of key; otherwise the demo's fixed one.
+    env_key = os.environ.get("EXPUNGE_SECRET", "").strip()
+    store = Store.init(root / "store", key_file=None if env_key else demo_subject_key(root))
     demo_policy(store, root)
     art = root / "artifacts"
     cust = synth.customers(N_CUSTOMERS, seed=1)
@@ -153,22 +192,23 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
     if json_out:
         print(dumps(result.to_dict()))
         return
-    from expunge.cli import render_impact
+    from expunge.cli import _say, render_impact
 
     stats = store.stats()
     root_text = escape(str(store.root))  # a directory may be called a[/]
-    console.print(
+    _say(
+        console,
         f"Built a demo lineage at [bold]{root_text}[/]: {stats['records']:,} records of {N_CUSTOMERS} synthetic "
         f"customers, {stats['dataset_versions']} dataset versions, {stats['runs']} runs, {stats['models']} models."
     )
-    console.print(f"\nCustomer [bold]{escape(subject)}[/] asks to be forgotten. What did their records touch?\n")
+    _say(console, f"\nCustomer [bold]{escape(subject)}[/] asks to be forgotten. What did their records touch?\n")
     render_impact(result, console)
     from expunge.cli import render_plan
 
     plans = demo_plans(store, subject)
     for doc, what in zip(plans, ("the default category (exact unlearning required)",
                                  "the marketing category (approximate unlearning allowed)")):
-        console.print(f"\nAn erasure request under {what}, planned:\n")
+        _say(console, f"\nAn erasure request under {what}, planned:\n")
         render_plan(doc, console)
     ran = demo_run(store, plans, root, console)
     req1 = plans[0]["requests"][0]
@@ -186,24 +226,24 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
 def demo_run(store: Store, plans: list[dict], root: Path, console) -> list[dict]:
     """Approve and run the first plan; the second, made before it ran, is stale: plan it again, approve and
     run it. Returns both runs' summaries."""
-    from expunge.cli import render_plan, render_run
+    from expunge.cli import _say, render_plan, render_run
     from expunge.orchestrator import planner
     from expunge.orchestrator.execute import run_plan
     from expunge.orchestrator.policy import store_policy
 
     key = root / "approver.key"
     out = []
-    console.print(f"\nApproving the first plan with the demo approver's key ({key.name}) and running it:\n")
+    _say(console, f"\nApproving the first plan with the demo approver's key ({key.name}) and running it:\n")
     planner.approve(store, plans[0]["id"], key)
     with console.status("Unlearning: the first plan's actions…"):
         out.append(run_plan(store, plans[0]["id"]))
     render_run(out[-1], console)
     done = out[-1].get("completed")
     if done:
-        console.print(f"Proved by lineage: none of the {len(done['proof']['new_versions'])} new versions reaches the "
+        _say(console, f"Proved by lineage: none of the {len(done['proof']['new_versions'])} new versions reaches the "
                       f"erased records; the store has forgotten the customer (a tombstone keeps their keyed hash).")
     stale = planner.stale_reason(store, plans[1], store_policy(store))
-    console.print(f"\nThe second plan was made before the first ran, so it is stale ({stale}). Planned again:\n")
+    _say(console, f"\nThe second plan was made before the first ran, so it is stale ({stale}). Planned again:\n")
     doc = planner.make_plan(store, plans[1]["requests"], store_policy(store))
     planner.save_plan(store, doc)
     render_plan(dict(doc, approvals=[]), console)
@@ -213,6 +253,6 @@ def demo_run(store: Store, plans: list[dict], root: Path, console) -> list[dict]
     console.print()
     render_run(out[-1], console)
     if out[-1].get("completed") is None:
-        console.print("Approximate results stay pending (not promoted) until they pass the policy's "
+        _say(console, "Approximate results stay pending (not promoted) until they pass the policy's "
                       "membership-inference and accuracy check; the customer stays known until then.")
     return out

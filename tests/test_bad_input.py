@@ -180,3 +180,103 @@ def test_long_id_lists_are_still_validated_item_by_item():
     with pytest.raises(SchemaError):
         validate_manifest({"run": {"inputs": [{"dataset": "d"}],
                                    "facts": {"rows": rows, "first_step": steps[:150] + [-3] + steps[151:]}}})
+
+
+# ---------------------------------------------------------------- subject ids as given (issue 12)
+
+
+def impact_doc(st, *args):
+    res = run("impact", *args, "--store", st, "--json")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_subjects_file_with_a_byte_order_mark(env):
+    """A file saved by an editor that writes a UTF-8 BOM: its first id is 'a', not '\\ufeffa'."""
+    st, tmp = env
+    f = tmp / "ids.txt"
+    f.write_bytes(b"\xef\xbb\xbfa\nb\n")
+    assert impact_doc(st, "--subjects-file", f)["subjects"] == {"requested": 2, "found": 2}
+    f.write_bytes(b"\xef\xbb\xbfa\r\n")  # and with Windows line ends
+    assert impact_doc(st, "--subjects-file", f)["subjects"] == {"requested": 1, "found": 1}
+    res = run("request", "create", "--subjects-file", f, "--store", st, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["subjects_found"] == 1
+
+
+def test_subjects_file_is_utf8_whatever_the_locale(env):
+    """Decoded as UTF-8 even where the locale says ASCII (C locale, no coercion); bytes that are not UTF-8 are
+    refused with the line number, never guessed."""
+    import os
+    import subprocess
+    import sys
+
+    st, tmp = env
+    src = write_csv(tmp / "u.csv", ["cid", "rid"], [["zoë", "u1"]])
+    assert run("ingest", "source", src, "--name", "u", "--subject-col", "cid", "--record-col", "rid",
+               "--store", st).exit_code == 0
+    f = tmp / "ids.txt"
+    f.write_text("zoë\n", encoding="utf-8")
+    env_c = dict(os.environ, LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
+    out = subprocess.run([sys.executable, "-m", "expunge.cli", "impact", "--subjects-file", str(f), "--store",
+                          str(st), "--json"], capture_output=True, text=True, env=env_c, encoding="utf-8")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["subjects"] == {"requested": 1, "found": 1}
+    before = snapshot(st)
+    f.write_bytes(b"a\nzo\xebx\n")  # Latin-1 bytes
+    res = run("request", "create", "--subjects-file", f, "--store", st)
+    expect_bad(st, res, "not UTF-8")
+    assert "line 2" in res.output
+    assert snapshot(st) == before
+
+
+def test_empty_subject_id_refused(env):
+    st, tmp = env
+    before = snapshot(st)
+    expect_bad(st, run("impact", "--subject", "", "--store", st), "empty subject id")
+    expect_bad(st, run("request", "create", "--subject", "a", "--subject", "", "--store", st),
+               "the 2nd --subject is an empty subject id")
+    assert snapshot(st) == before
+
+
+def test_deadline_out_of_range(env):
+    st, tmp = env
+    before = snapshot(st)
+    expect_bad(st, run("request", "create", "--subject", "a", "--deadline", "100000000", "--store", st), "deadline")
+    expect_bad(st, run("request", "create", "--subject", "a", "--deadline", "-3", "--store", st), "deadline")
+    assert snapshot(st) == before
+    assert run("request", "create", "--subject", "a", "--deadline", "36500", "--store", st).exit_code == 0
+
+
+def test_request_list_unknown_status(env):
+    st, tmp = env
+    assert run("request", "create", "--subject", "a", "--store", st).exit_code == 0
+    res = run("request", "list", "--status", "bogus", "--store", st)
+    expect_bad(st, res, "unknown status 'bogus'")
+    assert "received" in res.output
+    assert "req-000001" in run("request", "list", "--status", "received", "--store", st).output
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a/b", "..", ".", "../x", "a\\b", "tab\there", "a\x00b"])
+def test_bad_dataset_names(env, name):
+    st, tmp = env
+    before = snapshot(st)
+    good = write_csv(tmp / "n.csv", ["cid", "rid"], [["z", "9"]])
+    res = run("ingest", "source", good, "--name", name, "--subject-col", "cid", "--record-col", "rid", "--store", st)
+    expect_bad(st, res, "dataset name")
+    f = write_csv(tmp / "f.csv", ["rid"], [["1"]])
+    expect_bad(st, ingest_subset(st, f, name, "src"), "dataset name")
+    assert snapshot(st) == before
+
+
+def test_csv_with_a_field_over_the_reader_block(env):
+    """A field larger than pyarrow's CSV block (1 MiB by default; issue 12 saw ~2 MB fail) is read, not refused."""
+    st, tmp = env
+    f = tmp / "big.csv"
+    blob = "x" * (3 << 20)
+    f.write_text(f"cid,rid,note\nc1,r1,{blob}\nc2,r2,short\nc3,r3,\"{blob}\"\n")
+    res = run("ingest", "source", f, "--name", "big", "--subject-col", "cid", "--record-col", "rid", "--store", st,
+              "--json")
+    assert res.exit_code == 0, res.output
+    assert (json.loads(res.stdout)["rows"], json.loads(res.stdout)["records"]) == (3, 3)
+    assert impact_doc(st, "--subject", "c3")["records"] == 1

@@ -108,7 +108,7 @@ def test_end_to_end_json(cli_store, tmp_path):
     doc = json.loads(invoke("impact", "--subjects-file", tmp_path / "ids.txt", "--store", cli_store,
                             "--json").output)
     jsonschema.validate(doc, load_schema("impact.schema.json"))
-    assert doc["subjects"] == {"requested": 3, "found": 2}
+    assert doc["subjects"] == {"requested": 3, "found": 2, "missing": [f"line 4 of {tmp_path / 'ids.txt'}"]}
     assert doc["records"] == 3
 
     human = invoke("impact", "--subject", "0042", "--store", cli_store)
@@ -122,7 +122,7 @@ def test_unknown_subject_is_empty_and_exit_0(cli_store):
     assert "No records for this subject" in res.output
     doc = json.loads(invoke("impact", "--subject", "ghost", "--store", cli_store, "--json").output)
     jsonschema.validate(doc, load_schema("impact.schema.json"))
-    assert doc["records"] == 0 and doc["subjects"] == {"requested": 1, "found": 0}
+    assert doc["records"] == 0 and doc["subjects"] == {"requested": 1, "found": 0, "missing": ["the 1st --subject"]}
 
 
 def test_no_store(tmp_path):

@@ -46,13 +46,26 @@ def test_demo_json_matches_source_data(tmp_path):
     assert len(runs["churn-sisa-1"]["shards"]) == 1  # sharded by subject: one shard to retrain
 
 
-def test_demo_prints_a_readable_table(tmp_path):
+def test_demo_prints_a_readable_table(tmp_path, monkeypatch):
+    """In an 80-column terminal: the text fits, a wrapped line never continues at column 0, and each of the
+    "Try:" commands is one line that can be pasted."""
+    monkeypatch.setenv("COLUMNS", "80")
     where = tmp_path / "a[/]"  # rich markup in a path prints as written
     res = CliRunner().invoke(app, ["demo", "--dir", str(where)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     for needle in ("asks to be forgotten", "Dataset versions", "Training runs", "Model versions", "churn-student@1",
                    f"--store {where / 'store'}"):
         assert needle in res.output
+    lines = res.output.splitlines()
+    k = next(n for n, ln in enumerate(lines) if ln.startswith("Try: expunge "))
+    tries = lines[k:]
+    assert len(tries) == 5 and all(ln[5:].startswith("expunge ") and f"--store {where / 'store'}" in ln for ln in tries)
+    for ln in lines[:k]:
+        assert len(ln) <= 80, ln
+        # A paragraph starts with a capital or "N of M subject(s)"; a continuation (lower case, a dash, a number
+        # and its unit) is indented.
+        assert ln == "" or ln[0] == " " or 0x2500 <= ord(ln[0]) < 0x2580 or ln[0].isupper() \
+            or ln.split()[1:2] == ["of"], ln
 
 
 def _shape(doc: dict) -> dict:
@@ -104,3 +117,37 @@ def test_demo_plans_match_golden_files(tmp_path, monkeypatch):
         if os.environ.get("EXPUNGE_UPDATE_GOLDEN"):
             path.write_text(json.dumps(_shape(doc), indent=2, sort_keys=True) + "\n")
         assert _shape(doc) == json.loads(path.read_text()), f"{name} differs (EXPUNGE_UPDATE_GOLDEN=1 rewrites it)"
+    # The same plans and the impact as text in an 80-column terminal: wrapped lines hang under their text.
+    from expunge.cli import render_impact, render_plan
+    from tests.test_cli_manners import assert_hanging_indents
+
+    for doc in plans:
+        assert_hanging_indents(lambda c: render_plan(doc, c))
+    result = store.impact([subject])
+    assert_hanging_indents(lambda c: render_impact(result, c))
+
+
+def test_demo_keys_are_fixed_so_runs_repeat(tmp_path):
+    """Two demo stores hash every customer alike (same SISA shards) and pin the same policy (same approver key);
+    a store with a fresh key does not (the comparison can fail)."""
+    import stat
+
+    from expunge.demo import DEMO_SUBJECT_KEY_FILE, demo_policy, demo_subject_key
+    from expunge.lineage.store import Store
+    from expunge.orchestrator.policy import store_policy
+
+    ids = synth.customer_ids(50)
+    hashes, policies = [], []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        st = Store.init(root / "store", key_file=demo_subject_key(root))
+        demo_policy(st, root)
+        hashes.append(st.hasher.hash_many(ids))
+        policies.append(store_policy(st).sha256())
+        assert "NOT-SECRET" in DEMO_SUBJECT_KEY_FILE
+        assert stat.S_IMODE((root / DEMO_SUBJECT_KEY_FILE).stat().st_mode) == 0o600
+        assert stat.S_IMODE((root / "approver.key").stat().st_mode) == 0o600
+    assert (hashes[0] == hashes[1]).all() and policies[0] == policies[1]
+    fresh = Store.init(tmp_path / "three" / "store")
+    assert not (fresh.hasher.hash_many(ids) == hashes[0]).all()

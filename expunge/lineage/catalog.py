@@ -29,7 +29,7 @@ CREATE TABLE datasets(
     dataset_id INTEGER PRIMARY KEY, name VARCHAR UNIQUE NOT NULL, created_at TIMESTAMP);
 CREATE TABLE dataset_versions(
     version_id INTEGER PRIMARY KEY, dataset_id INTEGER NOT NULL, version_no INTEGER NOT NULL,
-    kind VARCHAR NOT NULL,            -- source | filter | sample | split | select | join | aggregate | augment
+    kind VARCHAR NOT NULL,            -- source | filter | sample | split | select | join | aggregate | augment | union
     row_space VARCHAR NOT NULL,       -- 'records': rows are source records; 'rows': own rows built from records
     record_dataset_id INTEGER,        -- for row_space 'records': the source dataset whose records are the rows
     n_rows BIGINT NOT NULL, n_records BIGINT NOT NULL,
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS cleaned_versions(
 """
 
 SUBSET_KINDS = ("filter", "sample", "split", "select")
-COMPOSITE_KINDS = ("join", "aggregate", "augment")
+COMPOSITE_KINDS = ("join", "aggregate", "augment", "union")  # union: each row is one row of one parent
 DERIVED_KINDS = SUBSET_KINDS + COMPOSITE_KINDS
 ROLES = ("train", "val", "eval")
 STAGES = ("dev", "staging", "production", "archived", "superseded")

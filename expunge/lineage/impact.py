@@ -140,7 +140,18 @@ class ImpactEngine:
 
     def impact(self, subjects: Sequence[str]) -> "Impact":
         subjects = list(dict.fromkeys(subjects))  # the same id twice is one subject
-        return self.impact_hashed(self.store.hasher.hash_many(subjects), len(subjects))
+        hashes = self.store.hasher.hash_many(subjects)
+        result = self.impact_hashed(hashes, len(subjects))
+        if result.found < result.requested:
+            result.missing = np.flatnonzero(~self.found_mask(hashes)).tolist()
+        return result
+
+    def found_mask(self, hashes: np.ndarray) -> np.ndarray:
+        """Per subject hash, whether the store holds records of it."""
+        found = np.zeros(len(hashes), dtype=bool)
+        for seg in self.segments if len(hashes) else ():
+            found |= seg.find(hashes) >= 0
+        return found
 
     def records_of(self, hashes: np.ndarray) -> tuple[np.ndarray, int]:
         """(sorted unique record ordinals, number of subjects found) for (n, 2) subject hashes."""
@@ -338,6 +349,8 @@ class Impact:
         self._facts = facts or {}
         self._m_hit = m_hit if m_hit is not None else np.zeros(0, np.int64)
         self._m_via, self._m_rel, self._m_depth = m_via, m_rel, m_depth
+        # Positions (in the order given, repeats removed) of the subjects not found; set by `ImpactEngine.impact`.
+        self.missing: list[int] = []
 
     @property
     def empty(self) -> bool:

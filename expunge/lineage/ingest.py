@@ -3,7 +3,7 @@
 Every source record gets a store-wide ordinal (uint32). A dataset version is a
 roaring bitmap of the ordinals it holds, so versions that share most records
 cost a few bytes per run of shared ordinals, not a copy. Derived versions whose
-rows are built from several records (join, aggregate, augment) also keep their
+rows are built from several records (join, aggregate, augment) or stacked from several parents (union) keep their
 own row ids and a row → records map.
 """
 
@@ -411,7 +411,9 @@ def ingest_dataset(store: Store, data: Any, *, name: str, parents: Sequence[str]
     (`record_col`) naming, per row, the parent row it keeps. Composite kinds
     (join, aggregate, augment) take one column per parent (`sources`, parent →
     column; a column holds one id or a list of ids, `;`-separated in CSV) and an
-    optional `row_col` with the new rows' ids (default: the row number).
+    optional `row_col` with the new rows' ids (default: the row number). A union
+    (two or more parents) stacks parent rows: each row holds one id in the column
+    of the parent it comes from and is empty (null) in the others.
     """
     check_name(name, "dataset")
     what = f"dataset {name!r}"
@@ -439,9 +441,18 @@ def ingest_dataset(store: Store, data: Any, *, name: str, parents: Sequence[str]
         missing = [p for p in parents if p not in sources]
         if missing:
             raise BadInput(f"{what}: no --source column for parent(s) {missing}")
+        if kind == "union":
+            if len(parents) < 2:
+                raise BadInput(f"{what}: a union has two or more parents (got {len(parents)}); one parent's rows "
+                               "are a subset (--kind select)")
+            if len(set(sources.values())) != len(sources):
+                raise BadInput(f"{what}: a union takes one column per parent (--source PARENT=COLUMN), each "
+                               "holding that parent's row id where the row comes from it and empty elsewhere")
         cols = list(sources.values()) + ([row_col] if row_col else [])
     table = read_table(data, cols)
     require_columns(table, cols, what)
+    if kind == "union":
+        table = _union_lists(table, [sources[p] for p in parents], what)
 
     with store.write() as txn:
         dataset_id = txn.dataset_id(name, create=True)
@@ -506,6 +517,36 @@ def ingest_dataset(store: Store, data: Any, *, name: str, parents: Sequence[str]
             n_rows=n, bitmap=bm, rows_file=rows_file, rowmap_file=rowmap_file,
             parents=[pv["version_id"] for pv in pvs], origin=_origin(data, origin),
         )
+
+
+def _union_lists(table: pa.Table, cols: Sequence[str], what: str) -> pa.Table:
+    """A union's --source columns as list columns (one id where the row comes from that parent, none where the
+    cell is empty), so that the composite path reads them; refused unless each row names exactly one parent
+    row. The row numbers in messages are the table's, counted from 0."""
+    given = np.zeros(table.num_rows, np.int64)
+    lists = {}
+    for col in cols:
+        arr = table.column(col).combine_chunks()
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        if pa.types.is_integer(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+            arr = pc.cast(arr, pa.string())
+        elif not pa.types.is_string(arr.type):
+            raise BadInput(f"{what}: column {col!r} has type {arr.type}; a union row holds one id (string or "
+                           "integer) from one parent")
+        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
+        given += valid
+        offsets = np.zeros(len(arr) + 1, np.int32)
+        np.cumsum(valid, out=offsets[1:])
+        lists[col] = pa.ListArray.from_arrays(pa.array(offsets), arr.filter(pa.array(valid)))
+    for bad, why in ((given > 1, "has ids in {n} --source columns; a union row comes from one parent"),
+                     (given == 0, "has no id in any --source column")):
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise BadInput(f"{what}: row {row} " + why.format(n=int(given[row])) + f" ({int(bad.sum())} such row(s))")
+    for col, arr in lists.items():
+        table = table.set_column(table.column_names.index(col), col, arr)
+    return table
 
 
 def _check_no_cycle(txn: Txn, dataset_id: int, name: str, parents: Sequence[str]) -> None:

@@ -671,6 +671,11 @@ def check_name(name: str, what: str) -> str:
         raise BadInput(f"{what} name must be a non-empty string")
     if "@" in name:
         raise BadInput(f"{what} name {name!r} must not contain '@' (it separates name and version)")
+    # Names appear in paths, logs and one-line messages: no path parts, no line breaks or control characters.
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise BadInput(f"{what} name {name!r} must not contain a line break or other control character")
+    if what == "dataset" and ("/" in name or "\\" in name or name in (".", "..")):  # dataset names name files
+        raise BadInput(f"{what} name {name!r} must not contain '/' or '\\', nor be '.' or '..'")
     return name
 
 

@@ -82,6 +82,11 @@ def _read_csv(path: Path, suffix: str, id_columns: list[str]) -> pa.Table:
         return read()
     except pa.ArrowInvalid as exc:
         text = str(exc)
+    if "straddl" in text:  # a field longer than the reader's block (1 MiB): read the file as one block
+        try:
+            return read(block_size=max(1 << 20, min(path.stat().st_size + 1, (1 << 31) - 1)))
+        except pa.ArrowInvalid as exc:
+            text = str(exc)
     header = _csv_header(path, suffix)
     if bad_rows or text.startswith("CSV parse error"):
         row = bad_rows[0] if bad_rows else None

@@ -101,6 +101,10 @@ class Action(ABC):
         return self.guarantee
 
 
+def _family(family: str | None) -> str:
+    return "(none recorded)" if family is None else repr(family)
+
+
 def _edits_own_weights(f: ModelFacts) -> str | None:
     """Why an action that starts from this model's own weights or checkpoints cannot remove the erased
     records' influence, or None: they all descend from an affected parent's old weights."""
@@ -235,7 +239,7 @@ class CertifiedRemoval(Action):
         if not f.certificate:
             return "not trained for certified removal (no λ, σ recorded)"
         if f.family != CERTIFIED_FAMILY:
-            return f"model family {f.family!r} is not the certified logistic regression expunge's Newton steps remove from"
+            return f"model family {_family(f.family)} is not the certified logistic regression expunge's Newton steps remove from"
         left = f.certificate["removal_budget"] - f.budget_spent
         need = self.consumption(f, limit=max(left, 0.0))
         if need > left:
@@ -291,7 +295,7 @@ class ApproximateUnlearning(Action):
         if why:
             return why
         if f.family not in TORCH_FAMILIES:
-            return f"model family {f.family!r} is not a torch classifier expunge can unlearn"
+            return f"model family {_family(f.family)} is not a torch classifier expunge can unlearn"
         return None
 
     def estimate(self, f, policy):

@@ -18,6 +18,7 @@ from expunge.errors import BadInput, UnknownReference
 from expunge.lineage.store import Store, _now, has_table
 
 STATUSES = ("received", "planned", "approved", "executing", "verified", "closed", "failed")
+MAX_DEADLINE_DAYS = 36_500  # a hundred years: any longer is a typo, and past year 9999 no date can hold it
 NEXT = {
     "received": ("planned", "failed"),
     "planned": ("planned", "approved", "failed"),
@@ -83,11 +84,13 @@ def create_many(store: Store, specs: Sequence[dict], *, policy=None, now: dateti
         subjects = list(dict.fromkeys(spec.get("subjects") or []))
         if not subjects:
             raise BadInput("a request needs at least one --subject")
+        if "" in subjects:
+            raise BadInput("an empty subject id can never match a subject: remove it")
         category = spec.get("category") or policy.default_category
         days = spec.get("deadline_days")
         days = policy.category(category).deadline_days if days is None else days
-        if days <= 0:
-            raise BadInput(f"the deadline must be at least one day (got {days})")
+        if not 0 < days <= MAX_DEADLINE_DAYS:
+            raise BadInput(f"the deadline must be between 1 and {MAX_DEADLINE_DAYS:,} days (got {days:,})")
         h = store.hasher.hash_many(subjects)
         rows.append((category, spec.get("reason"), received + timedelta(days=days), len(subjects)))
         his.append(h[:, 0])
@@ -123,6 +126,8 @@ def _row_to_request(row) -> Request:
 
 
 def list_requests(store: Store, status: str | None = None) -> list[Request]:
+    if status is not None and status not in STATUSES:
+        raise BadInput(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
     with store.read() as con:
         if not _has_tables(con):
             return []
