@@ -12,7 +12,7 @@ forget set's membership AUC (loss-threshold and learned attack, as the verifier 
 and compute (wall seconds, unlearning vs retraining).
 
 Hyper-parameters are tuned on separate tuning seeds (1000+), never the evaluation seeds (0…): a small grid
-per method, scored by |AUC − retrained AUC| (both attacks) with test accuracy within 1 point of the original,
+per method, scored by |AUC − retrained AUC| (both attacks) with test accuracy within 1 point of the retrained model,
 then frozen. Goal: unlearned AUC within 0.03 of the retrained one, test accuracy within 1 point, ≥ 10× less
 compute than retraining. Writes bench/out/verify.json.
 """
@@ -45,7 +45,11 @@ GRIDS = {
     # The first run's grids (epochs 2/5, lr 0.01/0.02, α 0.9/0.95; steps 4/6, max_steps 2/3, lr 0.02/0.05) chose
     # their edges (epochs 5, lr 0.02; max_steps 3, lr 0.05): widened past them.
     "neggrad_plus": [dict(epochs=e, lr=lr, alpha=a) for e, lr, a in itertools.product((5, 7), (0.02, 0.04), (0.8, 0.9))],
-    "scrub": [dict(steps=s, max_steps=m, lr=lr) for s, m, lr in itertools.product((4, 5), (3, 4), (0.05, 0.1))],
+    # The second run's SCRUB (steps 5, max_steps 3, lr 0.1) lost 7.6 points of test accuracy against the retrained
+    # model, which the score did not see (it compared with the original, itself 4.8 points below the retrained
+    # one): the score now compares with the retrained model, and the grid adds the cross-entropy weight γ.
+    "scrub": [dict(steps=5, max_steps=3, lr=lr, gamma=g) for lr, g in itertools.product((0.02, 0.05, 0.1),
+                                                                                        (0.5, 1.0, 2.0))],
 }
 METHODS = {"neggrad_plus": approximate.neggrad_plus, "scrub": approximate.scrub}
 
@@ -104,10 +108,11 @@ def unlearn(sc: dict, method: str, params: dict, seed: int) -> dict:
 
 
 def score(m: dict, sc: dict) -> float:
-    """Lower is better: the larger attack's AUC gap to the retrained model, plus penalties for losing more than
-    one point of test accuracy against the original and for costing more than a tenth of the retrain."""
+    """Lower is better: the larger attack's AUC gap to the retrained model, plus penalties for test accuracy more
+    than one point below the retrained model's (the goal's reference) and for costing more than a tenth of the
+    retrain."""
     gap = max(abs(m["loss_auc"] - sc["m_retrained"]["loss_auc"]), abs(m["learned_auc"] - sc["m_retrained"]["learned_auc"]))
-    acc_pen = max(0.0, sc["m_original"]["test_accuracy"] - m["test_accuracy"] - 0.01)
+    acc_pen = max(0.0, sc["m_retrained"]["test_accuracy"] - m["test_accuracy"] - 0.01)
     slow_pen = max(0.0, m["wall_s"] * 10 / sc["retrain_s"] - 1.0)
     return gap + 10 * acc_pen + slow_pen
 
