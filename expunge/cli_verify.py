@@ -55,7 +55,9 @@ def render_verify(result: dict, console) -> None:
 
     how = ("computed from the store" if result["source"] == "computed" else
            "recorded before the store forgot the subjects; files re-hashed now")
-    console.print(f"Checks of plan [bold]{result['plan'][:16]}[/] for {escape(', '.join(result['requests']))} "
+    from expunge.cli import _say
+
+    _say(console, f"Checks of plan [bold]{result['plan'][:16]}[/] for {escape(', '.join(result['requests']))} "
                   f"({how}):")
     t = Table(title_justify="left")
     for col in ("#", "action", "model", "new version", "check", "passed", "key metrics"):
@@ -67,6 +69,6 @@ def render_verify(result: dict, console) -> None:
     console.print(t)
     for c in result["checks"]:
         for why in c["reasons"]:
-            console.print(f"  {c['order']}. {escape(c['model'])}: {escape(why)}", highlight=False)
+            _say(console, f"  {c['order']}. {escape(c['model'])}: {escape(why)}", hang=4, highlight=False)
     n = sum(c["passed"] for c in result["checks"])
     console.print(f"{n} of {len(result['checks'])} check(s) passed.")

@@ -211,15 +211,45 @@ def run_demo(directory: Path | None, json_out: bool = False) -> None:
         _say(console, f"\nAn erasure request under {what}, planned:\n")
         render_plan(doc, console)
     ran = demo_run(store, plans, root, console)
+    report = demo_evidence(store, ran, root, console)
     req1 = plans[0]["requests"][0]
     console.print(  # soft wrap: the commands must stay pasteable in a narrow terminal
         f"\nTry: expunge impact --store {store.root} --subject {subject} --json\n"
         f"     expunge plan list --store {store.root}\n"
         f"     expunge request show {req1} --store {store.root}\n"
         f"     expunge residuals {req1} --store {store.root}\n"
-        f"     expunge run {ran[1]['plan'][:12]} --store {store.root} --json",
+        f"     expunge run {ran[1]['plan'][:12]} --store {store.root} --json\n"
+        f"     expunge verify {ran[0]['plan'][:12]} --store {store.root} --reproduce\n"
+        f"     expunge audit log --request {req1} --store {store.root}\n"
+        f"     expunge audit export {req1} --out {root / 'evidence'} --store {store.root}\n"
+        f"     open {report}",
         soft_wrap=True, highlight=False, markup=False,
     )
+
+
+def demo_evidence(store: Store, ran: list[dict], root: Path, console) -> Path:
+    """The checks of both runs, the audit chain verified, and the governance report written. Returns its path."""
+    from rich.markup import escape
+
+    from expunge import audit, report
+    from expunge.cli import _say
+    from expunge.cli_verify import render_verify
+    from expunge.orchestrator.verify import verify_plan
+
+    for out in ran:
+        console.print()
+        render_verify(verify_plan(store, out["plan"]), console)
+    chain = audit.verify(store)
+    if chain["ok"]:
+        _say(console, f"\nAudit log: the hash chain of {chain['events']} events is intact (head "
+                      f"{chain['head']['hash'][:16]}…; `expunge audit anchor --out FILE` keeps it outside the store).")
+    else:
+        _say(console, f"\n[red]Audit log broken at event {chain['first_broken']['seq']}[/]")
+    path = root / "report.html"
+    with console.status("Writing the governance report…"):
+        report.write_html(path, report.build(store))
+    _say(console, f"Governance report: [bold]{escape(str(path))}[/]")
+    return path
 
 
 

@@ -59,7 +59,11 @@ def test_demo_prints_a_readable_table(tmp_path, monkeypatch):
     lines = res.output.splitlines()
     k = next(n for n, ln in enumerate(lines) if ln.startswith("Try: expunge "))
     tries = lines[k:]
-    assert len(tries) == 5 and all(ln[5:].startswith("expunge ") and f"--store {where / 'store'}" in ln for ln in tries)
+    assert len(tries) == 9 and all(ln[5:].startswith("expunge ") and f"--store {where / 'store'}" in ln
+                                   for ln in tries[:-1])
+    # It ends with the checks of both runs, the audit chain verified, and the report written.
+    assert tries[-1] == f"     open {where / 'report.html'}" and (where / "report.html").stat().st_size > 10_000
+    assert res.output.count(" check(s) passed.") == 2 and "Audit log: the hash chain of " in res.output
     for ln in lines[:k]:
         assert len(ln) <= 80, ln
         # A paragraph starts with a capital or "N of M subject(s)"; a continuation (lower case, a dash, a number
