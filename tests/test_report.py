@@ -40,11 +40,11 @@ def catalog(store, sql: str, params=()) -> list:
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory):
-    """The demo store with both demo requests run (the first completes; the second's approximate results wait
-    for their check), then through the commands: a request with 3 days left (its plan blocked), one 10 days
-    overdue, the
-    first request's residual copies purged, models registered without lineage, a composed dataset with a row
-    built from no record, and check results in `action_checks`. Then `expunge report --out --json`."""
+    """The demo store with both demo requests run (both complete; the second's approximate results failed their
+    check and escalated, as `expunge run` records), then through the commands: a request with 3 days left, one
+    10 days overdue, the first request's residual copies purged, models registered without lineage, a composed
+    dataset with a row built from no record, and one more (planted) check result in `action_checks`. Then
+    `expunge report --out --json`."""
     from expunge import synth
     from expunge.demo import N_CUSTOMERS, build_demo, demo_plans
     from expunge.lineage.store import _now
@@ -65,8 +65,6 @@ def reported(tmp_path_factory):
     ids = synth.customer_ids(N_CUSTOMERS)
 
     assert cli("request", "create", "--subject", ids[10], "--deadline", 3, "--store", st).exit_code == 0
-    res = cli("plan", "req-000003", "--store", st)  # blocked: the pending approximate results cannot be re-derived
-    assert res.exit_code == 4 and "no admissible action" in res.output, res.output
     overdue = rq.create(store, [ids[11]], deadline_days=30, now=_now() - timedelta(days=40))
     assert overdue.id == "req-000004"
     assert cli("residuals", "req-000001", "--purge", "--store", st).exit_code == 0
@@ -87,19 +85,14 @@ def reported(tmp_path_factory):
     store.ingest_dataset(pa.table({"row_id": ["aug-0", "aug-1"], "src": [[], [rec]]}), name="augmented",
                          parents=["customers@1"], kind="augment", sources={"customers@1": "src"}, row_col="row_id")
 
-    approx = catalog(store, "SELECT position, model, new_model FROM execution_actions WHERE plan_id = ? AND "
-                            "action = 'approximate_unlearning' ORDER BY position", [again["id"]])
-    assert len(approx) == 2
+    assert catalog(store, "SELECT count(*) FROM action_checks")[0][0] > 0  # recorded by the runs
     with store.write() as txn:
-        txn.con.execute("""CREATE TABLE action_checks(plan_id VARCHAR, position INTEGER, model VARCHAR,
-                           new_model VARCHAR, kind VARCHAR, passed BOOLEAN, metrics VARCHAR, checked_at TIMESTAMP)""")
+        # A planted result: nested scalars are kept, lists (here holding subject ids) dropped.
         metrics = {"mia": {"loss_auc": 0.5123, "learned_auc": 0.4987}, "accuracy": {"test_before": 0.81},
                    "probe": {"changed": 2, "erased_rows": [subject, ids[7]]}, "verdict": "within tolerance"}
-        for (pos, model, new), passed in zip(approx, (True, False)):
-            txn.con.execute("INSERT INTO action_checks VALUES (?, ?, ?, ?, 'mia', ?, ?, ?)",
-                            [again["id"], pos, model, new, passed, json.dumps(metrics), _now()])
-        txn.con.execute("INSERT INTO action_checks VALUES (?, 0, 'churn@1', 'churn@2', 'lineage', true, ?, ?)",
-                        [first["id"], json.dumps({"ancestors": 3}), _now()])
+        txn.con.execute("""INSERT INTO action_checks (plan_id, position, model, new_model, kind, passed, metrics,
+                           checked_at) VALUES (?, 0, 'planted@1', NULL, 'mia', false, ?, ?)""",
+                        [again["id"], json.dumps(metrics), _now()])
 
     out = root / "out" / "report.html"
     out.parent.mkdir()
@@ -149,13 +142,14 @@ def test_requests_by_status_and_deadlines(reported):
     req = doc["requests"]
     by_status = dict(catalog(store, "SELECT status, count(*) FROM requests GROUP BY 1"))
     assert {k: v for k, v in req["by_status"].items() if v} == by_status
-    assert by_status == {"verified": 1, "executing": 1, "received": 2}
+    assert by_status == {"verified": 2, "received": 2}
     items = {i["id"]: i for i in req["items"]}
     assert items["req-000004"]["overdue"] and items["req-000004"]["days_left"] == pytest.approx(-10, abs=0.01)
     assert items["req-000003"]["due_soon"] and items["req-000003"]["days_left"] == pytest.approx(3, abs=0.01)
-    assert not items["req-000002"]["due_soon"] and items["req-000002"]["days_left"] == pytest.approx(30, abs=0.01)
-    assert items["req-000001"]["done"] and items["req-000001"]["on_time"] and items["req-000001"]["days_left"] is None
-    assert (req["open"], req["done"], req["overdue"], req["due_soon"], req["late"]) == (3, 1, 1, 1, 0)
+    for done in ("req-000001", "req-000002"):
+        assert items[done]["done"] and items[done]["on_time"] and items[done]["days_left"] is None
+        assert not items[done]["due_soon"] and not items[done]["overdue"]
+    assert (req["open"], req["done"], req["overdue"], req["due_soon"], req["late"]) == (2, 2, 1, 1, 0)
 
 
 def test_compute_against_retraining_everything(reported):
@@ -192,14 +186,18 @@ def test_guarantees_and_checks(reported):
     g = doc["guarantees"]
     assert g["given"] == {"exact": promoted.get("exact", 0) + retired, "certified": promoted.get("certified", 0),
                           "approximate": promoted.get("approximate", 0)}
-    assert g["awaiting_check"] == pending > 0 and g["not_done"] == 0
+    assert g["awaiting_check"] == pending and g["not_done"] == 0
     done = catalog(store, "SELECT count(*) FROM execution_actions WHERE state = 'done'")[0][0]
     assert sum(g["given"].values()) + g["awaiting_check"] == done
 
     chk = doc["checks"]
-    assert chk["recorded"] and (chk["total"], chk["passed"], chk["failed"]) == (3, 2, 1)
-    assert chk["by_kind"] == {"mia": {"passed": 1, "failed": 1}, "lineage": {"passed": 1, "failed": 0}}
-    mia = next(c for c in chk["items"] if c["kind"] == "mia")
+    total, passed = catalog(store, "SELECT count(*), count(*) FILTER (WHERE passed) FROM action_checks")[0]
+    assert chk["recorded"] and (chk["total"], chk["passed"], chk["failed"]) == (total, passed, total - passed)
+    assert chk["failed"] >= 2  # the planted one, and the approximate result the run rejected
+    kinds = catalog(store, "SELECT kind, count(*) FILTER (WHERE passed), count(*) FILTER (WHERE NOT passed) "
+                           "FROM action_checks GROUP BY 1")
+    assert chk["by_kind"] == {k: {"passed": p, "failed": f} for k, p, f in kinds}
+    mia = next(c for c in chk["items"] if c["model"] == "planted@1")
     # Scalars kept (nested keys joined), lists dropped.
     assert mia["metrics"] == {"mia.loss_auc": 0.5123, "mia.learned_auc": 0.4987, "accuracy.test_before": 0.81,
                               "probe.changed": 2, "verdict": "within tolerance"}
@@ -216,7 +214,9 @@ def test_residual_copies(reported):
             SELECT m.artifact_path, m.run_id FROM models m WHERE m.model_id IN (
                 SELECT replaces_model_id FROM model_replacements WHERE plan_id = ? AND NOT pending_check
                 UNION SELECT o.model_id FROM execution_actions a JOIN models o ON o.name || '@' || o.version_no = a.model
-                      WHERE a.plan_id = ? AND a.action = 'retire')""", [pid, pid])
+                      WHERE a.plan_id = ? AND a.action = 'retire'
+                UNION SELECT r.model_id FROM escalations e JOIN models r ON r.name || '@' || r.version_no = e.rejected_model
+                      WHERE e.plan_id = ?)""", [pid, pid, pid])
         for path, run in rows:
             paths = [path] + [p for (p,) in catalog(store, "SELECT path FROM checkpoints WHERE run_id = ?", [run])]
             for p in paths:
@@ -263,7 +263,9 @@ def test_html_shows_the_numbers_escaped(reported):
     assert f"{doc['coverage']['models']['record_level']} / {doc['coverage']['models']['total']}" in html
     assert format_seconds(doc["compute"]["actual_seconds"]) in html
     assert format_seconds(doc["compute"]["retrain_everything_seconds"]) in html
-    assert "2 passed</b>" in html and "1 failed</b>" in html and "mia.loss_auc=0.5123" in html
+    chk = doc["checks"]
+    assert f"{chk['passed']} passed</b>" in html and f"{chk['failed']} failed</b>" in html
+    assert "mia.loss_auc=0.5123" in html
     assert "No checks recorded" not in html
     for r in ("req-000001", "req-000002", "req-000003", "req-000004"):
         assert r in html
