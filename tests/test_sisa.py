@@ -233,3 +233,72 @@ def test_a_retrain_that_would_keep_an_excluded_record_is_refused(trained):
               shard_checkpoints={2: str(root / "sisa-1" / "shard2-slice1.pt")})
     with store.read() as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+def test_a_dataset_of_some_records_is_the_whole_one_cut_to_them(tmp_path):
+    """`records=` against the whole dataset filtered by hand, with the features file in the store's order
+    (joined by position) and shuffled (joined by id), minus excluded records."""
+    from expunge.lineage.torch import RecordDataset
+
+    store = Store.init(tmp_path / "store")
+    table = synth.customers(300, seed=4)
+    store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
+    pq.write_table(table, tmp_path / "ordered.parquet")
+    pq.write_table(table.take(pa.array(np.random.default_rng(1).permutation(300))), tmp_path / "shuffled.parquet")
+    erased = store.records_of_subjects([table.column("customer_id")[5].as_py()])
+    with store.read() as con:
+        (bitmap,) = con.execute("SELECT bitmap_file FROM dataset_versions").fetchone()
+    with store.view() as view:
+        ords = np.frombuffer(view.load_bitmap(bitmap).to_array(), np.uint32)
+    pick = np.sort(np.random.default_rng(2).choice(ords, 120, replace=False))
+    ids = table.column("record_id").to_pylist()
+    x_all = np.column_stack([table.column(c).to_numpy() for c in CFG["feature_cols"]]).astype(np.float32)
+    kw = dict(row_col="record_id", feature_cols=CFG["feature_cols"], label_col="churned")
+    for f in ("ordered.parquet", "shuffled.parquet"):
+        whole = RecordDataset(store, "customers@1", tmp_path / f, **kw, exclude_records=erased)
+        some = RecordDataset(store, "customers@1", tmp_path / f, **kw, exclude_records=erased,
+                             records=np.concatenate([pick, erased]))
+        keep = np.isin(whole.first_ords, pick) & ~np.isin(whole.first_ords, erased)
+        assert some.row_ids == [r for r, k in zip(whole.row_ids, keep) if k] == sorted(some.row_ids)
+        assert np.array_equal(some.first_ords, whole.first_ords[keep])
+        assert np.array_equal(some.last_ords, some.first_ords)
+        # Each row's features and label, looked up by its id in the table.
+        at = [ids.index(r) for r in some.row_ids]
+        assert torch.equal(some.x, torch.from_numpy(x_all[at]))
+        assert some.y.tolist() == table.column("churned").to_numpy()[at].tolist()
+        assert len(whole) == 300 - len(erased) and torch.equal(whole.x, torch.from_numpy(x_all[[ids.index(r) for r in
+                                                                                             whole.row_ids]]))
+    with pytest.raises(BadInput, match="not in the version"):
+        RecordDataset(store, "customers@1", tmp_path / "ordered.parquet", **kw, records=np.array([10**6], np.uint32))
+
+
+def test_carried_facts_are_checked_before_they_are_recorded(tmp_path):
+    from expunge.lineage.facts import encode
+    from expunge.lineage.runs import RunTracker
+
+    store = Store.init(tmp_path / "store")
+    table = synth.customers(50, seed=4)
+    store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
+    with store.view() as view:
+        (bitmap,) = view.execute("SELECT bitmap_file FROM dataset_versions").fetchone()
+        ords = np.frombuffer(view.load_bitmap(bitmap).to_array(), np.uint32)
+    n = ords.size
+
+    def record(name, facts_ords, shard, inputs=None, data=None):
+        data_, index = encode(facts_ords, shard, np.zeros(len(facts_ords), np.int64), np.full(len(facts_ords), -1))
+        index["clean_steps"] = []
+        with RunTracker(store, name, inputs=inputs or [{"dataset": "customers@1"}], shards=4, slices=1) as run:
+            run.carry_facts(data if data is not None else data_, index)
+
+    record("ok", ords, np.arange(n) % 4)
+    (sh,) = {r["id"]: r for r in store.impact([table.column("customer_id")[7].as_py()]).runs}["ok"]["shards"]
+    assert sh == {"shard": 7 % 4, "records": 1, "first_slice": 0}
+    with pytest.raises(BadInput, match="shard ≥ shards"):
+        record("bad-shard", ords, np.full(n, 4))
+    sub = {"dataset": "customers@1", "role": "train", "_without_records": ords[:5], "_base_records": ords}
+    with pytest.raises(BadInput, match="outside the run's training subset"):
+        record("bad-rows", ords, np.arange(n) % 4, inputs=[sub])
+    with pytest.raises(BadInput, match="not a facts file"):
+        record("bad-bytes", ords, np.arange(n) % 4, data=b"EXPFACT1" + b"\xff" * 8)
+    with store.read() as con:
+        assert [r for (r,) in con.execute("SELECT name FROM runs").fetchall()] == ["ok"]

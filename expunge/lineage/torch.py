@@ -54,9 +54,13 @@ class RecordDataset(torch.utils.data.Dataset):
         if records is not None:
             if rows is not None:
                 raise BadInput("select rows by id (rows) or by record (records), not both")
+            t1 = time.perf_counter()
             label, all_ids, order, first, last = self._of_records(store, version, records, excluded)
+            read = time.perf_counter() - t1
         else:
+            t1 = time.perf_counter()
             vrows = store.rows(version)
+            read = time.perf_counter() - t1
             keep = vrows.keep_mask(excluded)
             if rows is not None:
                 wanted = pa.array([str(r) for r in rows], pa.string())
@@ -71,7 +75,10 @@ class RecordDataset(torch.utils.data.Dataset):
             ids, order, first, last = ids.take(pa.array(s)), order[s], first[s], last[s]
         self.version = label
         self.excluded = excluded
+        t1 = time.perf_counter()
         table = _read_features(data, [row_col, *feature_cols, label_col])
+        # Reading the version's row ids and the features file: the same whichever share of the rows is kept.
+        self.read_seconds = read + time.perf_counter() - t1
         require_columns(table, [row_col, *feature_cols, label_col], f"features for {version}")
         col = id_column(table, row_col, "features")
         if len(col) == len(all_ids) and col.equals(all_ids):

@@ -121,7 +121,8 @@ def train(req: TrainRequest) -> dict:
     shard, slice_, cuts = assignment(ds, S, R, cuts)
     req.setup_seconds += time.perf_counter() - t0  # reading the owners' keys: before training, paid by re-runs
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
-    with req.tracker(inputs=[req.input_manifest(ds)] + others, shards=S, slices=R).bind(ds) as tr:
+    with req.tracker(inputs=[req.input_manifest(ds)] + others, shards=S, slices=R,
+                     extra={"setup_read_seconds": ds.read_seconds}).bind(ds) as tr:
         tr.assign_bound(shard, slice_)
         for s in todo:
             _train_member(req, model.members[s], s, _start_state(req, starts, s), initial, ds, shard, slice_, tr)
@@ -282,7 +283,8 @@ def _retrain(req: TrainRequest, model: SisaEnsemble, initial: list, starts: dict
         k = int(rec.shard[np.flatnonzero(kept)[0]])
         raise BadInput(f"shard {k} trained on excluded records before the slice it is retrained from (or is not "
                        "retrained): retrain it from an earlier slice")
-    with req.tracker(inputs=[train_input] + others, shards=S, slices=R).bind(ds) as tr:
+    with req.tracker(inputs=[train_input] + others, shards=S, slices=R,
+                     extra={"setup_read_seconds": ds.read_seconds}).bind(ds) as tr:
         tr.carry_facts(*facts)
         for s in range(S):
             for r in range(min(first.get(s, R), R)):
