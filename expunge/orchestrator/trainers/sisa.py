@@ -269,7 +269,9 @@ def _retrain(req: TrainRequest, model: SisaEnsemble, initial: list, starts: dict
     begins = ends - steps
     facts = carried(rec.facts_path, rec.facts_index, BitMap(excluded))
     req.setup_seconds += time.perf_counter() - t0  # loading its shards' rows, reading the recorded facts
-    train_input = {"dataset": rec.version, "role": "train", "_without_records": excluded}
+    train_input = {"dataset": rec.version, "role": "train"}
+    if excluded.size or rec.subset is not None:  # else the whole version, as the old run
+        train_input["_without_records"] = excluded
     if rec.subset is not None:
         train_input["_base_records"] = rec.subset
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
