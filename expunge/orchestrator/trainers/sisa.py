@@ -14,8 +14,12 @@ makes the total work about that of the monolithic model.
 Re-training (TrainRequest.shard_checkpoints = {k: slice checkpoint of shard k or None}, or
 shard = k with start_checkpoint): the other shards are copied from `init_model` (the SISA model
 being unlearned), each shard k is retrained from its checkpoint or from scratch, on its rows minus
-the excluded records, with the slice cut points saved in `init_model` (so the rows that remain keep
-their slices).
+the excluded records. The rows keep the shard and slice that `init_model`'s run recorded (its facts):
+only the retrained shards' rows are loaded, nothing is dealt again from the owners' keys (which a key
+rotation changes), and the new run records the old run's facts and the untouched stages' checkpoints
+minus the excluded records, so that it can be unlearned shard by shard in turn. A run whose facts
+cannot say that (rows of a composed dataset) falls back to dealing the rows again, with the slice cut
+points saved in `init_model`.
 """
 
 from __future__ import annotations
@@ -261,8 +265,7 @@ def _retrain(req: TrainRequest, model: SisaEnsemble, initial: list, starts: dict
     at = np.searchsorted(rec.ords, ds.first_ords)
     shard, slice_ = rec.shard[at], rec.slice[at]
     # Optimizer steps of each stage (s, r) over the remaining rows, and the step at which each begins.
-    counts = np.zeros((S, R), np.int64)
-    np.add.at(counts, (rec.shard[remain], rec.slice[remain]), 1)
+    counts = np.bincount(rec.shard[remain] * R + rec.slice[remain], minlength=S * R).reshape(S, R)
     batch, e_stage = int(c.get("batch_size", 64)), stage_epochs(c.get("epochs", 5), R)
     steps = e_stage * -(-counts.cumsum(axis=1) // batch)
     ends = steps.reshape(-1).cumsum().reshape(S, R)
