@@ -243,6 +243,9 @@ class TrainingTracker:
         `rows` are row ids, or (after `bind`) row positions in the bound dataset.
         """
         s = self.step if step is None else int(step)
+        if self._carried:  # the facts come from an earlier run: only the steps are counted
+            self.step = s + 1 if step is None else max(self.step, s + 1)
+            return
         if self._first_idx is not None and isinstance(rows, torch.Tensor):
             # The hot path: keep the batch, fold batches into first steps now and then (vectorised;
             # steps only grow, so a row's first occurrence is its first step).

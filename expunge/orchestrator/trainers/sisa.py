@@ -129,7 +129,8 @@ def train(req: TrainRequest) -> dict:
                      extra={"setup_read_seconds": ds.read_seconds}).bind(ds) as tr:
         tr.assign_bound(shard, slice_)
         for s in todo:
-            _train_member(req, model.members[s], s, _start_state(req, starts, s), initial, ds, shard, slice_, tr)
+            _train_member(req, model.members[s], s, _start_state(req, starts, s), initial if starts else None, ds,
+                          shard, slice_, tr)
         tr.final_model(model, req.model_name, stage=req.stage, parents=req.parents, cuts=cuts)
     return tr.result
 
