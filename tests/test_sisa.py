@@ -120,6 +120,7 @@ def erase(store, root, subject: str, name: str, model: str = "churn@1", finish: 
     out = execute.run_plan(store, doc["id"], finish=finish)
     (item,) = [i for i in doc["items"] if i["model"] == model]
     (act,) = [a for a in out["actions"] if a["model"] == model]
+    erase.plan = doc["id"]
     return item, act["new_model"], r.id
 
 
@@ -148,6 +149,13 @@ def test_after_a_key_rotation_a_shard_retrain_keeps_every_row_in_its_recorded_sh
     subject, rows = subject_in(table, assignment, 2, 1)
     item, new, _ = erase(store, root, subject, "a")
     assert item["chosen"]["action"] == "sisa_shard_retrain"
+    # `expunge verify --reproduce`: the new run re-run in a fresh process from what it recorded (its rows, the
+    # old model, the shard's checkpoint) makes the same file.
+    from expunge.orchestrator import verify
+
+    state = execute._state(store, erase.plan)[0]
+    rep = verify.reproduce(store, erase.plan, 0, "sisa_shard_retrain", "churn@1", new, state["detail"])
+    assert rep["done"] and rep["same"], rep
     new_w, old_w = weights(execute.model_info(store, new)["path"]), weights(old["path"])
     for s in range(S):
         if s != 2:

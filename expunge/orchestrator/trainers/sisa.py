@@ -211,43 +211,67 @@ class Recorded:
             if not got or not got[0][1] or (got[0][3], got[0][4]) != (S, R):
                 return None
             run_id, facts_file, facts_index = got[0][:3]
-            train = view.execute("""SELECT version_id, subset_file, n_records FROM run_inputs
-                                    WHERE run_id = ? AND role = 'train'""", [run_id]).fetchall()
-            if len(train) != 1:
+            inputs = view.execute("SELECT version_id FROM run_inputs WHERE run_id = ? AND role = 'train'",
+                                  [run_id]).fetchall()
+            if len(inputs) != 1:
                 return None
-            vid, subset_file, n_records = train[0]
-            v = view.execute("""SELECT d.name || '@' || v.version_no, v.row_space FROM dataset_versions v
+            (vid,) = inputs[0]
+            v = view.execute("""SELECT d.name || '@' || v.version_no, v.row_space, v.bitmap_file,
+                                       v.record_dataset_id FROM dataset_versions v
                                 JOIN datasets d USING (dataset_id) WHERE v.version_id = ?""", [vid]).fetchone()
             if v[1] != "records" or view.resolve_version(req.train_input["dataset"])["label"] != v[0]:
                 return None
-            subset = None if subset_file is None else \
-                np.frombuffer(view.load_bitmap(subset_file).to_array(), np.uint32)
             ckpts = {(int(sh), int(sl)): (p, h) for sh, sl, p, h in view.execute(
                 """SELECT shard, slice, path, sha256 FROM checkpoints WHERE run_id = ? AND shard IS NOT NULL
                    AND slice IS NOT NULL""", [run_id]).fetchall()}
-        rows = req.train_input.get("rows")
-        if rows is not None and len(rows) != (n_records if subset is None else subset.size):
-            return None  # not the rows that run trained on
+            # The records this run trains on (before exclusions): the rows it was given (by id), or the version.
+            rows = req.train_input.get("rows")
+            whole = view.load_bitmap(v[2])
+            if rows is None:
+                base, train = None, whole
+            else:
+                base = _ords_of_rows(store, view, v[3], whole, rows)
+                if base is None:
+                    return None
+                train = BitMap(base)
         index = json.loads(facts_index)
         facts_path = store.data_path(facts_file)
         facts = RunFacts(facts_path, index)
         got = facts.assignment()
-        if got is None or len(facts.records) != n_records:
+        if got is None or not train.issubset(facts.records):
             return None  # some training record has no recorded shard and slice
-        if subset is not None and facts.records != BitMap(subset):
-            return None
         ords, shard, slice_ = got
         if shard.size and (int(shard.max()) >= S or int(slice_.max()) >= R):
             return None
-        return cls(version=v[0], subset=subset, ords=ords, shard=shard, slice=slice_, ckpts=ckpts,
-                   facts_path=facts_path, facts_index=index)
+        return cls(version=v[0], base=base, train=train, ords=ords, shard=shard, slice=slice_, ckpts=ckpts,
+                   facts_path=facts_path, facts_index=index, facts_records=facts.records)
+
+
+def _ords_of_rows(store, view, record_dataset_id, whole, rows) -> np.ndarray | None:
+    """The record ordinals of these row ids of a version whose rows are records (None: one is not in it, or
+    is given twice)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from expunge.lineage.rows import record_ids
+
+    whole_ords = np.frombuffer(whole.to_array(), np.uint32)
+    ids = record_ids(store, view, record_dataset_id, whole_ords)
+    pos = pc.index_in(pa.array([str(r) for r in rows], pa.string()), value_set=ids)
+    if pos.null_count:
+        return None
+    ords = np.sort(whole_ords[pos.to_numpy(zero_copy_only=False)])
+    if ords.size > 1 and (np.diff(ords) == 0).any():
+        return None
+    return ords
 
 
 def _retrain(req: TrainRequest, model: SisaEnsemble, initial: list, starts: dict, cuts, rec: Recorded) -> dict:
     """Retrain the shards of `starts` with the recorded assignment: load only their rows (minus the excluded
     records); the rows that remain keep their recorded shard and slice (so a key rotation, which changes the
-    owners' keys, moves no row). The new run records its train input as the old one's minus the excluded
-    records, its facts as the old run's without them, and, besides the retrained stages' checkpoints, the
+    owners' keys, moves no row). The new run records its train input as the rows it was given (or the version)
+    minus the excluded records, its facts as the old run's without the records it does not train on, and,
+    besides the retrained stages' checkpoints, the
     old run's checkpoints of the stages it did not retrain (they never saw the excluded records). Checkpoint
     steps count the whole ensemble's training as a full re-run on the remaining rows would."""
     from pyroaring import BitMap
@@ -259,7 +283,9 @@ def _retrain(req: TrainRequest, model: SisaEnsemble, initial: list, starts: dict
     S, R = int(c.get("shards", 8)), int(c.get("slices", 4))
     t0 = time.perf_counter()
     excluded = np.asarray(req.exclude_records, np.uint32)
-    remain = ~np.isin(rec.ords, excluded) if excluded.size else np.ones(rec.ords.size, bool)
+    train = rec.train - BitMap(excluded)
+    # Per recorded record: whether this run trains on it (given it, not excluded).
+    remain = np.isin(rec.ords, np.frombuffer(train.to_array(), np.uint32), assume_unique=True)
     load = remain & np.isin(rec.shard, np.asarray(sorted(starts), np.int64))
     ds = RecordDataset(req.store, rec.version, c["features"], row_col=c.get("row_col", "record_id"),
                        feature_cols=c["feature_cols"], label_col=c["label_col"], records=rec.ords[load])
@@ -271,13 +297,13 @@ def _retrain(req: TrainRequest, model: SisaEnsemble, initial: list, starts: dict
     steps = e_stage * -(-counts.cumsum(axis=1) // batch)
     ends = steps.reshape(-1).cumsum().reshape(S, R)
     begins = ends - steps
-    facts = carried(rec.facts_path, rec.facts_index, BitMap(excluded))
+    facts = carried(rec.facts_path, rec.facts_index, BitMap(rec.facts_records) - train)
     req.setup_seconds += time.perf_counter() - t0  # loading its shards' rows, reading the recorded facts
     train_input = {"dataset": rec.version, "role": "train"}
-    if excluded.size or rec.subset is not None:  # else the whole version, as the old run
+    if excluded.size or rec.base is not None:  # else the whole version
         train_input["_without_records"] = excluded
-    if rec.subset is not None:
-        train_input["_base_records"] = rec.subset
+    if rec.base is not None:
+        train_input["_base_records"] = rec.base
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
     states = {s: _start_state(req, starts, s) for s in sorted(starts)}
     first = {s: 0 if st is None else int(st["slice"]) + 1 for s, st in states.items()}
