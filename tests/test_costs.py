@@ -16,6 +16,15 @@ def test_sisa_shard_3_from_slice_2_costs_stages_2_to_4_of_shard_3_only():
     assert est.seconds == pytest.approx(8000.0 * 90 / total) == pytest.approx(900.0)
 
 
+def test_sisa_shard_retrain_reads_the_files_whole_and_pays_the_rest_of_setup_for_its_shards_rows():
+    stage_steps = {(s, r): (r + 1) * 10 for s in range(8) for r in range(4)}   # 100 steps a shard, 800 in all
+    # setup 2.0 s of which 0.8 s reading the data files: shards 3 and 5 (200 of 800 steps) pay 0.8 + 1.2 × 1/4.
+    est = costs.sisa_shards(8000.0, stage_steps, {3: 1, 5: 3}, setup=2.0, read=0.8)
+    assert est.seconds == pytest.approx(0.8 + 1.2 * 0.25 + 8000.0 * (90 + 40) / 800)
+    # Unknown read: the whole setup again, as before.
+    assert costs.sisa_shards(8000.0, stage_steps, {3: 1}, setup=2.0).seconds == pytest.approx(2.0 + 900.0)
+
+
 def test_checkpoint_replay_from_step_600_of_1000_is_40_percent():
     assert costs.checkpoint_replay(run_seconds=5000.0, total_steps=1000, clean_step=600).seconds == \
         pytest.approx(2000.0)

@@ -129,6 +129,50 @@ class RunFacts:
             }
         return shards, first_seen
 
+    def assignment(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(record ordinals ascending, shard, slice) of every record, as recorded; None when some record has
+        several triples (rows of a composed dataset) or no shard and slice."""
+        single = [combo[0] if len(combo) == 1 and combo[0][0] >= 0 and combo[0][1] >= 0 else None
+                  for combo in self.table]
+        if any(t is None for t in single):
+            return None
+        ords = np.frombuffer(self.records.to_array(), np.uint32)
+        if not single:
+            return ords, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        lut = np.asarray([t[:2] for t in single], np.int64)
+        codes = np.asarray(self.codes).astype(np.int64)
+        return ords, lut[codes, 0], lut[codes, 1]
+
+
+def records_of(data: bytes, index: dict) -> BitMap:
+    """The records of a facts file's bytes, checked to be whole: as many codes as records, of the index's type."""
+    if len(data) < _HEAD.size:
+        raise ValueError("too short")
+    magic, n = _HEAD.unpack(data[:_HEAD.size])
+    if magic != MAGIC or _HEAD.size + n > len(data):
+        raise ValueError("no facts header")
+    records = BitMap.deserialize(data[_HEAD.size:_HEAD.size + n])
+    offset = _HEAD.size + n + (-(_HEAD.size + n)) % 8
+    if len(data) - offset != len(records) * np.dtype(index["dtype"]).itemsize:
+        raise ValueError("codes and records differ in number")
+    if int(index.get("records", len(records))) != len(records):
+        raise ValueError("the code table counts other records")
+    codes = np.frombuffer(data, np.dtype(index["dtype"]), offset=offset)
+    if codes.size and int(codes.max()) >= len(index["codes"]):
+        raise ValueError("a code outside the code table")
+    return records
+
+
+def carried(path, index: dict, erased: BitMap) -> tuple[bytes, dict]:
+    """The facts file at `path` for a run that keeps the recorded facts of every record but the `erased` ones
+    (a SISA shard retrain: the rows that remain keep their shard and slice): the file's bytes and code table,
+    rewritten without those records, re-encoding no row."""
+    out = without_records(path, index, erased)
+    if out is not None:
+        return out
+    with open(path, "rb") as fh:
+        return fh.read(), dict(index)
+
 
 def without_records(path, index: dict, erased: BitMap) -> tuple[bytes, dict] | None:
     """The facts file at `path` rewritten without the `erased` records (None when it holds none of them)."""

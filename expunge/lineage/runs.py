@@ -208,13 +208,13 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path, measure_record: bool = F
             rows = _read_rows_file(base / inp["rows_file"])
         without = inp.get("_without_records")
         if isinstance(without, np.ndarray) and pv["row_space"] == "records":
-            base = inp.get("_base_records")  # a subset of the version the records are removed from
+            base_records = inp.get("_base_records")  # a subset of the version the records are removed from
             whole = txn.load_bitmap(pv["bitmap_file"])
-            if isinstance(base, np.ndarray):
-                base = BitMap(base.astype(np.uint32))
-                if not base.issubset(whole):
+            if isinstance(base_records, np.ndarray):
+                base_bm = BitMap(base_records.astype(np.uint32))
+                if not base_bm.issubset(whole):
                     raise BadInput(f"run {name!r}: input {pv['label']}: the base subset is not in the version")
-                whole = base
+                whole = base_bm
             bm = whole - BitMap(without.astype(np.uint32))
             subset_file = txn.save_bitmap(bm)
             n_rows = len(bm)
@@ -243,7 +243,12 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path, measure_record: bool = F
         if late:
             raise BadInput(f"run {name!r}: a checkpoint at step {max(late)} is beyond the run's {total_steps} "
                            "optimizer steps")
-    if facts is not None and facts.num_rows:
+    encoded = run.get("_facts_encoded")  # (file bytes, code table): facts carried from an earlier run's file
+    if encoded is not None:
+        if facts is not None and facts.num_rows:
+            raise BadInput(f"run {name!r}: give its facts once: carried or as rows")
+        facts_file, index = _carried_facts(txn, name, run, encoded, train_sets, n_shards, n_slices)
+    elif facts is not None and facts.num_rows:
         if not train_sets:
             raise BadInput(f"run {name!r}: facts need a train input to refer to")
         target = run.get("facts_dataset")
@@ -307,13 +312,43 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path, measure_record: bool = F
     )
     for row in input_rows:
         txn.con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?, ?, ?, ?)", row)
-    for pos, c in enumerate(run.get("checkpoints", [])):
-        path, sha = _artifact(c.get("path"), c.get("sha256"), base, f"run {name!r} checkpoint {pos}")
+    ckpts = [(pos, c["step"], *_artifact(c.get("path"), c.get("sha256"), base, f"run {name!r} checkpoint {pos}"),
+              c.get("shard"), c.get("slice")) for pos, c in enumerate(run.get("checkpoints", []))]
+    if ckpts:  # one statement: a SISA run has shards × slices of them
+        cols = list(zip(*ckpts))
         txn.con.execute(
-            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [run_id, pos, c["step"], path, sha, c.get("shard"), c.get("slice")],
+            """INSERT INTO checkpoints SELECT ?, unnest(?::INTEGER[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]),
+                      unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::INTEGER[])""",
+            [run_id, *(list(c) for c in cols)],
         )
     return run_id, {"id": name, "inputs": len(input_rows), "checkpoints": len(run.get("checkpoints", []))}
+
+
+def _carried_facts(txn: Txn, name: str, run: dict, encoded, train_sets, n_shards, n_slices) -> tuple[str, dict]:
+    """Check and write facts carried over as a facts file (`facts.carried`): its records must be training
+    records of the run (its one train input), its shards and slices within the run's, and its clean counts
+    counted against the run's own checkpoints."""
+    from pyroaring import BitMap
+
+    from expunge.lineage.facts import records_of
+
+    data, index = encoded
+    if len(train_sets) != 1:
+        raise BadInput(f"run {name!r}: carried facts need exactly one train input")
+    ckpt_steps = sorted({int(c["step"]) for c in run.get("checkpoints", []) if c.get("shard") is None and "step" in c})
+    if list(index.get("clean_steps", [])) != ckpt_steps:
+        raise BadInput(f"run {name!r}: the carried facts count clean checkpoints at other steps than the run's")
+    triples = [t for combo in index["codes"] for t in combo]
+    for what, k, limit in (("shard", 0, n_shards), ("slice", 1, n_slices)):
+        if limit is not None and any(t[k] >= limit for t in triples):
+            raise BadInput(f"run {name!r} facts: {what} ≥ {what}s ({limit})")
+    try:
+        records = records_of(data, index)
+    except ValueError as exc:
+        raise BadInput(f"run {name!r}: the carried facts are not a facts file ({exc})") from None
+    if not BitMap(records).issubset(train_sets[0][1]):
+        raise BadInput(f"run {name!r} facts: some rows are outside the run's training subset")
+    return txn.write_bytes(".facts", data), {**index, "clean_steps": ckpt_steps}
 
 
 def _artifact(path: str | None, sha: str | None, base: Path, what: str) -> tuple[str | None, str | None]:
@@ -437,6 +472,11 @@ class RunTracker:
             pa.array([str(r) for r in rows], pa.string())
         self._facts_arrow = pa.table({"row_id": ids,
                                       "shard": col(shard), "slice": col(slice), "first_step": col(first_step)})
+
+    def carry_facts(self, data: bytes, index: dict) -> None:
+        """The run's facts as a facts file and its code table (`expunge.lineage.facts.carried`): an earlier run's
+        facts without some records, written as they are (no row ids resolved)."""
+        self.run["_facts_encoded"] = (data, index)
 
     def add_checkpoint(self, step: int, path: str | os.PathLike, *, sha256: str | None = None,
                        shard: int | None = None, slice: int | None = None) -> None:  # noqa: A002

@@ -31,53 +31,108 @@ class RecordDataset(torch.utils.data.Dataset):
 
     Yields `(features, label, row_id)`; `row_id` is the row's id in the version (for source and
     subset versions, the record id). Rows built from an excluded record never reach a batch.
+    `rows` keeps only the rows with these ids; `records` (a version whose rows are records) only the
+    rows of these record ordinals, without naming them (a SISA shard retrain loads its shards' rows).
     """
 
     def __init__(self, store: Store, version: str, data: Any, *, row_col: str, feature_cols: Sequence[str],
                  label_col: str, exclude_records: Iterable[int] | np.ndarray = (),
-                 exclude_subjects: Sequence[str] = (), rows: Sequence[str] | None = None):
+                 exclude_subjects: Sequence[str] = (), rows: Sequence[str] | None = None,
+                 records: np.ndarray | None = None):
         import time
 
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from expunge.lineage.tables import id_column, read_table, require_columns
+        from expunge.lineage.tables import id_column, require_columns
 
         t0 = time.perf_counter()
-        vrows = store.rows(version)
-        excluded = np.union1d(np.asarray(list(exclude_records), dtype=np.uint32),
+        excluded = np.union1d(np.asarray(list(exclude_records) if not isinstance(exclude_records, np.ndarray)
+                                         else exclude_records, dtype=np.uint32),
                               store.records_of_subjects(exclude_subjects) if exclude_subjects else
                               np.zeros(0, np.uint32))
-        keep = vrows.keep_mask(excluded)
-        if rows is not None:
-            wanted = pa.array([str(r) for r in rows], pa.string())
-            keep &= pc.is_in(vrows.row_ids, value_set=wanted).to_numpy(zero_copy_only=False)
+        if records is not None:
+            if rows is not None:
+                raise BadInput("select rows by id (rows) or by record (records), not both")
+            t1 = time.perf_counter()
+            label, all_ids, order, first, last = self._of_records(store, version, records, excluded)
+            read = time.perf_counter() - t1
+        else:
+            t1 = time.perf_counter()
+            vrows = store.rows(version)
+            read = time.perf_counter() - t1
+            keep = vrows.keep_mask(excluded)
+            if rows is not None:
+                wanted = pa.array([str(r) for r in rows], pa.string())
+                keep &= pc.is_in(vrows.row_ids, value_set=wanted).to_numpy(zero_copy_only=False)
+            order = np.flatnonzero(keep)
+            label, all_ids = vrows.version, vrows.row_ids
+            first, last = vrows.first_ords()[order], vrows.last_ords()[order]
         # Stable, store-defined order: sorted by row id, so a re-run sees the same order.
-        ids = vrows.row_ids.filter(pa.array(keep))
-        ids = ids.take(pc.sort_indices(ids))
-        self.version = vrows.version
+        ids = all_ids.take(pa.array(order))
+        if len(ids) > 1 and not _ascending(ids):
+            s = pc.sort_indices(ids).to_numpy(zero_copy_only=False)
+            ids, order, first, last = ids.take(pa.array(s)), order[s], first[s], last[s]
+        self.version = label
         self.excluded = excluded
-        table = read_table(data, [row_col])
+        t1 = time.perf_counter()
+        table = _read_features(data, [row_col, *feature_cols, label_col])
+        # Reading the version's row ids and the features file: the same whichever share of the rows is kept.
+        self.read_seconds = read + time.perf_counter() - t1
         require_columns(table, [row_col, *feature_cols, label_col], f"features for {version}")
-        pos = pc.index_in(ids, value_set=id_column(table, row_col, "features"))
-        if pos.null_count:
-            raise BadInput(f"features for {version}: {pos.null_count} of its {len(ids)} row(s) have no row in the "
-                           f"features table (by its {row_col!r} column)")
-        sel = table.take(pos)
-        order = pc.index_in(ids, value_set=vrows.row_ids).to_numpy(zero_copy_only=False)
+        col = id_column(table, row_col, "features")
+        if len(col) == len(all_ids) and col.equals(all_ids):
+            pos = pa.array(order)  # the table lists the version's rows in the store's order: no lookup
+        else:
+            pos = pc.index_in(ids, value_set=col)
+            if pos.null_count:
+                raise BadInput(f"features for {version}: {pos.null_count} of its {len(ids)} row(s) have no row in "
+                               f"the features table (by its {row_col!r} column)")
+        sel = table.select([*feature_cols, label_col]).take(pos)
         self._store = store
-        self.first_ords = vrows.first_ords()[order]   # per row: oldest and newest source record
-        self.last_ords = vrows.last_ords()[order]
+        self.first_ords = first   # per row: oldest and newest source record
+        self.last_ords = last
         self._row_ids_arrow = ids
-        self.row_ids: list[str] = ids.to_pylist()
-        x = np.column_stack([sel.column(c).to_numpy(zero_copy_only=False).astype(np.float32)
-                             for c in feature_cols]) if feature_cols else np.zeros((len(ids), 0), np.float32)
-        self.x = torch.from_numpy(np.ascontiguousarray(x))
+        self._row_ids: list[str] | None = None
+        x = np.empty((len(feature_cols), len(ids)), np.float32)
+        for j, c in enumerate(feature_cols):
+            x[j] = sel.column(c).to_numpy(zero_copy_only=False)
+        self.x = torch.from_numpy(np.ascontiguousarray(x.T))
         self.y = torch.from_numpy(sel.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64))
         self.load_seconds = time.perf_counter() - t0  # reading and joining the data: a re-run pays it again
 
+    @staticmethod
+    def _of_records(store: Store, version: str, records, excluded: np.ndarray):
+        """(label, the version's row ids in ordinal order, positions of the wanted rows, first, last ordinals)
+        for the rows of `records` minus `excluded` in a version whose rows are records."""
+        from pyroaring import BitMap
+
+        from expunge.lineage.ingest import bitmap_array
+        from expunge.lineage.rows import record_ids
+
+        with store.view() as view:
+            v = view.resolve_version(version)
+            if v["row_space"] != "records":
+                raise BadInput(f"{v['label']}: its rows are not records; select its rows by id")
+            whole = view.load_bitmap(v["bitmap_file"])
+            want = BitMap(np.asarray(records, np.uint32))
+            if not want.issubset(whole):
+                raise BadInput(f"{v['label']}: {len(want - whole)} of the records asked for are not in the version")
+            want -= BitMap(excluded)
+            whole_ords = bitmap_array(whole)
+            all_ids = record_ids(store, view, v["record_dataset_id"], whole_ords)
+        ords = bitmap_array(want).astype(np.int64)
+        return v["label"], all_ids, np.searchsorted(whole_ords, ords), ords, ords.copy()
+
+    @property
+    def row_ids(self) -> list[str]:
+        """The row ids as Python strings (made on first use)."""
+        if self._row_ids is None:
+            self._row_ids = self._row_ids_arrow.to_pylist()
+        return self._row_ids
+
     def __len__(self) -> int:
-        return len(self.row_ids)
+        return len(self._row_ids_arrow)
 
     def row_ids_arrow(self):
         """The row ids as an Arrow string array (same order as `row_ids`)."""
@@ -94,6 +149,32 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.x[i], self.y[i], self.row_ids[i]
+
+
+def _ascending(ids) -> bool:
+    """Whether a string array is in strictly ascending order."""
+    import pyarrow.compute as pc
+
+    return bool(pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py())
+
+
+def _read_features(data: Any, columns: Sequence[str]):
+    """The features table; of a Parquet file, only `columns` are read (all of them when some are missing, so
+    that the error lists what the file has)."""
+    from expunge.lineage.tables import read_table
+
+    if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() in (".parquet", ".pq") \
+            and Path(data).is_file():
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            names = set(pq.read_schema(data).names)
+            if set(columns) <= names:
+                return pq.read_table(data, columns=list(dict.fromkeys(columns)))
+        except (pa.ArrowInvalid, OSError):
+            pass  # read_table says why
+    return read_table(data, [columns[0]])
 
 
 def state_dict_bytes(model: torch.nn.Module) -> dict:
@@ -127,6 +208,7 @@ class TrainingTracker:
         self.name = name
         self.step = 0
         self._bound: RecordDataset | None = None
+        self._carried = False  # facts carried from an earlier run (carry_facts): none gathered here
         self._first_idx: np.ndarray | None = None
         self._first: dict[str, int] = {}
         self._shard: dict[str, int] = {}
@@ -161,6 +243,9 @@ class TrainingTracker:
         `rows` are row ids, or (after `bind`) row positions in the bound dataset.
         """
         s = self.step if step is None else int(step)
+        if self._carried:  # the facts come from an earlier run: only the steps are counted
+            self.step = s + 1 if step is None else max(self.step, s + 1)
+            return
         if self._first_idx is not None and isinstance(rows, torch.Tensor):
             # The hot path: keep the batch, fold batches into first steps now and then (vectorised;
             # steps only grow, so a row's first occurrence is its first step).
@@ -196,8 +281,9 @@ class TrainingTracker:
             if slice is not None:
                 self._slice[r] = int(slice)
 
-    def assign_many(self, row_ids: Sequence[str], shards: Sequence[int], slices: Sequence[int] | None = None) -> None:
-        if self._bound is not None and row_ids is self._bound.row_ids:
+    def assign_many(self, row_ids: Sequence[str], shards: Sequence[int], slices: Sequence[int] | None = None,
+                    *, _bound: bool = False) -> None:
+        if self._bound is not None and (_bound or row_ids is self._bound.row_ids):
             # Every bound row at once (the SISA trainer): kept as arrays, no per-row work.
             self._shard_idx = np.asarray(shards, np.int64).copy()
             if slices is not None:
@@ -210,6 +296,36 @@ class TrainingTracker:
         self._shard.update(zip(row_ids, (int(x) for x in shards)))
         if slices is not None:
             self._slice.update(zip(row_ids, (int(x) for x in slices)))
+
+    def assign_bound(self, shards: np.ndarray, slices: np.ndarray | None = None) -> None:
+        """The shard (and slice) of every row of the bound dataset, in its order (`assign_many` without
+        naming the rows)."""
+        self.assign_many(self._bound.row_ids_arrow(), shards, slices, _bound=True)
+
+    def carry_facts(self, data: bytes, index: dict) -> None:
+        """Record these facts (a facts file and its code table, `expunge.lineage.facts.carried`) instead of
+        the rows' facts gathered here: an earlier run's, without the records this run left out."""
+        self._carried = True
+        self._run.carry_facts(data, index)
+
+    def carry_checkpoint(self, path: str | os.PathLike, sha256: str, *, step: int, shard: int | None = None,
+                         slice: int | None = None) -> Path:  # noqa: A002
+        """Record an earlier run's checkpoint as this run's too (its weights are what this run would have
+        saved there): linked (or copied) into this run's directory, under its own name, with the same bytes
+        and sha256, so that removing the earlier run's files leaves this one's."""
+        import shutil
+
+        src = Path(path)
+        dst = self.out_dir / src.name
+        tmp = dst.with_name(dst.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        self._run.add_checkpoint(step, dst, sha256=sha256, shard=shard, slice=slice)
+        return dst
 
     def checkpoint(self, model: torch.nn.Module, *, step: int | None = None, shard: int | None = None,
                    slice: int | None = None, tag: str | None = None, **meta: Any) -> Path:  # noqa: A002
@@ -279,7 +395,9 @@ class TrainingTracker:
         import time
 
         t0 = time.perf_counter()
-        if exc_type is None:
+        if exc_type is None and self._carried:
+            self._run.set_total_steps(self.step)
+        elif exc_type is None:
             self._run.set_total_steps(self.step)
             if self._first_idx is not None:
                 self._fold()

@@ -47,6 +47,7 @@ class ModelFacts:
     clean_step: int | None = None        # newest checkpoint step before the records were first seen
     has_checkpoints: bool = False
     stage_steps: dict = field(default_factory=dict)   # SISA: (shard, slice) → steps
+    setup_read: float | None = None      # SISA: the part of setup_seconds spent reading the data files whole
     affected_shards: dict = field(default_factory=dict)  # SISA: shard → first affected slice
     certificate: dict | None = None      # certified-removal facts of the run
     budget_spent: float = 0.0
@@ -166,7 +167,7 @@ class SisaShardRetrain(Action):
         return None
 
     def estimate(self, f, policy):
-        return costs.sisa_shards(f.run_seconds, f.stage_steps, f.affected_shards, f.rerun_setup())
+        return costs.sisa_shards(f.run_seconds, f.stage_steps, f.affected_shards, f.rerun_setup(), f.setup_read)
 
 
 class CheckpointReplay(Action):

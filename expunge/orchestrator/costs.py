@@ -70,20 +70,30 @@ def rerun_runs(runs: list[RunCost], what: str) -> Estimate:
 
 
 def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], affected: dict[int, int],
-                setup: float = 0.0) -> Estimate:
+                setup: float = 0.0, read: float | None = None) -> Estimate:
     """Retrain each affected shard from its first affected slice.
 
     `stage_steps[(shard, slice)]` is the number of optimizer steps of that stage (from the slice
-    checkpoints), `affected[shard]` the first slice holding erased records.
+    checkpoints), `affected[shard]` the first slice holding erased records. `setup` is what the run paid
+    besides training (loading its data, recording it); a retrain loads and records only the affected
+    shards' rows, so with `read` (the part of `setup` spent reading the data files, whole whatever share of
+    the rows is kept, as the run measured it) the rest is scaled by the affected shards' share of the
+    training steps. Without `read`, all of `setup` is paid again.
     """
     total = sum(stage_steps.values())
     if total <= 0:
         raise ValueError("no stage steps recorded")
     steps = sum(n for (s, r), n in stage_steps.items() if s in affected and r >= affected[s])
     shards = ", ".join(f"{s} from slice {r}" for s, r in sorted(affected.items()))
+    how = _setup(setup)
+    if read is not None and setup > 0:
+        read = min(max(read, 0.0), setup)
+        share = sum(n for (s, _), n in stage_steps.items() if s in affected) / total
+        setup = read + (setup - read) * share
+        how = (f" + {format_seconds(setup)} loading and recording its shard(s)' rows ({format_seconds(read)} reading "
+               f"the data files, the rest {share:.1%} of the run's)")
     return Estimate(setup + run_seconds * steps / total,
-                    [f"shard(s) {shards}: {steps:,} of {total:,} steps of a {format_seconds(run_seconds)} run"
-                     + _setup(setup)])
+                    [f"shard(s) {shards}: {steps:,} of {total:,} steps of a {format_seconds(run_seconds)} run" + how])
 
 
 def checkpoint_replay(run_seconds: float, total_steps: int, clean_step: int, setup: float = 0.0) -> Estimate:

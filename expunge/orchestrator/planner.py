@@ -113,7 +113,7 @@ class _Catalog:
             dim=len(cfg.get("feature_cols", [])) + 1, certificate=extra.get("certified_removal"),
             budget_spent=float(extra.get("removal_budget_spent", 0.0)),
             has_checkpoints=any(c[1] is None for c in ckpts), total_steps=run["total_steps"],
-            stage_steps=stage_steps)
+            stage_steps=stage_steps, setup_read=extra.get("setup_read_seconds"))
         return got
 
 
