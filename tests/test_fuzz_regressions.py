@@ -56,3 +56,79 @@ def test_a_damaged_pinned_policy_is_refused(store, body):
 def test_a_pinned_policy_still_reads_back():
     pol = P.load_policy(None)
     assert P.policy_from_dict(json.loads(json.dumps(pol.to_dict()))).sha256() == pol.sha256()
+
+
+# ---------------------------------------------------------------- run manifests and facts files
+
+@pytest.fixture
+def source(store):
+    store.ingest_source({"s": [f"s{i}" for i in range(100)], "r": [f"r{i}" for i in range(100)]}, name="d",
+                        subject_col="s", record_col="r")
+    return store
+
+
+@pytest.mark.parametrize("run,needle", [
+    ({"slices": 2**31}, "run/slices"),
+    ({"shards": 2**31}, "run/shards"),
+    ({"total_steps": 2**63}, "run/total_steps"),
+    ({"seed": -(2**63) - 1}, "run/seed"),
+    ({"checkpoints": [{"step": 2**63, "path": "x", "sha256": "0" * 64}]}, "run/checkpoints/0/step"),
+    # past 64 items a list is checked by expunge, not item by item by jsonschema: a large value in the middle
+    ({"facts": {"rows": [f"r{i}" for i in range(70)], "first_step": [0] * 30 + [2**63] + [0] * 39}},
+     "run/facts/first_step/30"),
+    ({"facts": {"rows": [f"r{i}" for i in range(70)], "shard": [0] * 30 + [2**31 - 1] + [0] * 39}},
+     "'shard' holds a value over 2147483646"),
+    ({"facts": {"rows": [f"r{i}" for i in range(70)], "shard": [0] * 30 + [2**64] + [0] * 39}},
+     "run/facts/shard/30"),
+])
+def test_manifest_numbers_the_catalog_cannot_hold_are_refused(source, tmp_path, run, needle):
+    with pytest.raises(BadInput, match=needle):
+        source.record_run({"run": {"inputs": [{"dataset": "d@1"}], **run}}, base_dir=tmp_path)
+    with source.read() as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def test_the_largest_shard_the_catalog_holds_is_accepted(source, tmp_path):
+    source.record_run({"run": {"name": "big", "inputs": [{"dataset": "d@1"}],
+                               "facts": {"rows": ["r1"], "shard": [2**31 - 2]}}}, base_dir=tmp_path)
+    with source.read() as con:
+        assert con.execute("SELECT n_shards FROM runs WHERE name = 'big'").fetchone()[0] == 2**31 - 1
+
+
+@pytest.mark.parametrize("column,value,needle", [
+    ("shard", "2147483647", "over 2147483646"),
+    ("shard", "99999999999999999999", "type double"),
+    ("first_step", "1.5", "type double"),
+    ("slice", "x", "type string"),
+])
+def test_facts_files_with_values_that_are_not_small_whole_numbers_are_refused(source, tmp_path, column, value,
+                                                                              needle):
+    (tmp_path / "facts.csv").write_text(f"row_id,{column}\nr1,{value}\n")
+    with pytest.raises(BadInput, match=needle):
+        source.record_run({"run": {"inputs": [{"dataset": "d@1"}], "facts_file": "facts.csv"}}, base_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- CSV and Parquet tables
+
+def test_a_utf16_csv_is_refused_not_crashed_on(store, tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("subject,record\ns1,r1".encode("utf-16"))
+    with pytest.raises(BadInput, match="not UTF-8"):
+        store.ingest_source(path, name="t", subject_col="subject", record_col="record")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_column_named_twice_is_refused(store, tmp_path, suffix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".csv":
+        path.write_text("subject,subject,record\ns1,s2,r1\n")
+    else:
+        pq.write_table(pa.table([["s1"], ["s2"], ["r1"]], names=["subject", "subject", "record"]), path)
+    # (pyarrow's Parquet reader refuses the duplicate itself; the CSV reader did not)
+    with pytest.raises(BadInput, match="'subject' appears more than once" if suffix == ".csv" else "subject"):
+        store.ingest_source(path, name="t", subject_col="subject", record_col="record")
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 0

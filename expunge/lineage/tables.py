@@ -25,7 +25,25 @@ LIST_SEP = ";"
 
 
 def read_table(data: Any, id_columns: Iterable[str] = ()) -> pa.Table:
-    id_columns = [c for c in id_columns if c]
+    """The table in `data`, its column names checked: UTF-8 text, each once (a column is found by its name)."""
+    table = _read_table(data, [c for c in id_columns if c])
+    try:
+        names = table.column_names
+    except UnicodeDecodeError:
+        raise BadInput(f"cannot read {_source(data)}: its column names are not UTF-8 text") from None
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise BadInput(f"cannot read {_source(data)}: column {name!r} appears more than once")
+        seen.add(name)
+    return table
+
+
+def _source(data: Any) -> str:
+    return str(data) if isinstance(data, (str, Path)) else "the given table"
+
+
+def _read_table(data: Any, id_columns: list[str]) -> pa.Table:
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, dict):
