@@ -441,13 +441,18 @@ def fuzz(name: str, seconds: float, base_seed: int) -> dict:
         # shrinking flaky. The loop below stops between batches.
         state["cases"] += 1
         try:
+            unraisable.clear()
             one(case)
+            if unraisable:  # an error Python would print with its traceback (e.g. inside a pyarrow callback)
+                raise Failure(f"an exception was printed, not raised: {unraisable[0]}")
         except Exception as exc:  # noqa: BLE001 - that is what is looked for
             sig = signature(exc)
             if sig in known:
                 return  # reported already: keep looking for other bugs
             raise
 
+    unraisable: list[str] = []
+    sys.unraisablehook = lambda u: unraisable.append(f"{type(u.exc_value).__name__} in {u.object!r}"[:100])
     runs = 0
     while time.monotonic() < deadline:
         test = settings(max_examples=BATCH, deadline=None, database=None, derandomize=False,

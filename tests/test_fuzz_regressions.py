@@ -132,3 +132,11 @@ def test_a_column_named_twice_is_refused(store, tmp_path, suffix):
         store.ingest_source(path, name="t", subject_col="subject", record_col="record")
     with store.read() as con:
         assert con.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 0
+
+
+def test_a_malformed_line_that_is_not_utf8_is_named_without_noise_on_stderr(store, tmp_path, capfd):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"subject,record\ns1,r1\ns\xe2\x28,r2,extra\n")
+    with pytest.raises(BadInput, match="a line that is not UTF-8 text is malformed"):
+        store.ingest_source(path, name="t", subject_col="subject", record_col="record")
+    assert capfd.readouterr().err == ""  # pyarrow's decoding error was printed with a traceback
