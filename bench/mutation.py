@@ -191,12 +191,17 @@ _STR = re.compile(r"""(?P<q>['"])(?:\\.|(?!(?P=q)).)*(?P=q)""")
 
 
 def text_only(diff: str) -> bool:
-    """The mutant changes only the characters inside a string literal ('XX…XX' or a change of case)."""
+    """The mutant changes only the characters inside a string literal ('XX…XX' or a change of case) that reads as
+    words (it holds a space): a message or a reason. A one-word literal is a key, a name or a value the code
+    compares ("batch", "requests"), never counted as text."""
     minus = [line[1:] for line in diff.splitlines() if line.startswith("-")]
     plus = [line[1:] for line in diff.splitlines() if line.startswith("+")]
-    if len(minus) != 1 or len(plus) != 1:
+    if len(minus) != 1 or len(plus) != 1 or minus[0] == plus[0]:
         return False
-    return _STR.sub('""', minus[0]) == _STR.sub('""', plus[0]) and minus[0] != plus[0]
+    if _STR.sub('""', minus[0]) != _STR.sub('""', plus[0]):
+        return False
+    changed = [a.group(0) for a, b in zip(_STR.finditer(minus[0]), _STR.finditer(plus[0])) if a.group(0) != b.group(0)]
+    return bool(changed) and all(" " in lit for lit in changed)
 
 
 def summarise(module: str, wd: Path, with_diffs: bool, only: list[str] | None = None) -> dict:
