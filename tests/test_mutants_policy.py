@@ -91,3 +91,17 @@ def test_a_category_named_as_the_default_keeps_its_own_rule():
     assert p.category("x").deadline_days == 3
     with pytest.raises(BadInput, match="unknown data category 'y'; the policy knows x"):
         p.category("y")
+
+
+def test_setting_the_store_policy_logs_the_one_it_replaces(store, tmp_path):
+    from expunge import audit
+    from expunge.orchestrator.policy import default_policy_text, set_store_policy, store_policy_sha
+
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text(default_policy_text())
+    second.write_text(default_policy_text().replace("approvers = 1 ", "approvers = 2 "))
+    a = set_store_policy(store, first).sha256()
+    b = set_store_policy(store, second).sha256()
+    assert a != b and store_policy_sha(store) == b
+    logged = [(e["payload"]["policy_sha256"], e["payload"]["previous"]) for e in audit.events(store, kind="policy_set")]
+    assert logged == [(a, None), (b, a)]

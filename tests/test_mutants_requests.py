@@ -100,3 +100,17 @@ def test_moving_several_requests_is_all_or_none(store):
     with pytest.raises(UnknownReference, match="unknown request 'req-000009'"):
         with store.write() as txn:
             rq.set_status(txn, "req-000009", "planned")
+
+
+def test_a_status_move_is_one_audit_event_naming_both_states(store):
+    from expunge import audit
+
+    a, b = rq.create(store, ["a"], now=NOW), rq.create(store, ["b"], now=NOW)
+    with store.write() as txn:
+        rq.set_status_many(txn, [a.id, b.id], "planned")
+    with store.write() as txn:
+        rq.set_status(txn, a.id, "failed")
+    moves = [(e["requests"], e["payload"]["to"], e["payload"]["previous"])
+             for e in audit.events(store, kind="request_status")]
+    assert moves == [([a.id, b.id], "planned", {a.id: "received", b.id: "received"}),
+                     ([a.id], "failed", {a.id: "planned"})]
