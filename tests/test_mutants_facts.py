@@ -130,3 +130,11 @@ def test_a_file_that_is_not_a_facts_file_is_refused(tmp_path):
     path.write_bytes(b"NOTFACTS" + bytes(8))
     with pytest.raises(ValueError, match="is not a facts file"):
         F.RunFacts(path, {"dtype": "uint8", "codes": []})
+
+
+def test_a_row_repeated_with_the_same_facts_is_stored_once(tmp_path):
+    # r2 reached through two rows with identical facts: one triple, one code, not a two-triple combination.
+    path, index = written(tmp_path, [(1, 0, 0, 0), (2, 0, 0, 0), (2, 0, 0, 0), (3, 1, 0, 0), (3, 1, 0, 0)], [4])
+    assert index["codes"] == [[[0, 0, 0]], [[1, 0, 0]]] and index["records"] == 3
+    assert F.RunFacts(path, index).lookup(BitMap([2, 3]))[0] == [{"shard": 0, "records": 1, "first_slice": 0},
+                                                                  {"shard": 1, "records": 1, "first_slice": 0}]
