@@ -26,6 +26,15 @@ def test_a_source_version_reads_back_its_records_in_ordinal_order(store):
         assert len(owners) == 2 and str(owners.type) == "uint16"
 
 
+def test_record_ids_across_three_id_tables(store):
+    for i in range(3):  # each ingest adds two records: ordinals 2i, 2i + 1 in id table i
+        store.ingest_source({"s": [f"a{i}", f"b{i}"], "r": [f"x{i}", f"y{i}"]}, name="d", subject_col="s",
+                            record_col="r")
+    with store.view() as view:
+        got = record_values(store, view, np.array([5, 0, 3, 4, 1, 2], np.uint32)).to_pylist()
+    assert got == ["y2", "x0", "y1", "x2", "y0", "x1"]
+
+
 def test_composed_rows_map_to_their_records(store):
     store.ingest_source({"s": ["a", "b", "c", "d"], "r": ["r0", "r1", "r2", "r3"]}, name="d", subject_col="s",
                         record_col="r")

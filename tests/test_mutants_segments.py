@@ -38,7 +38,8 @@ def check(seg: S.Segment, expected: dict, queries):
 
 # subjects (hi, lo): three share hi = 5 (a half collision), one sorts after them
 A, B, C, D = (5, 1), (5, 9), (5, 4), (7, 0)
-ABSENT = [(5, 2), (6, 1), (0, 0), (2**64 - 1, 2**64 - 1)]
+# absent: a missing lo under a present hi, a missing hi whose lo is the next subject's, before and after all
+ABSENT = [(5, 2), (6, 1), (6, 0), (0, 0), (2**64 - 1, 2**64 - 1)]
 
 
 @pytest.mark.parametrize("ords_order", ["ascending", "descending"])
@@ -62,6 +63,8 @@ def test_one_subject_and_an_empty_segment(tmp_path):
     assert (empty.n_subjects, empty.n_records) == (0, 0)
     assert empty.records_of(np.array([A], np.uint64)).tolist() == []
     assert empty.find(np.array([A], np.uint64)).tolist() == [-1]
+    merged = S.merge([empty.arrays(), seg.arrays()])  # an empty segment adds nothing to a merge
+    assert [m.tolist() for m in merged] == [m.tolist() for m in seg.arrays()]
 
 
 def test_a_file_that_is_not_a_segment_is_refused(tmp_path):
