@@ -44,7 +44,7 @@ def _shrink(value: Any, where: str) -> Any:
         # Only plain ids: strings and non-negative ints (facts columns allow null too); anything else (a
         # bool, a float, a negative step) is left whole for jsonschema to report.
         plain = (kinds <= {str, int} or kinds <= {int, type(None)}) and \
-            all(v >= 0 for v in value if type(v) is int)
+            all(0 <= v < 2**31 for v in value if type(v) is int)  # larger ones: for the schema's maxima
         if plain:
             return value[:1] + value[-1:]
     if isinstance(value, list):
@@ -104,9 +104,16 @@ def _facts_table(run: dict, base: Path):
 
 
 def _int_column(table, name: str) -> np.ndarray:
+    """A facts column as int64 (null: -1), refused unless it holds whole numbers that fit the catalog."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     col = table.column(name).combine_chunks()
+    if not (pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
+        raise BadInput(f"run facts: column {name!r} has type {col.type}; expected whole numbers")
+    limit = 2**63 - 1 if name == "first_step" else 2**31 - 2  # shards = max shard + 1: an INTEGER column
+    if len(col) and pc.max(col).as_py() is not None and pc.max(col).as_py() > limit:
+        raise BadInput(f"run facts: column {name!r} holds a value over {limit}")
     return pc.fill_null(col.cast("int64"), -1).to_numpy(zero_copy_only=False)
 
 

@@ -119,6 +119,8 @@ class Segment:
     def find(self, q: np.ndarray) -> np.ndarray:
         """Indices of the subjects in `q` ((n, 2) uint64) that this segment holds, -1 where absent."""
         qhi, qlo = q[:, 0], q[:, 1]
+        if self.n_subjects == 0:  # nothing to index into
+            return np.full(len(q), -1, np.int64)
         left = np.searchsorted(self.hi, qhi, "left")
         ok = left < self.n_subjects
         idx = np.where(ok, left, 0)

@@ -11,7 +11,9 @@ row 0); a CSV parse error names the file's line instead (the header is line 1).
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,7 +27,25 @@ LIST_SEP = ";"
 
 
 def read_table(data: Any, id_columns: Iterable[str] = ()) -> pa.Table:
-    id_columns = [c for c in id_columns if c]
+    """The table in `data`, its column names checked: UTF-8 text, each once (a column is found by its name)."""
+    table = _read_table(data, [c for c in id_columns if c])
+    try:
+        names = table.column_names
+    except UnicodeDecodeError:
+        raise BadInput(f"cannot read {_source(data)}: its column names are not UTF-8 text") from None
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise BadInput(f"cannot read {_source(data)}: column {name!r} appears more than once")
+        seen.add(name)
+    return table
+
+
+def _source(data: Any) -> str:
+    return str(data) if isinstance(data, (str, Path)) else "the given table"
+
+
+def _read_table(data: Any, id_columns: list[str]) -> pa.Table:
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, dict):
@@ -64,6 +84,10 @@ def _read_csv(path: Path, suffix: str, id_columns: list[str]) -> pa.Table:
         return "error"  # skipping a row is never wanted here
 
     def read(**read_options) -> pa.Table:
+        with _undecodable_lines_counted(undecodable):
+            return _read(**read_options)
+
+    def _read(**read_options) -> pa.Table:
         return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(**read_options),
@@ -78,6 +102,7 @@ def _read_csv(path: Path, suffix: str, id_columns: list[str]) -> pa.Table:
         )
 
     bad_rows: list = []
+    undecodable: list = []
     try:
         return read()
     except pa.ArrowInvalid as exc:
@@ -97,7 +122,8 @@ def _read_csv(path: Path, suffix: str, id_columns: list[str]) -> pa.Table:
             except pa.ArrowInvalid:
                 pass
             row = bad_rows[0] if bad_rows else row
-        where = f"line {row.number}" if row is not None and row.number is not None else "a line"
+        where = f"line {row.number}" if row is not None and row.number is not None else \
+            "a line that is not UTF-8 text" if undecodable else "a line"
         counts = f" has {row.actual_columns} field(s), expected {row.expected_columns}" if row is not None else \
             " is malformed"
         raise BadInput(f"cannot read {path}: {where}{counts} (columns: {header}); the line is not shown, it may "
@@ -108,6 +134,26 @@ def _read_csv(path: Path, suffix: str, id_columns: list[str]) -> pa.Table:
                        f"value that is not {m.group(2)} (the value is not shown, it may be an id)")
     raise BadInput(f"cannot read {path}: not a CSV file expunge can read (the parser's message is withheld: it may "
                    "quote the file)")
+
+
+@contextlib.contextmanager
+def _undecodable_lines_counted(found: list):
+    """pyarrow decodes a malformed line as UTF-8 before it calls the invalid-row handler; a line that is not UTF-8
+    fails there, and Python would print that error and its traceback on stderr (`sys.unraisablehook`). Such a
+    line is counted here instead: the parse error that follows names it."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, UnicodeDecodeError):
+            found.append(True)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _csv_header(path: Path, suffix: str) -> str:

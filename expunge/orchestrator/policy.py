@@ -108,6 +108,14 @@ _TOP = {"default_category", "allow_retire", "retire_withdrawn", "residuals", "ap
         "costs", "models", "risk", "trainers"}
 
 
+def _section(doc: dict, key: str, where: str | None = None) -> dict:
+    """A table of the policy (missing: empty); any other value is refused, not read as one."""
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise BadInput(f"policy {where or key}: expected a table, got {type(value).__name__}")
+    return value
+
+
 def _check_keys(section: dict, allowed: set, where: str) -> None:
     unknown = set(section) - allowed
     if unknown:
@@ -125,7 +133,9 @@ def _typed(value, typ, where: str):
 def parse_policy(doc: dict, source: str) -> Policy:
     _check_keys(doc, _TOP, "(top level)")
     cats = {}
-    for name, c in doc.get("categories", {}).items():
+    for name, c in _section(doc, "categories").items():
+        if not isinstance(c, dict):
+            raise BadInput(f"policy categories.{name}: expected a table, got {type(c).__name__}")
         _check_keys(c, {"weakest_guarantee", "deadline_days", "check"}, f"categories.{name}")
         g = c.get("weakest_guarantee", "exact")
         if g not in GUARANTEES:
@@ -141,16 +151,17 @@ def parse_policy(doc: dict, source: str) -> Policy:
     if default not in cats:
         cats.setdefault(default, CategoryRule())
     models = {}
-    for name, m in doc.get("models", {}).items():
+    for name, m in _section(doc, "models").items():
+        if not isinstance(m, dict):
+            raise BadInput(f"policy models.{name}: expected a table, got {type(m).__name__}")
         _check_keys(m, {"never_retire", "always_retrain"}, f"models.{name}")
         models[name] = ModelRule(_typed(m.get("never_retire", False), bool, f"models.{name}.never_retire"),
                                  _typed(m.get("always_retrain", False), bool, f"models.{name}.always_retrain"))
-    ap, approx, costs, risk = doc.get("approval", {}), doc.get("approximate", {}), doc.get("costs", {}), \
-        doc.get("risk", {})
+    ap, approx, costs, risk = (_section(doc, k) for k in ("approval", "approximate", "costs", "risk"))
     _check_keys(ap, {"required", "approvers", "keys"}, "approval")
     approver_keys = {}
     key_of: dict[bytes, str] = {}
-    for name, line in (ap.get("keys") or {}).items():
+    for name, line in _section(ap, "keys", "approval.keys").items():
         from expunge.orchestrator.approvals import parse_public_key, raw_public
 
         raw = raw_public(parse_public_key(_typed(line, str, f"approval.keys.{name}"), f"policy approval.keys.{name}"))
@@ -163,9 +174,9 @@ def parse_policy(doc: dict, source: str) -> Policy:
     if method not in ("scrub", "neggrad+"):
         raise BadInput(f"policy approximate.method: {method!r} is not one of scrub, neggrad+")
     _check_keys(risk, {"max_premium"}, "risk")
-    res = doc.get("residuals", {})
+    res = _section(doc, "residuals")
     _check_keys(res, {"purge", "hold"}, "residuals")
-    holds = {str(k): _typed(v, str, f"residuals.hold.{k}") for k, v in (res.get("hold") or {}).items()}
+    holds = {str(k): _typed(v, str, f"residuals.hold.{k}") for k, v in _section(res, "hold", "residuals.hold").items()}
     premium = _typed(risk.get("max_premium", 2.0), float, "risk.max_premium")
     if not 1.0 <= premium < float("inf"):
         raise BadInput("policy risk.max_premium must be a finite number ≥ 1 (1: always the cheapest action)")
@@ -175,7 +186,12 @@ def parse_policy(doc: dict, source: str) -> Policy:
         if not 0.0 <= bounds[key] <= 1.0:
             raise BadInput(f"policy approximate.{key} must be between 0 and 1")
     _check_keys(costs, {"cpu_hour", "gpu_hour"}, "costs")
-    trainers = doc.get("trainers", {})
+    rates = {}
+    for key, fallback in (("cpu_hour", 0.05), ("gpu_hour", 2.5)):
+        rates[key] = _typed(costs.get(key, fallback), float, f"costs.{key}")
+        if not 0.0 <= rates[key] < float("inf"):
+            raise BadInput(f"policy costs.{key} must be a finite number ≥ 0 (dollars per hour)")
+    trainers = _section(doc, "trainers")
     _check_keys(trainers, {"allow"}, "trainers")
     allow = _typed(trainers.get("allow", []), list, "trainers.allow")
     from expunge.orchestrator.trainers import check_prefix
@@ -196,8 +212,7 @@ def parse_policy(doc: dict, source: str) -> Policy:
         purge_residuals=_typed(res.get("purge", False), bool, "residuals.purge"), holds=holds,
         max_mia_auc_gap=bounds["max_mia_auc_gap"], max_accuracy_drop=bounds["max_accuracy_drop"],
         max_mia_auc=bounds["max_mia_auc"], max_premium=premium, approximate_method=method,
-        cpu_hour=_typed(costs.get("cpu_hour", 0.05), float, "costs.cpu_hour"),
-        gpu_hour=_typed(costs.get("gpu_hour", 2.5), float, "costs.gpu_hour"),
+        cpu_hour=rates["cpu_hour"], gpu_hour=rates["gpu_hour"],
         trainers_allow=allow, source=source,
     )
 
@@ -211,9 +226,11 @@ def load_policy(path: str | Path | None) -> Policy:
         return parse_policy(tomllib.loads(default_policy_text()), "default")
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text())
+        doc = tomllib.loads(p.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise BadInput(f"no such policy file: {p}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"policy {p} is not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"policy {p} is not valid TOML: {exc}") from None
     return parse_policy(doc, str(p))
@@ -253,7 +270,7 @@ def pinned(store, sha: str) -> Policy:
         policy = policy_from_dict(json.loads(path.read_bytes()))
     except FileNotFoundError:
         raise UnknownReference(f"the store holds no policy {sha[:12]} (made with another store?)") from None
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise BadInput(f"the pinned policy {path} is damaged") from None
     if policy.sha256() != sha:
         raise BadInput(f"the pinned policy {path} was changed after it was pinned")

@@ -1,0 +1,69 @@
+"""Actions priced from hand-made facts, against arithmetic done by hand: each kills mutants of actions.py the
+other tests let live (bench/mutation.py; bench/MUTANTS.md). The planner tests reach these estimates only
+through whole plans, where another action often wins and the price is never compared."""
+
+from __future__ import annotations
+
+import pytest
+
+from expunge.orchestrator import actions as A
+from expunge.orchestrator.policy import load_policy
+
+POLICY = load_policy(None)  # retire_withdrawn = true; allow_retire = false (estimate does not check it)
+
+
+def facts(**kw) -> A.ModelFacts:
+    base = dict(model="m@1", name="m", stage="production", direct=True, records=2, train_records=2,
+                run="r", trainer="pkg.mod:train", run_seconds=100.0, run_records=1000)
+    return A.ModelFacts(**{**base, **kw})
+
+
+@pytest.mark.parametrize("stage,value", [("production", 10.0), ("staging", 2.0), ("dev", 0.5),
+                                         ("shadow", 1.0)])  # a stage without a value: 1× its run
+def test_retiring_a_served_model_costs_its_value_by_stage(stage, value):
+    est = A.Retire().estimate(facts(stage=stage), POLICY)
+    assert est.seconds == pytest.approx(100.0 * value)
+    assert est.reasons == ["no compute; the model is withdrawn (its utility is lost)",
+                           f"{stage} model valued at {value}× its training run"]
+
+
+@pytest.mark.parametrize("stage", ["archived", "superseded"])
+def test_retiring_a_withdrawn_model_costs_nothing_and_says_so(stage):
+    est = A.Retire().estimate(facts(stage=stage), POLICY)
+    assert est.seconds == 0.0
+    assert est.reasons == [f"already {stage}: it stays withdrawn (policy retire_withdrawn), its files are deleted "
+                           "with the request's residual copies"]
+
+
+def test_checkpoint_replay_pays_loading_and_recording_again():
+    # Replay from step 600 of 1,000 (40% of 100 s) + 3 s loading + 2 s recording the new run.
+    f = facts(total_steps=1000, clean_step=600, setup_seconds=3.0, record_seconds=2.0)
+    assert A.CheckpointReplay().estimate(f, POLICY).seconds == pytest.approx(40.0 + 5.0)
+
+
+CERT = {"removal_budget": 1.0, "removal_read_seconds": 0.2, "lam": 0.01, "train_grad_norm": 0.0}
+
+
+def test_certified_removal_batch_step_is_priced_as_one_step_from_the_saved_hessian():
+    # One batch Newton step for 2 rows, d = 4: 0.2 s read + 0.05 s new version + 1e-6 × 2 × 16.
+    f = facts(family="logreg_certified", certificate=CERT, certified_need=0.25, certified_how="batch", dim=4,
+              iterations=10)
+    est = A.CertifiedRemoval().estimate(f, POLICY)
+    assert est.seconds == pytest.approx(0.2 + 0.05 + 1e-6 * 2 * 16, rel=1e-12)
+    assert est.reasons[-1] == ("uses 0.25 of the 1 removal budget left (one batch Newton step's bound, from the "
+                               "removed rows and the saved Hessian)")
+
+
+def test_certified_removal_per_row_steps_are_priced_on_the_runs_passes():
+    # 10 passes took 100 s → 10 s a pass; d = 4: per step 4 passes (40 s) + 10·16/998 for the solve; 2 steps.
+    f = facts(family="logreg_certified", certificate=CERT, certified_need=0.25, certified_how="per-row", dim=4,
+              iterations=10, setup_seconds=1.0)
+    est = A.CertifiedRemoval().estimate(f, POLICY)
+    assert est.seconds == pytest.approx(1.0 + 2 * (40.0 + 10.0 * 16 / 998))
+    assert est.reasons[-1].endswith("(Newton-step bounds on the run's data)")
+
+
+def test_an_unknown_action_is_named_with_the_known_ones():
+    with pytest.raises(KeyError, match="unknown action 'nope'; known: no_action, full_retrain, "):
+        A.action("nope")
+    assert A.action("retire") is A.ACTIONS["retire"]

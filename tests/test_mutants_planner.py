@@ -1,0 +1,59 @@
+"""The planner on a lineage small enough to price by hand: each test kills mutants of planner.py the other tests
+let live (bench/mutation.py; bench/MUTANTS.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from expunge.orchestrator import planner
+from expunge.orchestrator import requests as rq
+from expunge.orchestrator.policy import load_policy
+
+SHA = "0" * 64
+
+
+@pytest.fixture
+def lineage(store):
+    """d@1: subject si owns record ri; base-1 trained 10 hours on r0–r4 (s1's r1 among them)."""
+    store.ingest_source({"s": [f"s{i}" for i in range(10)], "r": [f"r{i}" for i in range(10)]}, name="d",
+                        subject_col="s", record_col="r")
+    store.record_run({"run": {"name": "base-1", "trainer": "pkg.mod:train", "cost": {"wall_seconds": 36000.0},
+                              "inputs": [{"dataset": "d@1", "rows": ["r0", "r1", "r2", "r3", "r4"]}]},
+                      "models": [{"name": "base", "sha256": SHA}]})
+    return store
+
+
+def test_a_retrain_is_priced_in_seconds_and_dollars_by_hand(lineage):
+    doc = planner.make_plan(lineage, [rq.create(lineage, ["s1"]).id], load_policy(None))
+    (item,) = doc["items"]
+    # 4 of 5 records remain: 36,000 s × 4/5 = 28,800 s = 8 CPU hours at $0.05 an hour = $0.40.
+    assert (item["chosen"]["action"], item["chosen"]["seconds"], item["chosen"]["cost"]) == \
+        ("full_retrain", 28800.0, 0.4)
+    assert item["candidates"][0]["cost"] == 0.4
+    assert (item["retrain_seconds"], item["retrain_cost"]) == (36000.0, 0.5)
+
+
+def test_a_fresh_plan_has_no_verified_approvals(lineage):
+    doc = planner.make_plan(lineage, [rq.create(lineage, ["s1"]).id], load_policy(None))
+    assert "approvals" not in doc and planner.verified_approvals(lineage, doc) == []
+
+
+def test_plan_list_names_the_plans_requests(lineage):
+    rid = rq.create(lineage, ["s1"]).id
+    pid = planner.save_plan(lineage, planner.make_plan(lineage, [rid], load_policy(None)))
+    (listed,) = planner.list_plans(lineage)
+    assert {k: listed[k] for k in ("id", "requests", "models", "blocked", "subjects", "approvals",
+                                   "approvals_needed", "superseded_by", "state")} == \
+        {"id": pid, "requests": [rid], "models": 1, "blocked": 0, "subjects": {"requested": 1, "found": 1},
+         "approvals": 0, "approvals_needed": 1, "superseded_by": None, "state": "planned"}
+    assert planner.list_plans(lineage, rid) == [listed] and planner.list_plans(lineage, "req-999999") == []
+
+
+def test_a_stale_plan_says_first_how_many_records_it_erases_now(lineage, tmp_path):
+    doc = planner.make_plan(lineage, [rq.create(lineage, ["s1"]).id], load_policy(None))
+    # s1 gets a second record (r10, in d@2), and a new run trains on it: two changes since the plan.
+    lineage.ingest_source({"s": ["s1", "s2"], "r": ["r10", "r2"]}, name="d", subject_col="s", record_col="r")
+    lineage.record_run({"run": {"name": "other-1", "trainer": "pkg.mod:train", "cost": {"wall_seconds": 1.0},
+                                "inputs": [{"dataset": "d@2"}]}, "models": [{"name": "other", "sha256": SHA}]})
+    why = planner.stale_reason(lineage, doc, load_policy(None))
+    assert why == "2 erased records now, 1 then; other@1 is affected now"
