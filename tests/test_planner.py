@@ -445,8 +445,12 @@ def test_certified_removal_budget_from_the_runs_data(demo_store):
     cheapest = parse_policy({**tomllib.loads(default_policy_text()), "risk": {"max_premium": 1.0}}, "t")
     doc = planner.make_plan(store, [r.id], cheapest)
     item = next(i for i in doc["items"] if i["model"] == "churn-certified@1")
-    assert item["chosen"]["action"] == "certified_removal"
-    assert any("one batch Newton step's bound" in why for why in item["chosen"]["reasons"])
+    # Which of certified removal and a full retrain of 400 rows is cheaper follows seconds measured while the demo
+    # trained (they are close, and under load either wins): both are admissible; the certified one is priced
+    # from the batch step.
+    assert {item["chosen"]["action"], item["runner_up"]["action"]} == {"certified_removal", "full_retrain"}
+    if item["chosen"]["action"] == "certified_removal":
+        assert any("one batch Newton step's bound" in why for why in item["chosen"]["reasons"])
     facts = next(f for f in planner.gather(store, store.impact([subject])) if f.model == "churn-certified@1")
     assert facts.certified_need is None  # without the records' ordinals only the recorded bound is known
     assert CertifiedRemoval.consumption(facts) > facts.certificate["removal_budget"]
@@ -454,6 +458,8 @@ def test_certified_removal_budget_from_the_runs_data(demo_store):
                      if f.model == "churn-certified@1")
     assert 0 < with_data.certified_need < with_data.certificate["removal_budget"]
     assert with_data.certified_how == "batch"
+    est = CertifiedRemoval().estimate(with_data, cheapest)
+    assert any("one batch Newton step's bound" in why for why in est.reasons)
 
 
 def test_batching_saves_against_planning_each_alone(demo_store):
