@@ -23,8 +23,12 @@ ALLOWED = {("received", "planned"), ("received", "failed"), ("planned", "planned
 def test_a_one_day_deadline_is_the_shortest(store):
     r = rq.create(store, ["a"], deadline_days=1, now=NOW)
     assert (r.received_at, r.deadline_at) == (NOW, NOW + timedelta(days=1))
-    with pytest.raises(BadInput, match=r"^the deadline must be at least one day \(got 0\)$"):
+    with pytest.raises(BadInput, match=r"^the deadline must be between 1 and 36,500 days \(got 0\)$"):
         rq.create(store, ["a"], deadline_days=0, now=NOW)
+    r = rq.create(store, ["a"], deadline_days=36_500, now=NOW)  # the longest
+    assert r.deadline_at == NOW + timedelta(days=36_500)
+    with pytest.raises(BadInput, match=r"\(got 36,501\)$"):
+        rq.create(store, ["a"], deadline_days=36_501, now=NOW)
     with pytest.raises(BadInput, match="at least one --subject"):
         rq.create(store, [], now=NOW)
 
