@@ -16,7 +16,7 @@ from expunge.orchestrator import policy as P
     (b"categories = false\n", "categories: expected a table"),
     (b'categories = {health = 3}\n', "categories.health: expected a table"),
     (b"models = nan\n", "models: expected a table"),
-    (b'models = {m = "x"}\n', "models.m: expected a table"),
+    (b'models = {m = "x"}\n', "models.m: expected a table, got str"),
     (b'approval = ""\n', "approval: expected a table"),
     (b"approval = [false]\n", "approval: expected a table"),
     (b'approval = {keys = 1}\n', "approval.keys: expected a table"),

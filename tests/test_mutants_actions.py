@@ -67,3 +67,14 @@ def test_an_unknown_action_is_named_with_the_known_ones():
     with pytest.raises(KeyError, match="unknown action 'nope'; known: no_action, full_retrain, "):
         A.action("nope")
     assert A.action("retire") is A.ACTIONS["retire"]
+
+
+def test_certified_removal_names_the_bound_it_used():
+    def how(**kw):
+        f = facts(family="logreg_certified", certified_how="per-row", dim=4, iterations=10, **kw)
+        return A.CertifiedRemoval().estimate(f, POLICY).reasons[-1].rsplit("(", 1)[1]
+
+    assert how(certificate=CERT) == "worst-case bound)"
+    hessian = {**CERT, "hessian_min_eig": 5.0, "x_spectral_sq": 1.0, "w_norm": 1.0}
+    assert how(certificate=hessian) == "bound from the recorded Hessian facts)"
+    assert how(certificate=hessian, certified_need=0.1) == "Newton-step bounds on the run's data)"
