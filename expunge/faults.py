@@ -21,12 +21,13 @@ _seen: dict[str, int] = {}
 _total = [0]
 
 
-def _after_fork_in_child() -> None:
+def reset_counts() -> None:
+    """Count from zero again (a forked child; a test running several commands in one process)."""
     _seen.clear()
     _total[0] = 0
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=reset_counts)
 
 
 def fault_point(name: str) -> None:
