@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -27,7 +28,9 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import numpy as np
 
-from expunge.errors import BadInput, ExpungeError, StoreBusy, StoreCorrupt, StoreNotFound, UnknownReference
+from expunge.errors import (
+    BadInput, ExpungeError, StoreBusy, StoreCorrupt, StoreNotFound, StoreUnwritable, UnknownReference,
+)
 from expunge.faults import fault_point as fault
 from expunge.lineage import catalog as C
 from expunge.lineage import keys
@@ -113,6 +116,8 @@ def sql_literal(text: str) -> str:
     table function in a query built from parts): a store path may hold a quote."""
     if "\0" in text:
         raise BadInput(f"a path with a NUL character cannot be used: {text!r}")
+    if "\\" in text:
+        raise BadInput(f"a path with a backslash cannot be used (DuckDB reads it as a path separator): {text!r}")
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -153,6 +158,31 @@ def _rebuild_catalog(path: Path) -> None:
     os.replace(fresh, path)
 
 
+_NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "a file grew past the size limit",
+            errno.EDQUOT: "the disk quota is used up"}
+_READ_ONLY = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted"}
+
+
+def unwritable(exc: BaseException, root: Path, committed: bool = False) -> StoreUnwritable | None:
+    """A write that failed for want of room or of permission to write, as one line saying so (None: another
+    failure). Permission errors count only on the store's own files (an unreadable input is the input's)."""
+    code, where = getattr(exc, "errno", None), getattr(exc, "filename", None)
+    if code not in _NO_ROOM and code not in _READ_ONLY:  # DuckDB and Arrow say it in words
+        text = str(exc)
+        code = next((c for c in (*_NO_ROOM, *_READ_ONLY) if os.strerror(c) in text), None)
+        if code is None:
+            return None
+    if code in _READ_ONLY and where is not None and not keys.is_inside(Path(os.fsdecode(where)), root):
+        return None
+    why = _NO_ROOM.get(code) or _READ_ONLY[code]
+    at = f" ({os.fsdecode(where)})" if where else ""
+    if committed:
+        return StoreUnwritable(f"the write to the store at {root} was committed, but cleaning up after it failed: "
+                               f"{why}{at}; the next write finishes it")
+    return StoreUnwritable(f"cannot write to the store at {root}: {why}{at}; nothing was changed")
+
+
 def _clear_interrupted_init(root: Path) -> bool:
     """If `root` holds only what an `init` killed before writing the marker leaves (a catalog, CURRENT, an
     empty data/), remove it, and the key file that init made for it at its default place; return whether
@@ -186,6 +216,9 @@ def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 def resolve_root(store: str | os.PathLike | None) -> Path:
     if store is None:
         store = os.environ.get("EXPUNGE_STORE") or DEFAULT_STORE
+    if "\\" in os.fspath(store):  # before anything is made: DuckDB would open another path than the one given
+        raise BadInput(f"the store path {os.fspath(store)!r} holds a backslash, which DuckDB reads as a path "
+                       "separator; choose a path without one")
     return Path(store)
 
 
@@ -381,7 +414,22 @@ class Store:
         rebuilt into a fresh file (a copied DuckDB file keeps deleted rows in its free blocks), and
         the previous generations and every data file the new one does not reference are deleted
         (a reader still on the previous generation then fails and must retry).
+
+        A write that fails for want of room or permission (disk full, a file-size limit, a read-only
+        store) raises StoreUnwritable, one line that says so.
         """
+        committed = [False]
+        try:
+            with self._write(purge, compact, committed) as txn:
+                yield txn
+        except (OSError, duckdb.Error) as exc:
+            err = unwritable(exc, self.root, committed[0])
+            if err is None:
+                raise
+            raise err from None
+
+    @contextmanager
+    def _write(self, purge: bool, compact: bool, committed: list) -> Iterator["Txn"]:
         lock = WriterLock(self.root / C.LOCK)
         lock.acquire(self.lock_wait)
         txn = None
@@ -417,6 +465,7 @@ class Store:
             os.replace(tmp, self.root / new_gen)
             fault("write:after-rename")  # a whole new generation that CURRENT does not name yet
             atomic_write_bytes(self.root / C.CURRENT, new_gen.encode())
+            committed[0] = True
             fault("write:after-switch")  # committed; the previous generations are not cleaned up yet
             if purge:
                 fault("rotate:after-catalog")  # purge is key rotation's: test its crash between switch and purge

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import copy_store, trace_lines
+from tests.faults.harness import committed, copy_store, normalised, progress, trace_lines
 
 
 @dataclass
@@ -50,9 +52,6 @@ def _new_transactions(path: Path, customers: list[str], n: int = 3000) -> Path:
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory, key_dir) -> World:
-    import os
-    import time
-
     from typer.testing import CliRunner
 
     from expunge import synth
@@ -127,3 +126,27 @@ def world(tmp_path_factory, key_dir) -> World:
     for s in steps.values():
         s.args = s.args()
     return World(root, subject, steps, plan_id[0])
+
+
+@pytest.fixture(scope="session")
+def reference(world, tmp_path_factory):
+    """The approved plan run once, uninterrupted, on a copy (in this process): where every resumed run must end."""
+    from typer.testing import CliRunner
+
+    from expunge.cli import app
+    from expunge.faults import reset_counts
+
+    root = copy_store(world.steps["plan approve"].after, tmp_path_factory.mktemp("ref") / "st")
+    trace = root.parent / "trace"
+    os.environ["EXPUNGE_FAULT_TRACE"] = str(trace)
+    reset_counts()
+    t0 = time.perf_counter()
+    try:
+        res = CliRunner().invoke(app, ["run", world.plan_id, "--store", str(root), "--json"])
+    finally:
+        del os.environ["EXPUNGE_FAULT_TRACE"]
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["done"] == out["total"] == 6 and out["completed"]
+    return {"root": root, "points": [(p, n) for _, p, n, _ in trace_lines(trace)], "seconds": time.perf_counter() - t0,
+            "state": normalised(committed(root), root, drop_measured=True), "progress": progress(root), "out": out}

@@ -336,3 +336,24 @@ def differences(a: dict, b: dict, limit: int = 3) -> list[str]:
             else:
                 out.append(f"{part}/{k}: {str(x)[:300]} != {str(y)[:300]}")
     return out
+
+
+def progress(root) -> dict:
+    """What a run has done so far, read from the catalog."""
+    tabs = catalog_tables(root / (root / "CURRENT").read_text().strip())
+
+    def rows(t, *cols):
+        if t not in tabs:
+            return []
+        names = tabs[t][0]
+        return [tuple(r[names.index(c)] for c in cols) for r in tabs[t][2]]
+
+    return {
+        "actions": {pos: (state, new) for pos, state, new in rows("execution_actions", "position", "state", "new_model")},
+        "models": {f"{n}@{v}": sha for n, v, sha in rows("models", "name", "version_no", "sha256")},
+        "runs": sorted(n for (n,) in rows("runs", "name")),
+        "versions": sorted((d, v) for d, v in rows("dataset_versions", "dataset_id", "version_no")),
+        "requests": dict(rows("requests", "request_id", "status")),
+        "tombstones": len(rows("tombstones", "request_id")),
+        "execution": rows("executions", "state", "proof", "forgotten"),
+    }

@@ -10,35 +10,13 @@ import json
 import os
 import random
 import re
-import time
 
 import pytest
 
 from tests.faults.harness import (
-    FULL, KILLED, assert_whole, catalog_tables, cli, committed, copy_store, differences, kill_after, killed_where,
-    normalised, record, trace_lines,
+    FULL, KILLED, assert_whole, cli, committed, copy_store, differences, kill_after, killed_where, normalised,
+    progress, record, trace_lines,
 )
-
-
-def _progress(root) -> dict:
-    """What a run has done so far, read from the catalog."""
-    tabs = catalog_tables(root / (root / "CURRENT").read_text().strip())
-
-    def rows(t, *cols):
-        if t not in tabs:
-            return []
-        names = tabs[t][0]
-        return [tuple(r[names.index(c)] for c in cols) for r in tabs[t][2]]
-
-    return {
-        "actions": {pos: (state, new) for pos, state, new in rows("execution_actions", "position", "state", "new_model")},
-        "models": {f"{n}@{v}": sha for n, v, sha in rows("models", "name", "version_no", "sha256")},
-        "runs": sorted(n for (n,) in rows("runs", "name")),
-        "versions": sorted((d, v) for d, v in rows("dataset_versions", "dataset_id", "version_no")),
-        "requests": dict(rows("requests", "request_id", "status")),
-        "tombstones": len(rows("tombstones", "request_id")),
-        "execution": rows("executions", "state", "proof", "forgotten"),
-    }
 
 
 ORDER = {"received": 0, "planned": 1, "approved": 2, "executing": 3, "verified": 4}
@@ -61,30 +39,6 @@ def _check_progress(old: dict, new: dict, what: str) -> None:
     assert all(m.endswith("@2") for m in made), made
 
 
-@pytest.fixture(scope="module")
-def reference(world, tmp_path_factory):
-    """The approved plan run once, uninterrupted, on a copy (in this process): where every resumed run must end."""
-    from typer.testing import CliRunner
-
-    from expunge.cli import app
-    from expunge.faults import reset_counts
-
-    root = copy_store(world.steps["plan approve"].after, tmp_path_factory.mktemp("ref") / "st")
-    trace = root.parent / "trace"
-    os.environ["EXPUNGE_FAULT_TRACE"] = str(trace)
-    reset_counts()
-    t0 = time.perf_counter()
-    try:
-        res = CliRunner().invoke(app, ["run", world.plan_id, "--store", str(root), "--json"])
-    finally:
-        del os.environ["EXPUNGE_FAULT_TRACE"]
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
-    assert out["done"] == out["total"] == 6 and out["completed"]
-    return {"root": root, "points": [(p, n) for _, p, n, _ in trace_lines(trace)], "seconds": time.perf_counter() - t0,
-            "state": normalised(committed(root), root, drop_measured=True), "progress": _progress(root), "out": out}
-
-
 # What a resumed run records about the store's own deletion differs when the kill came after the deletion's
 # switch and before the execution recorded it: {"resumed": true, "tombstones": n} instead of what it removed
 # (see test_a_deletion_interrupted_after_its_switch_keeps_its_counts).
@@ -97,7 +51,7 @@ def _finish(world, root, reference, kills: int) -> dict:
     out = json.loads(res.stdout)
     assert out["done"] == out["total"] == 6 and out["completed"]
     # Each action exactly once: same new versions, same runs, one row per action, all done.
-    prog = _progress(root)
+    prog = progress(root)
     assert prog["actions"] == reference["progress"]["actions"]
     assert prog["models"] == reference["progress"]["models"]
     assert prog["runs"] == reference["progress"]["runs"]
@@ -144,14 +98,14 @@ def named_chain(world, tmp_path_factory, reference):
     ]
     if not FULL:  # CI: one of each kind (each kill restarts Python and torch)
         chain = [p for p in chain if p not in ("run:before-action-4", "complete:after-forget")]
-    prog = _progress(root)
+    prog = progress(root)
     for point in chain:
         trace = tmp_path / f"trace-{point}"
         res = cli(["run", world.plan_id, "--store", root, "--json"], fault=point, trace=trace)
         assert res.returncode == KILLED, (point, res.stderr[-2000:])
         assert killed_where(trace).split("@")[0] == point.split("@")[0]
         assert_whole(root)
-        new = _progress(root)
+        new = progress(root)
         _check_progress(prog, new, f"killed at {point}")
         if point == "forget:before-switch":  # the deletion did not commit: the subject is still known
             assert new["tombstones"] == 0
@@ -183,7 +137,7 @@ def test_run_killed_at_seeded_moments(world, tmp_path, reference):
 
     root = copy_store(world.steps["plan approve"].after, tmp_path / "st")
     rng = random.Random(int(os.environ.get("EXPUNGE_FAULTS_SEED", "12")))
-    prog, kills = _progress(root), 0
+    prog, kills = progress(root), 0
     for k in range(6 if FULL else 1):
         delay = _start_up() + 1.5 + rng.uniform(0.0, 1.0) * reference["seconds"]
         trace = tmp_path / f"trace{k}"
@@ -196,7 +150,7 @@ def test_run_killed_at_seeded_moments(world, tmp_path, reference):
         reached = trace_lines(trace)
         where = f"after {reached[-1][1]}" if reached else "start-up"
         assert_whole(root)
-        new = _progress(root)
+        new = progress(root)
         _check_progress(prog, new, f"killed after {delay:.2f}s")
         done = sum(s == "done" for s, _ in new["actions"].values())
         record("kill-timed", "run", where, f"{done}/6 actions done, resumed", delay=round(delay, 3))
