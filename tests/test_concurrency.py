@@ -44,10 +44,10 @@ def _spawn(args, *extra_env, **kw):
 
 
 def test_writers_at_once_are_refused_or_wait_never_corrupt(base, tmp_path):
-    """Four ingests started together: each either commits or gets "store is busy" (exit 3, one line, nothing
+    """Three ingests started together: each either commits or gets "store is busy" (exit 3, one line, nothing
     written); run again with --wait they all commit. Every committed dataset holds exactly its file's records."""
     files = {f"d{k}": _csv(tmp_path / f"d{k}.csv", [[f"w{k}-{i % 5}", f"x{k}-{i:04d}"] for i in range(300 + k)])
-             for k in range(4)}
+             for k in range(3)}
 
     def ingest(name, wait=None):
         pre = ["--wait", wait] if wait else []
@@ -85,7 +85,7 @@ def test_writers_at_once_are_refused_or_wait_never_corrupt(base, tmp_path):
         holder.stdin.close()
     record("busy", "ingest source", "--wait 60 behind a writer", "all committed", count=len(files))
     # Started together with nobody holding the lock: each commits or is refused, never anything else.
-    more = {f"e{k}": _csv(tmp_path / f"e{k}.csv", [[f"v{k}", f"y{k}-{i}"] for i in range(50)]) for k in range(4)}
+    more = {f"e{k}": _csv(tmp_path / f"e{k}.csv", [[f"v{k}", f"y{k}-{i}"] for i in range(50)]) for k in range(3)}
     files.update(more)
     procs = {n: ingest(n) for n in more}
     outs = {n: p.communicate(timeout=120) for n, p in procs.items()}
@@ -97,7 +97,7 @@ def test_writers_at_once_are_refused_or_wait_never_corrupt(base, tmp_path):
     with st.view() as v:
         names = {n for (n,) in v.execute("SELECT name FROM datasets").fetchall()}
     assert names == {"customers", *files} - set(refused)
-    record("busy", "ingest source", "4 started together", f"{len(refused)} refused, the rest committed")
+    record("busy", "ingest source", "3 started together", f"{len(refused)} refused, the rest committed")
     # The refused ones run again and commit; every dataset has exactly its file's records.
     for n in refused:
         p = ingest(n, wait="60")

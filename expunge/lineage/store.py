@@ -168,12 +168,13 @@ def unwritable(exc: BaseException, root: Path, committed: bool = False) -> Store
     """A write that failed for want of room or of permission to write, as one line saying so (None: another
     failure). Permission errors count only on the store's own files (an unreadable input is the input's)."""
     code, where = getattr(exc, "errno", None), getattr(exc, "filename", None)
+    text = str(exc)
     if code not in _NO_ROOM and code not in _READ_ONLY:  # DuckDB and Arrow say it in words
-        text = str(exc)
         code = next((c for c in (*_NO_ROOM, *_READ_ONLY) if os.strerror(c) in text), None)
         if code is None:
             return None
-    if code in _READ_ONLY and where is not None and not keys.is_inside(Path(os.fsdecode(where)), root):
+    if code in _READ_ONLY and (not keys.is_inside(Path(os.fsdecode(where)), root) if where is not None
+                               else os.fspath(root) not in text):
         return None
     why = _NO_ROOM.get(code) or _READ_ONLY[code]
     at = f" ({os.fsdecode(where)})" if where else ""

@@ -128,16 +128,23 @@ def world(tmp_path_factory, key_dir) -> World:
     return World(root, subject, steps, plan_id[0])
 
 
+ODD_NAME = """it's a "store"; $HOME & `x` [a]"""
+
+
 @pytest.fixture(scope="session")
 def reference(world, tmp_path_factory):
-    """The approved plan run once, uninterrupted, on a copy (in this process): where every resumed run must end."""
+    """The approved plan run once, uninterrupted, on a copy (in this process): where every resumed run must end.
+    The copy's path holds quotes, spaces and shell characters (test_environment checks that it ran as under a
+    plain path: the kill tests, on plain paths, end in the same store)."""
     from typer.testing import CliRunner
 
     from expunge.cli import app
     from expunge.faults import reset_counts
 
-    root = copy_store(world.steps["plan approve"].after, tmp_path_factory.mktemp("ref") / "st")
-    trace = root.parent / "trace"
+    odd = tmp_path_factory.mktemp("ref") / ODD_NAME
+    odd.mkdir()
+    root = copy_store(world.steps["plan approve"].after, odd / "st'")
+    trace = odd.parent / "trace"
     os.environ["EXPUNGE_FAULT_TRACE"] = str(trace)
     reset_counts()
     t0 = time.perf_counter()

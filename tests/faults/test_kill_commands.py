@@ -25,7 +25,7 @@ COMMITTED_FROM = "write:after-switch"
 # Outside FULL runs, the commands that start torch (planning checks certified models) or that repeat another's
 # write are killed at their last points only: after the rename (the hardest uncommitted state) and after the
 # switch.
-FEWER = {"plan": 3, "plan approve": 2, "model stage": 2, "policy set": 2}
+FEWER = {"plan": 2, "plan approve": 2, "model stage": 2, "policy set": 2}
 
 
 def _expected(step):
