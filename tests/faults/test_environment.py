@@ -170,7 +170,8 @@ def _key_file(world, base) -> str:
 
 KEYS = {
     # condition → (environment for the child, words the one line must hold)
-    "missing key": (lambda w, b, d: {"EXPUNGE_KEY_DIR": str(d)}, ("key",)),
+    # The store records where its key file is (the demo keeps its own beside it): name one that is not there.
+    "missing key": (lambda w, b, d: {"EXPUNGE_KEY_FILE": str(d / "no-such.key")}, ("key",)),
     "wrong key file": (lambda w, b, d: {"EXPUNGE_KEY_FILE": str(_other_key(d))}, ("key",)),
     "wrong $EXPUNGE_SECRET": (lambda w, b, d: {"EXPUNGE_SECRET": "ab" * 32}, ("key",)),
     "key readable by others": (lambda w, b, d: {"EXPUNGE_KEY_FILE": _loose_copy(_key_file(w, b), d, 0o644)},
