@@ -8,6 +8,8 @@
     ├── StoreCorrupt             the store's files or names are not what expunge wrote (exit 2);
     │                            refused before anything outside the store is touched
     ├── StoreBusy                another process is writing to the store (exit 3)
+    ├── StoreUnwritable          the store cannot be written: disk full, a file-size limit, a read-only
+    │                            file system or permissions; the write was not committed (exit 6)
     ├── SecretMismatch           the subject-hash key is not this store's, or not safe to use (exit 2)
     ├── ArtifactMismatch         a model or checkpoint file is not the one the store recorded (its sha256
     │                            differs, or none was recorded for it) or is not a weights-only file;
@@ -45,6 +47,10 @@ class StoreCorrupt(ExpungeError):
 
 class StoreBusy(ExpungeError):
     exit_code = 3
+
+
+class StoreUnwritable(ExpungeError):
+    exit_code = 6
 
 
 class SecretMismatch(ExpungeError):

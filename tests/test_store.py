@@ -270,7 +270,7 @@ def test_writes_recover_from_a_failed_checkpoint(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[:2] == ["refused: IOException", "2 3"], proc.stdout + proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["refused: StoreUnwritable", "2 3"], proc.stdout + proc.stderr
 
 
 def test_record_runs_is_all_or_nothing(store):

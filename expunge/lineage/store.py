@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -27,7 +28,10 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import numpy as np
 
-from expunge.errors import BadInput, ExpungeError, StoreCorrupt, StoreNotFound, UnknownReference
+from expunge.errors import (
+    BadInput, ExpungeError, StoreBusy, StoreCorrupt, StoreNotFound, StoreUnwritable, UnknownReference,
+)
+from expunge.faults import fault_point as fault
 from expunge.lineage import catalog as C
 from expunge.lineage import keys
 from expunge.lineage.fsutil import (
@@ -112,6 +116,8 @@ def sql_literal(text: str) -> str:
     table function in a query built from parts): a store path may hold a quote."""
     if "\0" in text:
         raise BadInput(f"a path with a NUL character cannot be used: {text!r}")
+    if "\\" in text:
+        raise BadInput(f"a path with a backslash cannot be used (DuckDB reads it as a path separator): {text!r}")
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -126,12 +132,12 @@ def _generation(root: Path) -> str:
     return gen
 
 
-def fault(point: str) -> None:
-    """Die here, as a crash would (SIGKILL: no cleanup), when $EXPUNGE_FAULT names this point; for tests."""
-    if os.environ.get("EXPUNGE_FAULT") == point:
-        import signal
+def _number(gen: str) -> int:
+    return int(gen.split("-")[1].split(".")[0])
 
-        os.kill(os.getpid(), signal.SIGKILL)
+
+# The crash leftovers of a writer that died before its switch (see Store._recover).
+_LEFTOVER = re.compile(r"catalog-([0-9]{6,})\.duckdb(\.tmp.*|\.wal)?|\.CURRENT\..*\.tmp")
 
 
 def _rebuild_catalog(path: Path) -> None:
@@ -152,6 +158,56 @@ def _rebuild_catalog(path: Path) -> None:
     os.replace(fresh, path)
 
 
+_NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "a file grew past the size limit",
+            errno.EDQUOT: "the disk quota is used up"}
+_READ_ONLY = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted"}
+
+
+def unwritable(exc: BaseException, root: Path, committed: bool = False) -> StoreUnwritable | None:
+    """A write that failed for want of room or of permission to write, as one line saying so (None: another
+    failure). Permission errors count only on the store's own files (an unreadable input is the input's)."""
+    code, where = getattr(exc, "errno", None), getattr(exc, "filename", None)
+    text = str(exc)
+    if code not in _NO_ROOM and code not in _READ_ONLY:  # DuckDB and Arrow say it in words
+        code = next((c for c in (*_NO_ROOM, *_READ_ONLY) if os.strerror(c) in text), None)
+        if code is None:
+            return None
+    if code in _READ_ONLY and (not keys.is_inside(Path(os.fsdecode(where)), root) if where is not None
+                               else os.fspath(root) not in text):
+        return None
+    why = _NO_ROOM.get(code) or _READ_ONLY[code]
+    at = f" ({os.fsdecode(where)})" if where else ""
+    if committed:
+        return StoreUnwritable(f"the write to the store at {root} was committed, but cleaning up after it failed: "
+                               f"{why}{at}; the next write finishes it")
+    return StoreUnwritable(f"cannot write to the store at {root}: {why}{at}; nothing was changed")
+
+
+def _clear_interrupted_init(root: Path) -> bool:
+    """If `root` holds only what an `init` killed before writing the marker leaves (a catalog, CURRENT, an
+    empty data/), remove it, and the key file that init made for it at its default place; return whether
+    it did. Anything else in the directory (a user's file) and it is left alone."""
+    entries = list(root.iterdir())
+    for p in entries:
+        if p.name == C.DATA and p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+            continue
+        if p.is_file() and not p.is_symlink() and (p.name in (C.CURRENT, C.LOCK) or _LEFTOVER.fullmatch(p.name)):
+            continue
+        return False
+    for cat in sorted(root.glob("catalog-*.duckdb")):
+        with contextlib.suppress(duckdb.Error), attached(cat) as con:
+            rows = con.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchall()
+            if rows and re.fullmatch(r"[0-9a-f]{32}", rows[0][0]):
+                keys.default_key_path(rows[0][0]).unlink(missing_ok=True)
+    for p in entries:
+        if p.is_dir():
+            p.rmdir()
+        else:
+            p.unlink()
+    return True
+
+
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the catalog a cursor from `attached` reads has the table (other attached catalogs do not count)."""
     return bool(con.execute("SELECT count(*) FROM information_schema.tables "
@@ -161,6 +217,9 @@ def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 def resolve_root(store: str | os.PathLike | None) -> Path:
     if store is None:
         store = os.environ.get("EXPUNGE_STORE") or DEFAULT_STORE
+    if "\\" in os.fspath(store):  # before anything is made: DuckDB would open another path than the one given
+        raise BadInput(f"the store path {os.fspath(store)!r} holds a backslash, which DuckDB reads as a path "
+                       "separator; choose a path without one")
     return Path(store)
 
 
@@ -232,7 +291,7 @@ class Store:
             if exist_ok:
                 return cls.open(root)
             raise BadInput(f"a store already exists at {root}")
-        if root.exists() and any(root.iterdir()):
+        if root.exists() and any(root.iterdir()) and not _clear_interrupted_init(root):
             raise BadInput(f"{root} exists and is not empty; choose another directory for the store")
         store_id = uuid.uuid4().hex
         key, kdf, made_key = keys.init_key(root, store_id, Path(key_file) if key_file is not None else None)
@@ -277,6 +336,7 @@ class Store:
         if key_file is not None:
             marker["key_file"] = os.path.abspath(key_file)
         # The marker last: until it exists there is no store here, and `init` may be run again.
+        fault("init:before-marker")
         atomic_write_bytes(root / C.MARKER, json.dumps(marker).encode())
         return cls(root, key.layers, key)
 
@@ -295,7 +355,9 @@ class Store:
         key = keys.find_key(root, keys.read_marker(root), meta)
         layers = keys.store_layers(key, meta, root)
         keys.warn_if_weak(key, meta, root)
-        return cls(root, layers, key)
+        store = cls(root, layers, key)
+        store._recover_if_crashed()
+        return store
 
     # ---------------------------------------------------------------- reading
 
@@ -353,25 +415,32 @@ class Store:
         rebuilt into a fresh file (a copied DuckDB file keeps deleted rows in its free blocks), and
         the previous generations and every data file the new one does not reference are deleted
         (a reader still on the previous generation then fails and must retry).
+
+        A write that fails for want of room or permission (disk full, a file-size limit, a read-only
+        store) raises StoreUnwritable, one line that says so.
         """
+        committed = [False]
+        try:
+            with self._write(purge, compact, committed) as txn:
+                yield txn
+        except (OSError, duckdb.Error) as exc:
+            err = unwritable(exc, self.root, committed[0])
+            if err is None:
+                raise
+            raise err from None
+
+    @contextmanager
+    def _write(self, purge: bool, compact: bool, committed: list) -> Iterator["Txn"]:
         lock = WriterLock(self.root / C.LOCK)
         lock.acquire(self.lock_wait)
         txn = None
         try:
             gen = self.generation()
-            num = int(gen.split("-")[1].split(".")[0]) + 1
+            num = _number(gen) + 1
             new_gen = f"catalog-{num:06d}.duckdb"
             tmp = self.root / (new_gen + ".tmp")
-            # A crashed writer may have left its catalog copy and, worse, that copy's WAL, which
-            # DuckDB would replay into ours: remove both before starting.
-            crashed = False
-            for stale in self.root.glob("catalog-*.duckdb.tmp*"):
-                stale.unlink()
-                crashed = True
-            if crashed:
-                for stale in self.root.glob(f".{C.CURRENT}.*.tmp"):  # an atomic_write_bytes cut short
-                    stale.unlink()
-                self._collect_garbage(gen)
+            self._recover(gen)
+            fault("write:begin")
             # A fresh 0600 file (O_EXCL, no symlink followed), then the live catalog's bytes.
             with open(self.root / gen, "rb") as src, os.fdopen(create_private(tmp), "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
@@ -382,6 +451,7 @@ class Store:
                     yield txn
                 if purge or compact:
                     _rebuild_catalog(tmp)
+                fault("write:before-rename")  # the catalog copy and the new data files are written
             except BaseException:
                 for p in self.root.glob(tmp.name + "*"):
                     p.unlink(missing_ok=True)
@@ -394,13 +464,56 @@ class Store:
                 fsync_dir(self.data_dir)
             seal_file(tmp)
             os.replace(tmp, self.root / new_gen)
+            fault("write:after-rename")  # a whole new generation that CURRENT does not name yet
             atomic_write_bytes(self.root / C.CURRENT, new_gen.encode())
+            committed[0] = True
+            fault("write:after-switch")  # committed; the previous generations are not cleaned up yet
             if purge:
                 fault("rotate:after-catalog")  # purge is key rotation's: test its crash between switch and purge
                 self._drop_old_generations(keep={new_gen})
                 self._collect_garbage(new_gen, only_live=True)
             else:
                 self._drop_old_generations(keep={gen, new_gen})
+        finally:
+            lock.release()
+
+    def _leftovers(self, gen: str) -> list[Path]:
+        """What a writer that died before switching CURRENT left in the store root: its catalog copy (and
+        the copy's WAL, which DuckDB would replay into the next copy), a generation it renamed into place but
+        never made current (a kill between the rename and the switch), a CURRENT write cut short."""
+        live = _number(gen)
+        out = []
+        for p in self.root.iterdir():
+            m = _LEFTOVER.fullmatch(p.name)
+            if m and (m.group(1) is None or (m.group(2) or "").startswith(".tmp") or int(m.group(1)) > live):
+                out.append(p)
+        return out
+
+    def _recover(self, gen: str) -> bool:
+        """Under the writer lock: delete a dead writer's leftovers and then every data file that no committed
+        generation on disk references (its new files: record ids among them). Returns whether it found any."""
+        stale = self._leftovers(gen)
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            self._collect_garbage(gen)
+        return bool(stale)
+
+    def _recover_if_crashed(self) -> None:
+        """At open: if a writer died before its switch, clean up after it now rather than at the next write
+        (its data files may hold record ids no committed generation keeps). Skipped when another process
+        holds the writer lock (its files are work in progress, not leftovers) or the store is read-only."""
+        try:
+            if not self._leftovers(self.generation()):
+                return
+            lock = WriterLock(self.root / C.LOCK)
+            lock.acquire(0)
+        except (StoreBusy, StoreCorrupt, OSError):
+            return
+        try:
+            self._recover(self.generation())
+        except OSError:
+            pass  # e.g. a read-only data directory: the next write recovers, or says why it cannot write
         finally:
             lock.release()
 
@@ -424,7 +537,11 @@ class Store:
         `only_live`, keep only the files generation `gen` reads (not even those it lists as retired).
         """
         live: set[str] = set()
-        cats = [self.root / gen] if only_live else self.root.glob("catalog-*.duckdb")
+        if only_live:
+            cats = [self.root / gen]
+        else:  # every committed generation still on disk (a newer one would be a dead writer's: see _recover)
+            cats = [p for p in self.root.glob("catalog-*.duckdb")
+                    if _GENERATION.fullmatch(p.name) and _number(p.name) <= _number(gen)]
         for cat in cats:
             with attached(cat) as con:
                 for table, col in C.FILE_COLUMNS:

@@ -22,6 +22,7 @@ import numpy as np
 
 from expunge import audit
 from expunge.errors import BadInput, ExpungeError
+from expunge.faults import fault_point
 from expunge.lineage.store import Store, _now, has_table
 
 DDL = """
@@ -753,6 +754,7 @@ def complete(store: Store, doc: dict, out: dict) -> dict:
             proof["checked_by_membership_inference"] = {m: model_info(store, m)["sha256"] for m in approx}
         proof = json.dumps(proof, sort_keys=True)
         _set_execution(store, pid, proof=proof)
+    fault_point("complete:after-proof")
     if forgotten is None:
         from expunge.lineage.forget import tombstones
 
@@ -766,6 +768,7 @@ def complete(store: Store, doc: dict, out: dict) -> dict:
             result[r] = {k: got[k] for k in ("records_removed", "tombstones_added", "changed") if k in got}
         forgotten = json.dumps(result, sort_keys=True, default=str)
         _set_execution(store, pid, forgotten=forgotten)
+    fault_point("complete:after-forget")
     with store.write() as txn:
         still = [r for (r,) in txn.con.execute(
             "SELECT request_id FROM requests WHERE status = 'executing' AND request_id IN (SELECT unnest(?::VARCHAR[]))",
