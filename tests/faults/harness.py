@@ -228,7 +228,10 @@ def normalised(state: dict, root: Path, *, drop_measured: bool = False) -> dict:
         if isinstance(v, dict):
             if set(v) == {"file", "content"}:  # a data file: its content, not its random name
                 return v["content"]
-            return {k: fix(x) for k, x in v.items() if not k.endswith("_at")}  # no timestamps in documents
+            # No timestamps in documents; with drop_measured, no measured seconds either (a run's facts keep
+            # the read probe's seconds, for the planner's costs).
+            return {k: fix(x) for k, x in v.items()
+                    if not k.endswith("_at") and not (drop_measured and k.endswith("_seconds"))}
         if isinstance(v, (list, tuple)):
             return [fix(x) for x in v]
         return v
@@ -373,3 +376,40 @@ def progress(root) -> dict:
         "tombstones": len(rows("tombstones", "request_id")),
         "execution": rows("executions", "state", "proof", "forgotten"),
     }
+
+
+def audit_trail(events: list[dict]) -> tuple[list[dict], int]:
+    """The `normalised` rows of `audit_events` as a story to compare between an uninterrupted run and a run
+    resumed after kills: in seq order (which must run 0..n-1, no gap), without seq, and with each killed
+    attempt's `action_started` left out. A kill after an action was marked running keeps that event (the
+    attempt did start: the trail must say so); the resume then starts the action again with the next attempt
+    number, so the resumed run's trail has one more `action_started` per killed attempt and every later seq
+    is shifted. Precisely: for each (plan, position), the starts must be numbered 1, 2, ... in order; a start
+    followed by another start of the same position with no `action_finished` between is a killed attempt and
+    is dropped; the start kept has its attempt number left out (it counts the killed ones). Returns the story
+    and how many starts were dropped."""
+    rows = sorted(events, key=lambda r: r["seq"])
+    assert [r["seq"] for r in rows] == list(range(len(rows))), "audit events: seqs with a gap or repeated"
+    assert all(r["body"]["seq"] == r["seq"] for r in rows), "audit events: a body's seq is not its row's"
+    attempts: dict[tuple, int] = {}   # (plan, position) -> attempt number of its last start
+    open_start: dict[tuple, int] = {}  # (plan, position) -> index in `out` of a start not finished yet
+    out: list[dict | None] = []
+    dropped = 0
+    for r in rows:
+        body = {k: v for k, v in r["body"].items() if k != "seq"}
+        row = {**{k: v for k, v in r.items() if k != "seq"}, "body": body}
+        p = body.get("payload", {})
+        key = (p.get("plan"), p.get("position"))
+        if r["kind"] == "action_started":
+            n = attempts.get(key, 0) + 1
+            assert p["attempt"] == n, f"action {key}: attempt {p['attempt']} started after attempt {n - 1}"
+            attempts[key] = n
+            if key in open_start:  # the previous attempt never finished: killed
+                out[open_start[key]] = None
+                dropped += 1
+            body["payload"] = {k: v for k, v in p.items() if k != "attempt"}
+            open_start[key] = len(out)
+        elif r["kind"] == "action_finished":
+            open_start.pop(key, None)
+        out.append(row)
+    return [r for r in out if r is not None], dropped

@@ -17,8 +17,8 @@ import time
 import pytest
 
 from tests.faults.harness import (
-    FULL, KILLED, assert_whole, cli, committed, copy_store, differences, kill_after, killed_where, normalised,
-    progress, record, trace_lines,
+    FULL, KILLED, assert_whole, audit_trail, cli, committed, copy_store, differences, kill_after, killed_where,
+    normalised, progress, record, trace_lines,
 )
 
 
@@ -66,6 +66,17 @@ def _finish(world, root, reference, kills: int) -> dict:
     (ex,), (got,) = expected["tables"]["executions"], state["tables"]["executions"]
     if '"resumed": true' in got["forgotten"]:
         ex["forgotten"] = RESUMED.sub(r'"resumed": true, "tombstones": \1', ex["forgotten"])
+    # The audit trail: the same events in the same order, but for the start of each killed attempt (see
+    # audit_trail); every start it records is one the run's attempts count; and its chain is intact.
+    got_trail, retried = audit_trail(state["tables"].pop("audit_events"))
+    ref_trail, none = audit_trail(expected["tables"].pop("audit_events"))
+    assert none == 0 and retried <= kills, (none, retried, kills)
+    starts = sum(r["kind"] == "action_started" for r in got_trail) + retried
+    assert starts == sum(a["attempts"] for a in out["actions"]), (starts, out["actions"])
+    assert got_trail == ref_trail, [(k, a, b) for k, (a, b) in enumerate(zip(got_trail, ref_trail)) if a != b][:2] \
+        or (len(got_trail), len(ref_trail))
+    chain = cli(["audit", "verify", "--store", root, "--json"])
+    assert chain.returncode == 0 and json.loads(chain.stdout)["ok"], (chain.stdout, chain.stderr[-2000:])
     assert state == expected, differences(state, expected)
     assert_whole(root)
     return {"forgotten": json.loads(got["forgotten"]), "expected": json.loads(reference["state"]["tables"][
