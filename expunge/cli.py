@@ -1171,8 +1171,47 @@ _register_verify_commands(app)
 
 
 def main() -> None:
+    """The app, as a function that returns or raises SystemExit (in-process callers, tests)."""
     app()
 
 
+def run() -> None:
+    """The `expunge` command (the console script, `python -m expunge.cli`). Once the command has returned (or failed
+    with its one line), it ends the process itself: Python threads joined, atexit handlers run, stdout and stderr
+    flushed, then os._exit with the command's status. The interpreter's own teardown is skipped because native
+    worker threads can still be finishing then: pyarrow's CSV reader drops its last reference (to our Python
+    invalid-row handler) on an Arrow pool thread just after read_csv returns, and when that lands in interpreter
+    finalization the thread is forced to exit inside a noexcept C++ frame: "terminate called without an active
+    exception", SIGABRT instead of the status (seen when a writer is refused with "store is busy" right after
+    reading its input). Nothing of the store is pending by then: every write has committed or rolled back inside
+    the command."""
+    import atexit
+    import threading
+
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    for t in threading.enumerate():  # what the interpreter's teardown would wait for
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+    except OSError:  # e.g. a closed pipe: what Python's own exit reports (status 120)
+        code = code or 120
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()
