@@ -283,7 +283,9 @@ def track_run(
     Example: expunge track run --manifest run.json
     """
     try:
-        doc = json.loads(manifest.read_text())
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{manifest} is not UTF-8 text (byte {exc.start}): a run manifest is JSON") from None
     except json.JSONDecodeError as exc:
         raise BadInput(f"{manifest} is not valid JSON: {exc}") from None
     result = _open(store).record_run(doc, base_dir=manifest.resolve().parent)
@@ -294,7 +296,8 @@ def track_run(
             typer.echo(f"Recorded run {result['run']['id']} ({result['run']['inputs']} input(s), "
                        f"{result['run']['checkpoints']} checkpoint(s))")
         for m in result["models"]:
-            typer.echo(f"Registered model {m['id']} ({m['stage']}, sha256 {m['sha256'][:12]}…)")
+            sha = f"sha256 {m['sha256'][:12]}…" if m.get("sha256") else "no file recorded"
+            typer.echo(f"Registered model {m['id']} ({m['stage']}, {sha})")
 
 
 def _ordinal(n: int) -> str:

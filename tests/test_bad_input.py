@@ -138,6 +138,19 @@ def test_manifest_not_json(env):
     expect_bad(st, run("track", "run", "--manifest", tmp / "run.json", "--store", st), "not valid JSON")
 
 
+def test_manifest_not_utf8_and_a_model_without_a_file(env):
+    """Found by bench/fuzz.py: a manifest that is not UTF-8 was an internal error (exit 1); a model registered
+    without a path or sha256 crashed the text output."""
+    st, tmp = env
+    before = snapshot(st)
+    (tmp / "run.json").write_bytes(b"\x80{}")
+    expect_bad(st, run("track", "run", "--manifest", tmp / "run.json", "--store", st), "is not UTF-8 text (byte 0)")
+    assert snapshot(st) == before
+    (tmp / "m.json").write_text(json.dumps({"models": [{"name": "vendor", "from_run": False}]}))
+    res = run("track", "run", "--manifest", tmp / "m.json", "--store", st)
+    assert res.exit_code == 0 and res.output == "Registered model vendor@1 (dev, no file recorded)\n", res.output
+
+
 def test_duplicate_run_name(env):
     st, tmp = env
     (tmp / "run.json").write_text(json.dumps({"run": {"name": "r", "inputs": [{"dataset": "src"}]}}))
