@@ -46,3 +46,26 @@ def test_certified_batch_is_the_read_the_new_version_and_a_d_by_d_solve_per_row(
     assert costs.certified_batch(0.2, steps=0, dim=10) == one  # no row is priced as one
     assert one.reasons == ["one Newton step for 1 row(s) from the Hessian saved with the weights (finding the rows: "
                            "0.2s as measured at training; recording the new version ≈ 0.05s)"]
+
+
+def test_certified_residual_bound_two_steps_by_hand():
+    # λ = 0.1, μ = 2, s = 4, ‖w‖ = 1, γ = ℓ''max = 0.25. Step 1: μ₁ = 2 − 0.35 = 1.65, ‖H⁻¹Δ‖ ≤ 1.1/1.65 = 2/3,
+    # residual γ·s·(2/3)² = 4/9. Step 2: μ₂ = 2 − 0.7 − 1·(2/3) = 19/30, ‖H⁻¹Δ‖ ≤ (1 + 0.1·5/3)/(19/30) = 35/19.
+    kw = dict(lam=0.1, n=100, mu=2.0, spec_sq=4.0, w_norm=1.0)
+    assert costs.certified_residual_bound(1, **kw) == pytest.approx(4 / 9)
+    assert costs.certified_residual_bound(2, **kw) == pytest.approx(4 / 9 + (35 / 19) ** 2)
+    assert costs.certified_residual_bound(0, **kw) == 0.0
+    assert costs.certified_residual_bound(100, **kw) == float("inf")  # k reaches n
+    assert costs.certified_residual_bound(2, **kw, limit=1.0) == float("inf")  # past the limit
+    assert costs.certified_residual_bound(1, **{**kw, "mu": 0.35}) == float("inf")  # curvature runs out
+
+
+def test_reasons_of_chains_ensembles_and_empty_sisa_stages():
+    runs = [costs.RunCost("base", 120.0, 1000, 10), costs.RunCost("ft", 30.0, 300, 0)]
+    assert costs.rerun_runs(runs, "x").reasons == ["x: 2 runs, 148.8 s: base 118.8 s (−10 of 1,000 records); ft 30.0 s"]
+    one = costs.mia_check(1000.0, epochs=10, n_rows=100_000, n_forget=5).reasons[0]
+    eight = costs.mia_check(1000.0, epochs=10, n_rows=100_000, n_forget=5, members=8).reasons[0]
+    assert "before and after:" in one and "before and after of all 8 members:" in eight
+    for stages in ({}, {(0, 0): 0}):
+        with pytest.raises(ValueError, match="^no stage steps recorded$"):
+            costs.sisa_shards(10.0, stages, {0: 0})
