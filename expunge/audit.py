@@ -157,11 +157,17 @@ def log_events(txn, items: Sequence[tuple[str, Sequence[str], str | None, dict]]
         values.append([seq, kind, reqs, text, prev, digest])
         out.append({**body, "prev": prev, "hash": digest})
         seq, prev = seq + 1, digest
-    for i in range(0, len(values), 500):
-        chunk = values[i:i + 500]
-        txn.con.execute("INSERT INTO audit_events VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                        [v for row in chunk for v in row])
+    _insert_rows(txn, "audit_events", values)
     return out
+
+
+def _insert_rows(txn, table: str, rows: Sequence[Sequence]) -> None:
+    """INSERT `rows` into `table`, one statement per 500 rows."""
+    for i in range(0, len(rows), 500):
+        chunk = rows[i:i + 500]
+        marks = "(" + ", ".join(["?"] * len(chunk[0])) + ")"
+        txn.con.execute(f"INSERT INTO {table} VALUES " + ", ".join([marks] * len(chunk)),
+                        [v for row in chunk for v in row])
 
 
 def put_blobs(txn, docs: Sequence) -> list[str]:
@@ -172,11 +178,7 @@ def put_blobs(txn, docs: Sequence) -> list[str]:
     have = {h for (h,) in txn.con.execute("SELECT sha256 FROM audit_blobs WHERE sha256 IN (SELECT unnest(?::VARCHAR[]))",
                                           [digests]).fetchall()}
     new = {h: t for h, t in zip(digests, texts) if h not in have}
-    items = list(new.items())
-    for i in range(0, len(items), 500):
-        chunk = items[i:i + 500]
-        txn.con.execute("INSERT INTO audit_blobs VALUES " + ", ".join(["(?, ?)"] * len(chunk)),
-                        [v for row in chunk for v in row])
+    _insert_rows(txn, "audit_blobs", list(new.items()))
     return digests
 
 
