@@ -237,3 +237,50 @@ def first_duplicate(arr: pa.Array) -> int | None:
     repeat = np.ones(len(codes), bool)
     repeat[first] = False
     return int(np.flatnonzero(repeat)[0])
+
+
+DUCKDB_SCAN_ROWS = 20_000  # below this, pyarrow reads a whole Parquet file quicker than DuckDB finds rows in it
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except (pa.ArrowInvalid, OSError):
+        return 0  # read_table says why
+
+
+def read_rows_by_id(data: Any, id_col: str, columns: list[str], ids: pa.Array) -> pa.Table:
+    """The rows of a table whose `id_col` (as `id_column` reads it) is in `ids`, with `columns` (`id_col`
+    first). A Parquet file is scanned by DuckDB, which reads the other columns only where an id matched (a
+    few rows of a large file cost a fraction of reading it whole; a small one is read whole, which is quicker
+    than starting DuckDB); other sources are read whole. Rows with a null id never match."""
+    path = Path(data) if isinstance(data, (str, Path)) else None
+    if path is not None and path.suffix.lower() in (".parquet", ".pq") and path.is_file() \
+            and _parquet_rows(path) >= DUCKDB_SCAN_ROWS:
+        import duckdb
+
+        from expunge.lineage.store import _hub_connection
+
+        def q(name: str) -> str:
+            return '"' + name.replace('"', '""') + '"'
+
+        con = _hub_connection().cursor()  # the process's DuckDB instance: no start-up cost
+        try:
+            con.register("wanted_ids", pa.table({"id": ids.cast(pa.string())}))
+            sel = ", ".join([f"CAST({q(id_col)} AS VARCHAR) AS {q(id_col)}", *(q(c) for c in columns[1:])])
+            # In the file's order, as a whole-table filter gives them (a parallel join would not keep it).
+            return con.sql(f"SELECT {sel} FROM read_parquet(?, file_row_number = true) WHERE CAST({q(id_col)} "
+                           f"AS VARCHAR) IN (SELECT id FROM wanted_ids) ORDER BY file_row_number",
+                           params=[str(path)]).to_arrow_table()
+        except duckdb.Error as exc:
+            raise BadInput(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        finally:
+            con.close()
+    table = read_table(data, [id_col])
+    require_columns(table, columns, _source(data))
+    if table.column(id_col).null_count:  # a null id never matches (id_column refuses it)
+        table = table.filter(pc.is_valid(table.column(id_col)))
+    have = id_column(table, id_col, _source(data))
+    return table.select(columns).set_column(0, id_col, have).filter(pc.is_in(have, value_set=ids.cast(pa.string())))

@@ -143,7 +143,7 @@ def removed_rows(store, rec: dict, erased) -> dict | None:
     from pyroaring import BitMap
 
     from expunge.lineage.rows import record_ids
-    from expunge.lineage.tables import id_column, read_table
+    from expunge.lineage.tables import read_rows_by_id
 
     train = [i for i in rec["inputs"] if i.get("role", "train") == "train"]
     if len(train) != 1 or train[0].get("_row_space") != "records":
@@ -156,12 +156,9 @@ def removed_rows(store, rec: dict, erased) -> dict | None:
         hit = np.asarray(list(whole & BitMap(np.asarray(erased, np.uint32))), np.uint32)
         ids = record_ids(store, view, v["record_dataset_id"], hit) if hit.size else pa.array([], pa.string())
     cols = [c.get("row_col", "record_id"), *c["feature_cols"], c["label_col"]]
-    table = read_table(c["features"], cols[:1])
-    have = id_column(table, cols[0], "features")
-    mask = pc.is_in(have, value_set=ids)  # a hash of the k ids, not of the file's
-    if int(pc.sum(mask).as_py() or 0) != len(ids):
+    rows = read_rows_by_id(c["features"], cols[0], cols, ids)  # the removed rows alone, found by their ids
+    if rows.num_rows != len(ids) or pc.count_distinct(rows.column(0)).as_py() != len(ids):
         return None  # a removed row missing from the table, or there more than once
-    rows = table.filter(mask)
     x = np.column_stack([rows.column(f).to_numpy(zero_copy_only=False).astype(np.float32)
                          for f in c["feature_cols"]]).reshape(len(rows), len(c["feature_cols"]))
     y = rows.column(c["label_col"]).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -175,10 +172,8 @@ def read_probe_seconds(store, version: str, config: dict) -> float:
     that a batch removal can be priced before it runs."""
     import time
 
-    import pyarrow.compute as pc
-
     from expunge.lineage.rows import record_ids
-    from expunge.lineage.tables import id_column, read_table
+    from expunge.lineage.tables import read_rows_by_id
 
     t0 = time.perf_counter()
     with store.view() as view:
@@ -188,9 +183,8 @@ def read_probe_seconds(store, version: str, config: dict) -> float:
         bm = view.load_bitmap(v["bitmap_file"])
         first = bm.min() if len(bm) else 0
         ids = record_ids(store, view, v["record_dataset_id"], np.asarray([first], np.uint32))
-    row_col = config.get("row_col", "record_id")
-    table = read_table(config["features"], [row_col])
-    table.filter(pc.is_in(id_column(table, row_col, "features"), value_set=ids))
+    cols = [config.get("row_col", "record_id"), *config["feature_cols"], config["label_col"]]
+    read_rows_by_id(config["features"], cols[0], cols, ids)
     return time.perf_counter() - t0
 
 

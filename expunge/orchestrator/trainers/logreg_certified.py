@@ -62,6 +62,7 @@ def train(req: TrainRequest) -> dict:
     # What finding a removed row costs on this data, for pricing a later batch removal (outside the run's
     # training seconds).
     cert["removal_read_seconds"] = certified.read_probe_seconds(req.store, ds.version, c)
+    req.setup_seconds += cert["removal_read_seconds"]  # before training, and a re-run measures it again
     with req.tracker(inputs=[req.input_manifest(ds)] + others, extra={"certified_removal": cert}) as tr:
         tr.consumed(ds.row_ids)  # full-batch: every row is in the first step
         opt.step(closure)
