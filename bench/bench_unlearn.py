@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -99,7 +100,9 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=200_000)
     ap.add_argument("--features", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="stores built and trained")
+    ap.add_argument("--subjects", type=int, default=1,
+                    help="subjects erased (one request each) from each trained store, restored between them")
     ap.add_argument("--scenarios", default="exact,cheapest")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -110,35 +113,52 @@ def main() -> None:
     results = []
     import random
 
+    from expunge.lineage.store import Store
+
     for rep in range(a.repeats):
         for scenario in a.scenarios.split(","):
             root = Path(tempfile.mkdtemp(prefix="bench-unlearn-"))
             store, subjects, train_s = build(root, a.customers, a.features, a.epochs)
-            subject = random.Random(rep).choice(subjects)
-            run = erase(store, root, subject, scenario)
-            both = {m: full_retrain(store, root, f"{m}-1", subject) for m in ("sisa", "mlp", "certified")}
-            retrain = {m: w for m, (w, _) in both.items()}
-            retrain_cpu = {m: c for m, (_, c) in both.items()}
-            acts = {x["model"].split("@")[0]: x for x in run["actions"]}
-            with store.read() as con:
-                details = {m.split("@")[0]: json.loads(d or "{}") for m, d in con.execute(
-                    "SELECT model, detail FROM execution_actions WHERE plan_id = ?", [run["plan"]]).fetchall()}
-                # The retrains' training alone (their runs' wall seconds: no loading, no recording).
-                retrain_train = {m: con.execute("SELECT wall_seconds FROM runs WHERE name = ?",
-                                                [f"{m}-1-ref-{subject}"]).fetchone()[0]
-                                 for m in ("sisa", "mlp", "certified")}
-            results.append({"repeat": rep, "scenario": scenario, "train_seconds": train_s, "retrain_seconds": retrain,
-                            "retrain_cpu_seconds": retrain_cpu,
-                            "retrain_training_seconds": retrain_train,
-                            "actions": {m: {**{k: acts[m][k] for k in ("action", "estimated_seconds", "actual_seconds",
-                                                                       "cpu_seconds")},
-                                            **{k: details.get(m, {}).get(k) for k in ("read_seconds", "step_seconds",
-                                                                                      "shards")
-                                               if details.get(m, {}).get(k) is not None}}
-                                        for m in acts}})
-            print(json.dumps(results[-1]), file=sys.stderr)
+            snapshot = root.with_name(root.name + "-built")
+            if a.subjects > 1:  # each subject erased from the same trained store, restored in place
+                shutil.copytree(root, snapshot)
+            for j in range(a.subjects):
+                if j:
+                    shutil.rmtree(root)
+                    shutil.copytree(snapshot, root)
+                    store = Store.open(root / "store")
+                subject = random.Random(rep if a.subjects == 1 else f"{rep}-{j}").choice(subjects)
+                results.append(one(store, root, subject, scenario, rep, j, train_s))
             shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(snapshot, ignore_errors=True)
+    summarize(a, results)
 
+
+def one(store, root: Path, subject: str, scenario: str, rep: int, j: int, train_s: dict) -> dict:
+    """Erase one subject (plan, approve, run), then retrain each model from scratch without it."""
+    run = erase(store, root, subject, scenario)
+    both = {m: full_retrain(store, root, f"{m}-1", subject) for m in ("sisa", "mlp", "certified")}
+    retrain = {m: w for m, (w, _) in both.items()}
+    retrain_cpu = {m: c for m, (_, c) in both.items()}
+    acts = {x["model"].split("@")[0]: x for x in run["actions"]}
+    with store.read() as con:
+        details = {m.split("@")[0]: json.loads(d or "{}") for m, d in con.execute(
+            "SELECT model, detail FROM execution_actions WHERE plan_id = ?", [run["plan"]]).fetchall()}
+        # The retrains' training alone (their runs' wall seconds: no loading, no recording).
+        retrain_train = {m: con.execute("SELECT wall_seconds FROM runs WHERE name = ?",
+                                        [f"{m}-1-ref-{subject}"]).fetchone()[0]
+                         for m in ("sisa", "mlp", "certified")}
+    res = {"repeat": rep, "subject_no": j, "scenario": scenario, "train_seconds": train_s,
+           "retrain_seconds": retrain, "retrain_cpu_seconds": retrain_cpu, "retrain_training_seconds": retrain_train,
+           "actions": {m: {**{k: acts[m][k] for k in ("action", "estimated_seconds", "actual_seconds", "cpu_seconds")},
+                           **{k: details.get(m, {}).get(k) for k in ("read_seconds", "step_seconds", "shards")
+                              if details.get(m, {}).get(k) is not None}}
+                       for m in acts}}
+    print(json.dumps(res), file=sys.stderr)
+    return res
+
+
+def summarize(a, results: list[dict]) -> None:
     summary = {}
     for scenario in a.scenarios.split(","):
         rs = [r for r in results if r["scenario"] == scenario]
@@ -158,8 +178,21 @@ def main() -> None:
                                      if r["actions"][m]["cpu_seconds"] else None for r in rs],
                     "actual/estimated each": [round(r["actions"][m]["actual_seconds"] / r["actions"][m]["estimated_seconds"],
                                                     2) if r["actions"][m]["estimated_seconds"] else None for r in rs]}
+            s[m]["median_speedup"] = round(statistics.median(s[m]["speedups"]), 1)
             if m == "sisa":
                 s[m]["retrained_from"] = [r["actions"][m].get("shards") for r in rs]
+                # By the slice the retrain started from: a subject in slice 0 retrains its shard from scratch
+                # (at best S× less training than the ensemble), one in a later slice from a checkpoint.
+                by: dict[str, list[float]] = {}
+                for r in rs:
+                    if r["actions"][m]["action"] != "sisa_shard_retrain":
+                        continue
+                    for start in (r["actions"][m].get("shards") or {}).values():
+                        mt = re.fullmatch(r"shard\d+-slice(\d+)\.pt", start or "")
+                        key = f"from slice {int(mt.group(1)) + 1}" if mt else "from scratch (slice 0)"
+                        by.setdefault(key, []).append(r["retrain_seconds"][m] / r["actions"][m]["actual_seconds"])
+                s[m]["speedup_by_start"] = {k: {"subjects": len(v), "median": round(statistics.median(v), 1)}
+                                            for k, v in sorted(by.items())}
         cert = [r for r in rs if r["actions"]["certified"]["action"] == "certified_removal"
                 and "step_seconds" in r["actions"]["certified"]]
         if cert:
