@@ -45,7 +45,7 @@ def approximate_unlearning(ctx: Context, item: dict, info: dict) -> Outcome:
     if done:
         return Outcome(done, {"adopted": True}, pending_check=True)
     method = pinned(ctx.store, ctx.plan["policy"]["sha256"]).approximate_method
-    rec = recorded_request(ctx.store, run)
+    rec = recorded_request(ctx.store, run, train_ords="always")
     model, state = load_classifier(info, rec["config"], rec["model_family"])
     req = TrainRequest(store=ctx.store, run_name=run, inputs=rec["inputs"], config=rec["config"], seed=rec["seed"],
                        out_dir=Path("."), trainer=rec["trainer"], model_name=rec["model_name"])

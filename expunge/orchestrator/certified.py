@@ -130,6 +130,7 @@ def training_data(store, rec: dict, exclude_records=()):
         raise BadInput("the run has no train input")
     return RecordDataset(store, inp["dataset"], c["features"], row_col=c.get("row_col", "record_id"),
                          feature_cols=c["feature_cols"], label_col=c["label_col"], rows=inp.get("rows"),
+                         records=inp.get("_subset_ords") if inp.get("rows") is None else None,
                          exclude_records=exclude_records)
 
 
@@ -216,7 +217,7 @@ def removal_need_how(store, run: str, model_path, exclude_records, max_work: flo
             return batch_removal(saved, state["model"]["w"].double(), lam, fast["x"], fast["y"])[1], "batch"
     if max_work <= 0:
         return None, None
-    rec = recorded_request(store, run, need_trainer=False)
+    rec = recorded_request(store, run, need_trainer=False, train_ords="always")
     try:
         full = training_data(store, rec)
         kept = set(training_data(store, rec, np.asarray(exclude_records, np.uint32)).row_ids)

@@ -58,7 +58,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     else:
         # One Newton step per erased row on the training data, which is read whole; the result carries the
         # Hessian at its own weights, so that the next removal from it needs only the removed rows.
-        with_rows = recorded_request(ctx.store, run)
+        with_rows = recorded_request(ctx.store, run, train_ords="always")
         full = mlp.dataset(TrainRequest(store=ctx.store, run_name=run, inputs=with_rows["inputs"], config=rec["config"],
                                         seed=rec["seed"], out_dir=Path("."), trainer=rec["trainer"],
                                         model_name=rec["model_name"]))

@@ -158,7 +158,7 @@ def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | No
     done = model_of_run(ctx.store, name)
     if done:
         return done
-    rec = recorded_request(ctx.store, run)
+    rec = recorded_request(ctx.store, run, rows=False)  # its parents and config
     subst = subst or {}
     parents = [{"model": subst.get(p["model"], p["model"]), "relation": p["relation"]} for p in rec["parents"]]
     config = {k: subst.get(v, v) if isinstance(v, str) else v for k, v in rec["config"].items()}

@@ -18,12 +18,17 @@ from expunge.lineage.store import Store
 from expunge.orchestrator.trainers import TrainRequest, allowed_prefixes, load_trainer
 
 
-def recorded_request(store: Store, run: str, *, need_trainer: bool = True, rows: bool = True) -> dict:
+def recorded_request(store: Store, run: str, *, need_trainer: bool = True, rows: bool = True,
+                     train_ords: str = "never") -> dict:
     """What a run recorded: trainer, config, seed, inputs (with row subsets), and its model version.
     Refused for a run with no trainer entry point unless `need_trainer` is False. With `rows=False` an input
     over a subset carries `_subset_ords` (the records, as stored; for a records version, its rows) and
-    `_row_space` instead of its row ids."""
+    `_row_space` instead of its row ids. With `train_ords` "always" (or "builtin": when the run's trainer is
+    expunge's own), a train input over a subset of a version whose rows are records carries `_subset_ords`
+    instead of its row ids, which expunge's trainers read as they are (a run that excluded a few records of
+    200k does not name the rest again)."""
     from expunge.lineage.rows import record_ids
+    from expunge.orchestrator.trainers import BUILTIN_PREFIX
 
     with store.view() as view:
         row = view.execute(
@@ -34,6 +39,7 @@ def recorded_request(store: Store, run: str, *, need_trainer: bool = True, rows:
         run_id, trainer, config, seed, code_version, family = row[0]
         if not trainer and need_trainer:
             raise BadInput(f"run {run!r} recorded no trainer entry point; it cannot be re-run")
+        ords_ok = train_ords == "always" or (train_ords == "builtin" and (trainer or "").startswith(BUILTIN_PREFIX + "."))
         inputs = []
         for vid, role, subset, n_rows in view.execute(
             """SELECT version_id, role, subset_file, n_rows FROM run_inputs WHERE run_id = ? ORDER BY position""",
@@ -48,7 +54,7 @@ def recorded_request(store: Store, run: str, *, need_trainer: bool = True, rows:
                 entry["_row_space"] = space
             if subset is not None:
                 ords = np.frombuffer(view.load_bitmap(subset).to_array(), np.uint32)
-                if not rows:
+                if not rows or (ords_ok and role == "train" and space == "records"):
                     entry["_subset_ords"] = ords
                 elif space == "records":
                     entry["rows"] = record_ids(store, view, rec_ds, ords).to_pylist()
@@ -109,7 +115,7 @@ def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
     from expunge.lineage.torch import recorded_sha256
     from expunge.orchestrator.policy import store_policy
 
-    rec = recorded_request(store, run)
+    rec = recorded_request(store, run, train_ords="builtin")
     train = load_trainer(rec["trainer"], allowed_prefixes(store, policy or store_policy(store)))
     if parents is not None:
         rec["parents"] = parents

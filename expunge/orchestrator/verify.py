@@ -259,7 +259,7 @@ class ItemData:
         if self._rec is None:
             if not self.info["run"]:
                 raise BadInput(f"{self.model} has no producing run")
-            self._rec = recorded_request(self.store, self.info["run"], need_trainer=False)
+            self._rec = recorded_request(self.store, self.info["run"], need_trainer=False, train_ords="always")
         return self._rec
 
     def _request(self, inputs: list[dict], exclude=None):
@@ -624,7 +624,7 @@ def train_unrecorded(store: Store, run: str, out_dir: Path, *, inputs: list[dict
     from expunge.orchestrator.rerun import recorded_request
     from expunge.orchestrator.trainers import allowed_prefixes, load_trainer
 
-    rec = recorded_request(store, run)
+    rec = recorded_request(store, run, train_ords="builtin")
     train = load_trainer(rec["trainer"], allowed_prefixes(store, policy or store_policy(store)))
     shards = {int(k): v for k, v in shard_checkpoints.items()} if shard_checkpoints else None
     req = _Unrecorded(

@@ -93,6 +93,12 @@ class TrainRequest:
         """The manifest entry for what `dataset` (a RecordDataset) really holds: a row subset when the
         request excluded records or named rows, else the whole version."""
         entry: dict = {"dataset": dataset.version, "role": role}
+        ti = self.train_input
+        if role == "train" and ti.get("rows") is None and ti.get("_subset_ords") is not None:
+            # A subset given as its records (a re-run of a run that excluded some): recorded from the ordinals.
+            entry["_base_records"] = np.asarray(ti["_subset_ords"], np.uint32)
+            entry["_without_records"] = np.asarray(dataset.excluded, np.uint32)
+            return entry
         if len(self.exclude_records) or self.train_input.get("rows") is not None:
             entry["rows"] = list(dataset.row_ids)
             if self.train_input.get("rows") is None:

@@ -26,6 +26,7 @@ def dataset(req: TrainRequest) -> RecordDataset:
     inp = req.train_input
     ds = RecordDataset(req.store, inp["dataset"], c["features"], row_col=c.get("row_col", "record_id"),
                        feature_cols=c["feature_cols"], label_col=c["label_col"], rows=inp.get("rows"),
+                       records=inp.get("_subset_ords") if inp.get("rows") is None else None,
                        exclude_records=req.exclude_records)
     req.setup_seconds += ds.load_seconds
     return ds

@@ -227,8 +227,14 @@ class Recorded:
             # The records this run trains on (before exclusions): the rows it was given (by id), or the version.
             rows = req.train_input.get("rows")
             whole = view.load_bitmap(v[2])
-            if rows is None:
+            sub = req.train_input.get("_subset_ords")
+            if rows is None and sub is None:
                 base, train = None, whole
+            elif rows is None:  # the records it was given
+                base = np.asarray(sub, np.uint32)
+                train = BitMap(base)
+                if not train.issubset(whole):
+                    return None
             else:
                 base = _ords_of_rows(store, view, v[3], whole, rows)
                 if base is None:
