@@ -310,3 +310,44 @@ def test_carried_facts_are_checked_before_they_are_recorded(tmp_path):
         record("bad-bytes", ords, np.arange(n) % 4, data=b"EXPFACT1" + b"\xff" * 8)
     with store.read() as con:
         assert [r for (r,) in con.execute("SELECT name FROM runs").fetchall()] == ["ok"]
+
+
+def test_a_composed_ensemble_is_not_shard_retrained_after_a_key_rotation(tmp_path):
+    """An ensemble over a composed dataset (two rows per record) deals its rows to shards from the owners'
+    keys, and a shard retrain deals them again; after a key rotation the keys differ, so a shard retrain would
+    put rows in other shards than they were trained in. The planner no longer offers it (and says why), and
+    the trainer refuses it; before the rotation it was admissible."""
+    from expunge.lineage.rekey import rotate
+
+    store = Store.init(tmp_path / "store")
+    table = synth.customers(240, seed=5)
+    store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
+    rid = table.column("record_id").to_pylist()
+    feats = {c: [v for v in table.column(c).to_pylist() for _ in (0, 1)] for c in CFG["feature_cols"] + ["churned"]}
+    aug = pa.table({"row_id": [f"{r}-{k}" for r in rid for k in (0, 1)], "src": [r for r in rid for _ in (0, 1)],
+                    **feats})
+    store.ingest_dataset(aug.select(["row_id", "src"]), name="aug", parents=["customers@1"], kind="augment",
+                         sources={"customers@1": "src"}, row_col="row_id")
+    pq.write_table(aug, tmp_path / "aug.parquet")
+    cfg = {**CFG, "features": str(tmp_path / "aug.parquet"), "row_col": "row_id"}
+    sisa.train(TrainRequest(store=store, run_name="sisa-aug", inputs=[{"dataset": "aug@1", "role": "train"}],
+                            config=cfg, seed=SEED, out_dir=tmp_path / "sisa-aug", trainer=sisa.ENTRY_POINT,
+                            model_name="aug-sisa", stage="production", model_family="sisa-mlp"))
+    subject = table.column("customer_id")[0].as_py()
+
+    def sisa_candidate(st):
+        r = rq.create(st, [subject], category="default", policy=store_policy(st))
+        doc = planner.make_plan(st, [r.id], store_policy(st))
+        (item,) = doc["items"]
+        got = [c for c in item["candidates"] if c["action"] == "sisa_shard_retrain"]
+        return (got[0]["admissible"], got[0]["why_not"]) if got else \
+            (False, item["not_applicable"].get("sisa_shard_retrain"))
+
+    assert sisa_candidate(store) == (True, None)
+    rotate(store)
+    store = Store.open(store.root)
+    admissible, why = sisa_candidate(store)
+    assert not admissible and "key rotation" in why
+    with pytest.raises(BadInput, match="key rotation"):
+        rerun(store, "sisa-aug", new_name="sisa-aug-shard", out_dir=tmp_path / "again", shard=0,
+              init_model=tmp_path / "sisa-aug" / "model.pt")

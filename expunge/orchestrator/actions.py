@@ -49,6 +49,7 @@ class ModelFacts:
     stage_steps: dict = field(default_factory=dict)   # SISA: (shard, slice) → steps
     setup_read: float | None = None      # SISA: the part of setup_seconds spent reading the data files whole
     affected_shards: dict = field(default_factory=dict)  # SISA: shard → first affected slice
+    sisa_rekeyed: bool = False           # SISA: its shards were dealt from owner keys a key rotation changed since
     certificate: dict | None = None      # certified-removal facts of the run
     budget_spent: float = 0.0
     certified_need: float | None = None  # budget the removal would use, computed on the run's data
@@ -161,6 +162,9 @@ class SisaShardRetrain(Action):
             return "no recorded trainer entry point"
         if not f.stage_steps or not f.affected_shards:
             return "no shard/slice facts and slice checkpoints recorded"
+        if f.sisa_rekeyed:
+            return ("its shards were dealt from the owners' keys, which a key rotation has changed since: a shard "
+                    "retrain cannot deal the rows of its composed dataset as they were trained")
         missing = sorted(s for s, r in f.affected_shards.items() if (s, r) not in f.stage_steps)
         if missing:  # e.g. a version made by an earlier shard retrain records only that shard's stages
             return f"no slice checkpoints recorded for shard(s) {', '.join(map(str, missing))}"

@@ -67,10 +67,13 @@ class _Catalog:
                                        extra=extra, n_train=0, n_rows=0, ckpts=[], total_steps=total_steps,
                                        shards=shards or 1, setup=float(setup), record=float(rec))
             by_rid = {r["rid"]: r for r in self.runs.values()}
-            for rid, n, rows in view.execute(
-                "SELECT run_id, sum(n_records), sum(n_rows) FROM run_inputs WHERE role = 'train' GROUP BY run_id"
+            for rid, n, rows, composed in view.execute(
+                """SELECT i.run_id, sum(i.n_records), sum(i.n_rows), bool_or(v.row_space <> 'records')
+                   FROM run_inputs i JOIN dataset_versions v USING (version_id) WHERE i.role = 'train'
+                   GROUP BY i.run_id"""
             ).fetchall():
                 by_rid[rid]["n_train"], by_rid[rid]["n_rows"] = int(n), int(rows)
+                by_rid[rid]["composed"] = bool(composed)
             for rid, step, shard, slice_ in view.execute(
                     "SELECT run_id, step, shard, slice FROM checkpoints ORDER BY run_id, step, position").fetchall():
                 by_rid[rid]["ckpts"].append((step, shard, slice_))
@@ -84,6 +87,7 @@ class _Catalog:
                 "SELECT m.name || '@' || m.version_no, r.name FROM models m LEFT JOIN runs r USING (run_id)"
             ).fetchall())
         self.run_seconds = {n: (None if r["trainer"] is None else float(r["wall"])) for n, r in self.runs.items()}
+        self.key_layers = len(store.key_layers)
         self._facts: dict[str, dict] = {}
 
     def run_facts(self, name: str) -> dict:
@@ -113,7 +117,10 @@ class _Catalog:
             dim=len(cfg.get("feature_cols", [])) + 1, certificate=extra.get("certified_removal"),
             budget_spent=float(extra.get("removal_budget_spent", 0.0)),
             has_checkpoints=any(c[1] is None for c in ckpts), total_steps=run["total_steps"],
-            stage_steps=stage_steps, setup_read=extra.get("setup_read_seconds"))
+            stage_steps=stage_steps, setup_read=extra.get("setup_read_seconds"),
+            # SISA over a composed dataset: a shard retrain deals the rows again from the owners' keys, which a key
+            # rotation since the run has changed (a records dataset's retrain reads the recorded assignment).
+            sisa_rekeyed=bool(run.get("composed")) and extra.get("owner_key_layers") not in (None, self.key_layers))
         return got
 
 

@@ -117,22 +117,44 @@ def train(req: TrainRequest) -> dict:
         model.load_state_dict(saved["model"])
         cuts = saved.get("cuts")
         todo = sorted(starts)
+        dealt = None
         rec = Recorded.of(req, S, R)
         if rec is not None:
             return _retrain(req, model, initial, starts, cuts, rec)
+        dealt = _owner_key_layers(req)
+        if dealt is not None and dealt != len(req.store.key_layers):
+            raise BadInput("the ensemble's shards were dealt from the owners' keys, which a key rotation has changed "
+                           "since it was trained: its shards cannot be dealt again as they were (retrain it whole)")
     ds = mlp.dataset(req)
     t0 = time.perf_counter()
     shard, slice_, cuts = assignment(ds, S, R, cuts)
     req.setup_seconds += time.perf_counter() - t0  # reading the owners' keys: before training, paid by re-runs
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
     with req.tracker(inputs=[req.input_manifest(ds)] + others, shards=S, slices=R,
-                     extra={"setup_read_seconds": ds.read_seconds}).bind(ds) as tr:
+                     extra={"setup_read_seconds": ds.read_seconds,
+                            # The key the owners' fingerprints (the shards) came from: a rotation changes them.
+                            "owner_key_layers": dealt if starts else len(req.store.key_layers)}).bind(ds) as tr:
         tr.assign_bound(shard, slice_)
         for s in todo:
             _train_member(req, model.members[s], s, _start_state(req, starts, s), initial if starts else None, ds,
                           shard, slice_, tr)
         tr.final_model(model, req.model_name, stage=req.stage, parents=req.parents, cuts=cuts)
     return tr.result
+
+
+def _owner_key_layers(req: TrainRequest) -> int | None:
+    """The store key (its number of layers) whose owner fingerprints dealt the shards of the model being
+    unlearned (`init_model`); None when its run did not record it."""
+    import json
+
+    from expunge.lineage.torch import recorded_sha256
+
+    sha = req.init_model_sha256 or recorded_sha256(req.store, req.init_model)
+    with req.store.view() as view:
+        got = view.execute("""SELECT r.extra FROM models m JOIN runs r USING (run_id) WHERE m.sha256 = ?
+                              ORDER BY m.model_id DESC LIMIT 1""", [sha]).fetchall()
+    layers = json.loads(got[0][0] or "{}").get("owner_key_layers") if got else None
+    return int(layers) if isinstance(layers, int) else None
 
 
 def _start_state(req: TrainRequest, starts: dict, s: int) -> dict | None:
