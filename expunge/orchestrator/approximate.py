@@ -21,6 +21,7 @@ from torch import nn
 from expunge.errors import BadInput
 from expunge.orchestrator.actions import ApproximateUnlearning
 from expunge.orchestrator.mia import as_tensors, mean_loss, to_model
+from expunge.orchestrator.sgd import SGD
 
 # Retained rows sampled per forgotten row: what the planner prices (`ApproximateUnlearning.RETAIN_SAMPLE`).
 RETAIN_PER_FORGET = ApproximateUnlearning.RETAIN_SAMPLE
@@ -138,7 +139,7 @@ def neggrad_plus(model: nn.Module, forget: Any, retain: Any, *, epochs: int = 5,
         raise BadInput(f"NegGrad+: alpha must be in [0, 1], got {alpha}")
     gen = _generator(generator)
     run = _Run("neggrad_plus", model, (xf, yf), (xr, yr))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = SGD(model.parameters(), lr=lr, momentum=momentum)
     forget_batches = _Batches(len(xf), min(batch_size, len(xf)), gen)
     steps = 0
     with _seeded_global_rng(model, gen):
@@ -190,7 +191,7 @@ def scrub(model: nn.Module, forget: Any, retain: Any, *, max_steps: int = 3, ste
     gen = _generator(generator)
     run = _Run("scrub", model, (xf, yf), (xr, yr))
     teacher_f, teacher_r = _logits(model, xf), _logits(model, xr)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = SGD(model.parameters(), lr=lr, momentum=momentum)
     forget_steps = retain_steps = 0
     with _seeded_global_rng(model, gen):
         model.train()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from expunge.errors import BadInput
+from expunge.orchestrator.sgd import SGD
 from expunge.orchestrator.trainers import TrainRequest
 from expunge.orchestrator.trainers import mlp
 
@@ -80,7 +81,7 @@ def distill(req: TrainRequest) -> dict:
         out = teacher(ds.x)
         # SISA ensembles return probabilities, MLPs logits.
         soft = out if torch.allclose(out.sum(-1), torch.ones(len(out))) else torch.softmax(out / t, -1)
-    opt = torch.optim.SGD(student.parameters(), lr=c.get("lr", 0.05))
+    opt = SGD(student.parameters(), lr=c.get("lr", 0.05))
     gen = req.generator()
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
     parents = req.parents or [{"model": model_record(req.store, c["teacher"])["id"], "relation": "distill"}]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from expunge.lineage.torch import RecordDataset
+from expunge.orchestrator.sgd import SGD
 from expunge.orchestrator.trainers import TrainRequest
 
 ENTRY_POINT = "expunge.orchestrator.trainers.mlp:train"
@@ -44,7 +45,7 @@ def train(req: TrainRequest) -> dict:
         state = req.load_start_checkpoint()
         model.load_state_dict(state["model"])
         start_epoch, start_step = int(state["epoch"]), int(state["step"])
-    opt = torch.optim.SGD(model.parameters(), lr=c.get("lr", 0.05))
+    opt = SGD(model.parameters(), lr=c.get("lr", 0.05))
     loss_fn = nn.CrossEntropyLoss()
     batch = c.get("batch_size", 64)
     epochs = c.get("epochs", 5)

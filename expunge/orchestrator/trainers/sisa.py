@@ -34,6 +34,7 @@ from torch import nn
 
 from expunge.errors import BadInput
 from expunge.lineage.torch import load_artifact
+from expunge.orchestrator.sgd import SGD
 from expunge.orchestrator.trainers import TrainRequest
 from expunge.orchestrator.trainers import mlp
 
@@ -184,7 +185,7 @@ def _train_member(req: TrainRequest, member: nn.Module, s: int, state: dict | No
         start = int(state["slice"]) + 1
     elif initial is not None:
         member.load_state_dict(initial[s])  # from scratch, with the original initial weights
-    opt = torch.optim.SGD(member.parameters(), lr=c.get("lr", 0.05))
+    opt = SGD(member.parameters(), lr=c.get("lr", 0.05))
     for r in range(R):
         rows = torch.from_numpy(np.flatnonzero((shard == s) & (slice_ <= r)))
         if r >= start and stage_start is not None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from expunge.orchestrator.sgd import SGD
 from expunge.orchestrator.trainers import TrainRequest
 from expunge.orchestrator.trainers import mlp
 
@@ -44,7 +45,7 @@ def train(req: TrainRequest) -> dict:
         state = req.load_start_checkpoint()
         model.load_state_dict(state["model"])
         start = int(state["step"])
-    opt = torch.optim.SGD(model.parameters(), lr=c.get("lr", 0.05))  # no momentum: no optimizer state to resume
+    opt = SGD(model.parameters(), lr=c.get("lr", 0.05))  # no momentum: no optimizer state to resume
     loss_fn = nn.CrossEntropyLoss()
     batch, every, passes = int(c.get("batch_size", 64)), int(c.get("checkpoint_every", 8)), int(c.get("passes", 1))
     batches = torch.from_numpy(order(ds)).split(batch)
