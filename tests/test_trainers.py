@@ -401,3 +401,22 @@ def test_a_rerun_of_a_rerun_reads_its_records_as_the_row_ids_would(trained, monk
     with store.read() as con:
         n = dict(con.execute("SELECT r.name, i.n_rows FROM run_inputs i JOIN runs r USING (run_id)").fetchall())
     assert n["by-records"] == n["by-rows"] == len(set(records)) - 5
+
+
+def test_work_before_the_tracker_is_recorded_as_setup(store, tmp_path):
+    """What a trainer does before its tracker starts (here: 0.3 s of preparation it does not report itself)
+    is setup a re-run pays again: the run records at least that, and its training seconds exclude it."""
+    import time
+
+    _, cfg = customers_store(store, tmp_path, 50, 1, epochs=1, batch_size=16)
+    req = TrainRequest(store=store, run_name="slow-setup", inputs=[{"dataset": "customers@1", "role": "train"}],
+                       config=cfg, seed=1, out_dir=tmp_path / "slow", trainer=mlp.ENTRY_POINT, model_name="m")
+    time.sleep(0.3)
+    ds = mlp.dataset(req)  # reports its own loading time (well under 0.3 s here)
+    with req.tracker(inputs=[req.input_manifest(ds)]).bind(ds) as tr:
+        tr.consumed(np.arange(len(ds)))
+        tr.final_model(mlp.build(8), "m")
+    with store.read() as con:
+        setup, wall = con.execute("SELECT setup_seconds, wall_seconds FROM runs WHERE name = 'slow-setup'").fetchone()
+    assert ds.load_seconds < 0.3 <= setup
+    assert wall < 0.3
