@@ -445,9 +445,13 @@ def _unpromoted(store: Store, pid: str) -> set[str]:
 
 
 def _recorded_check(store: Store, pid: str, pos: int, new_model: str | None) -> dict | None:
-    """The check already recorded for the action's current result (made after the action was last marked done),
-    as `verify.check_item` returned it; None if it has none. A run killed between recording a check and acting on
-    it (promotion, or rejection and escalation) acts on that check when resumed instead of checking again."""
+    """The check already recorded for the action's current result while it is still unsettled (made after the
+    action was last marked done; the result neither promoted nor rejected), as `verify.check_item` returned it;
+    None if there is none. A run killed between recording a check and acting on it (promotion, or rejection and
+    escalation) acts on that check when resumed instead of checking again. A settled result (one `expunge verify`
+    checked again later) is checked afresh, as before."""
+    if new_model is None or new_model not in _unpromoted(store, pid):
+        return None
     with store.read() as con:
         if not has_table(con, "action_checks"):
             return None
