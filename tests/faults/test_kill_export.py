@@ -115,8 +115,7 @@ def test_export_killed_at_each_point_then_rerun(exported, tmp_path, replace):
         assert _verify(out).returncode == 0
         assert _same_bundle(_files(out), exported["clean"])
         assert _leftovers(out) == [], (point, _leftovers(out))
-        record("kill", "audit export", f"{point}{' (--force over a bundle)' if replace else ''}",
-               f"{state}; rerun verified")
+        record("kill", "audit export --force" if replace else "audit export", point, f"{state}; rerun verified")
 
 
 def test_sweep_leaves_what_is_not_a_bundle(exported, tmp_path):
