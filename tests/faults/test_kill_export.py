@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,7 +49,9 @@ def exported(world, reference, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     root = copy_store(reference["root"], tmp / "st")
     trace = tmp / "trace"
+    t0 = time.perf_counter()
     res = cli(["audit", "export", "req-000001", "--out", tmp / "clean", "--store", root], trace=trace)
+    seconds = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr
     assert _verify(tmp / "clean").returncode == 0
     points = [f"{p}@{n}" for _, p, n, _ in trace_lines(trace)]
@@ -62,7 +65,7 @@ def exported(world, reference, tmp_path_factory):
     assert names[-2:] == ["export:before-rename", "export:after-rename"], points
     assert names[-4] == "export:before-manifest", points
     return {"root": root, "clean": _files(tmp / "clean"), "points": points, "state": committed(root),
-            "earlier": tmp / "earlier"}
+            "earlier": tmp / "earlier", "seconds": seconds}
 
 
 def _points(exported) -> list[str]:
@@ -153,7 +156,8 @@ def test_export_killed_at_seeded_moments(exported, tmp_path):
         out = tmp_path / f"t{k}" / "bundle"
         out.parent.mkdir()
         args = ["audit", "export", "req-000001", "--out", out, "--store", root]
-        delay = start_up + rng.uniform(0.0, 1.0)
+        # Most of an export is start-up: the delay spans its whole run, start-up included.
+        delay = rng.uniform(0.5, 1.1) * max(exported["seconds"], start_up)
         trace = tmp_path / f"trace{k}"
         res = kill_after(args, delay, trace=trace)
         reached = trace_lines(trace)
