@@ -33,8 +33,14 @@ hash) and appends it to a file kept outside the store; verifying against that fi
 changed: a rewritten tail). Exit status 0: intact; 1: broken (2 stays "bad input", e.g. an
 unreadable anchor file).
 
-Evidence bundle (`export`, `expunge audit export REQUEST --out DIR`), written to a temporary
-directory and renamed into place:
+Evidence bundle (`export`, `expunge audit export REQUEST --out DIR`), written to a temporary sibling
+directory `.<DIR>.tmp-<pid>-<hex>` (each file and directory fsynced, the manifest last), then put in place
+in one step: renamed onto an absent or empty DIR, or, with --force over a non-empty DIR, swapped with it
+(renameat2 RENAME_EXCHANGE; where the file system cannot swap, the old DIR is renamed aside first) and the
+old content removed. A kill leaves DIR absent, the old DIR whole or the new bundle whole, never a part of
+one; the next export to DIR removes the temporary siblings a dead export left that hold only bundle
+files (anything else there is left alone). Crash points (expunge.faults): export:after-file (each file),
+export:before-manifest, export:before-rename, export:after-rename. The bundle:
 
     bundle.json        index: the request, the head, plans, policies, approvals, artifacts
     chain.jsonl        every link from seq 0 to the head (no bodies)
@@ -67,6 +73,8 @@ from typing import Any, Sequence
 
 from expunge.audit_checker import GENESIS, canonical, check_chain, link_hash, read_anchor_file, sha256
 from expunge.errors import BadInput, ExpungeError, UnknownReference
+from expunge.faults import fault_point
+from expunge.lineage.fsutil import fsync_dir
 
 DDL = """
 CREATE TABLE IF NOT EXISTS audit_events(
@@ -633,9 +641,110 @@ def _signatures_md(approvals: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The names a bundle holds at its top level (`export`): what a leftover of a killed export may hold.
+BUNDLE_NAMES = frozenset({"bundle.json", "chain.jsonl", "events.jsonl", "impact.json", "plans", "policies",
+                          "signatures", "checks.json", "summary.md", "summary.html", "SIGNATURES.md",
+                          "verify_bundle.py", "manifest.json"})
+
+
+def _bundle_shaped(d: Path) -> bool:
+    """Whether a directory holds nothing but (part of) an evidence bundle: the names `export` writes, plain files,
+    its three sub-directories holding plain files only."""
+    try:
+        for p in d.iterdir():
+            if p.name not in BUNDLE_NAMES or p.is_symlink():
+                return False
+            if p.is_dir():
+                if p.name not in ("plans", "policies", "signatures") or any(
+                        not q.is_file() or q.is_symlink() for q in p.iterdir()):
+                    return False
+            elif not p.is_file():
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _sweep_exports(out: Path) -> list[str]:
+    """Remove what killed exports to `out` left beside it: its temporary siblings `.<name>.tmp-<pid>-<8 hex>` (and
+    `.<name>.old-…`) whose process is gone and that hold nothing but bundle files. One of a live process (an
+    export running now) or holding anything else (a directory --force was replacing) is left alone. Returns the
+    names removed."""
+    import re
+
+    pat = re.compile(r"\." + re.escape(out.name) + r"\.(tmp|old)-([0-9]+)-[0-9a-f]{8}")
+    gone = []
+    try:
+        siblings = list(out.parent.iterdir())
+    except OSError:
+        return gone
+    for p in siblings:
+        m = pat.fullmatch(p.name)
+        if m and not _alive(int(m.group(2))) and p.is_dir() and not p.is_symlink() and _bundle_shaped(p):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p.name)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not exporting yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _temp_name(out: Path, kind: str) -> Path:
+    return out.parent / f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where it is not supported
+    (then nothing happened)."""
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Make the finished bundle at `tmp` appear at `out` in one step: renamed onto an absent or empty `out`;
+    swapped with a non-empty one (which then sits at `tmp`, for the caller to remove). Where the file system
+    cannot swap, the old `out` is first renamed aside (`.<name>.old-…`, removed by the next export)."""
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+        if not _exchange(tmp, out):
+            old = _temp_name(out, "old")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out.is_dir():
+            out.rmdir()
+        os.rename(tmp, out)
+    fsync_dir(out.parent)
+
+
 def export(store, request_id: str, out: str | os.PathLike, *, force: bool = False) -> dict:
-    """Write the request's evidence bundle to `out` (see the module docstring); atomic (a temporary
-    directory renamed into place). Refuses a non-empty `out` unless `force`, and one inside the store."""
+    """Write the request's evidence bundle to `out` (see the module docstring); atomic (a temporary sibling
+    directory put in place in one step). Refuses a non-empty `out` unless `force`, and one inside the store."""
     import base64
     from importlib import resources
 
@@ -691,30 +800,33 @@ def export(store, request_id: str, out: str | os.PathLike, *, force: bool = Fals
                                         sort_keys=True, indent=1).encode() + b"\n"
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    _sweep_exports(out)
+    tmp = _temp_name(out, "tmp")
     tmp.mkdir()
     try:
-        for rel, data in files.items():
+        dirs = {tmp}
+        for rel, data in files.items():  # manifest.json last: a bundle without it is incomplete
+            if rel == "manifest.json":
+                fault_point("export:before-manifest")
             p = tmp / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
+            if p.parent not in dirs:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                dirs.add(p.parent)
             with open(p, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            fault_point("export:after-file")
+        for d in sorted(dirs, key=lambda d: -len(d.parts)):
+            fsync_dir(d)
+        fault_point("export:before-rename")
         check_target()
-        old = None
-        if out.is_dir():
-            if any(out.iterdir()):
-                old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
-                os.rename(out, old)
-            else:
-                out.rmdir()
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _put_in_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fault_point("export:after-rename")
+    shutil.rmtree(tmp, ignore_errors=True)  # what --force replaced (swapped into the temporary name), if anything
     return {"kind": "expunge.audit.export", "request": req.id, "out": str(out), "files": len(files),
             "events": len(f["mine"]), "head": f["head"], "plans": list(f["plans"]),
             "approvals": len(f["approvals"]), "checks": len(f["checks"]),

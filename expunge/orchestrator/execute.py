@@ -434,6 +434,41 @@ def _promote(store: Store, doc: dict, item: dict, new_model: str) -> None:
                         [old["model_id"], _now(), stage, f"replaced by {new_model} (plan {doc['id'][:8]})"])
 
 
+def _unpromoted(store: Store, pid: str) -> set[str]:
+    """The plan's new versions still waiting for their check to settle them (not promoted, not rejected)."""
+    with store.read() as con:
+        if not has_table(con, "model_replacements"):
+            return set()
+        return {m for (m,) in con.execute(
+            """SELECT m.name || '@' || m.version_no FROM model_replacements r JOIN models m USING (model_id)
+               WHERE r.plan_id = ? AND r.pending_check""", [pid]).fetchall()}
+
+
+def _recorded_check(store: Store, pid: str, pos: int, new_model: str | None) -> dict | None:
+    """The check already recorded for the action's current result while it is still unsettled (made after the
+    action was last marked done; the result neither promoted nor rejected), as `verify.check_item` returned it;
+    None if there is none. A run killed between recording a check and acting on it (promotion, or rejection and
+    escalation) acts on that check when resumed instead of checking again. A settled result (one `expunge verify`
+    checked again later) is checked afresh, as before."""
+    if new_model is None or new_model not in _unpromoted(store, pid):
+        return None
+    with store.read() as con:
+        if not has_table(con, "action_checks"):
+            return None
+        rows = con.execute(
+            """SELECT c.kind, c.passed, c.metrics, c.verdict FROM action_checks c JOIN execution_actions a
+                      ON a.plan_id = c.plan_id AND a.position = c.position
+               WHERE c.plan_id = ? AND c.position = ? AND c.new_model IS NOT DISTINCT FROM ? AND a.state = 'done'
+                     AND c.checked_at >= a.ended_at
+               ORDER BY c.checked_at DESC LIMIT 1""", [pid, pos, new_model]).fetchall()
+    if not rows:
+        return None
+    kind, passed, metrics, verdict = rows[0]
+    metrics = json.loads(metrics)
+    reasons = metrics.pop("reasons", [])
+    return {"kind": kind, "verdict": verdict, "passed": bool(passed), "metrics": metrics, "reasons": reasons}
+
+
 def effective_item(item: dict, st: dict | None) -> dict:
     """The plan item as it runs: its chosen action, or the admissible alternative a failed check escalated it to
     (the execution record's action)."""
@@ -582,8 +617,9 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
     items = doc["items"]
     acting = {pos: effective_item(item, state.get(pos)) for pos, item in enumerate(items)}
     checked = _passed_checks(store, pid)
-    done = {pos for pos, st in state.items()
-            if st["state"] == "done" and pos in checked and checked[pos] == st["new_model"]}
+    unpromoted = _unpromoted(store, pid)  # passed, but a run stopped before promoting them: settled below
+    done = {pos for pos, st in state.items() if st["state"] == "done" and pos in checked
+            and checked[pos] == st["new_model"] and st["new_model"] not in unpromoted}
     for pos in sorted(done):
         if state[pos]["new_model"]:
             ctx.new[state[pos]["model"]] = state[pos]["new_model"]
@@ -617,11 +653,14 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
             fault(f"run:before-check-{pos}")
             import tempfile
 
-            with tempfile.TemporaryDirectory(prefix="expunge-check-") as tmp:
-                res = verify.check_item(store, doc, item, item["chosen"]["action"], new_model, erased=ctx.erased,
-                                        hashes=hashes, policy=policy, passed=verify.passed_results(store, pid),
-                                        work_dir=Path(tmp))
-            verify.record(store, pid, pos, item["model"], new_model, res)
+            res = _recorded_check(store, pid, pos, new_model)  # a run stopped after recording it: not checked twice
+            if res is None:
+                with tempfile.TemporaryDirectory(prefix="expunge-check-") as tmp:
+                    res = verify.check_item(store, doc, item, item["chosen"]["action"], new_model, erased=ctx.erased,
+                                            hashes=hashes, policy=policy, passed=verify.passed_results(store, pid),
+                                            work_dir=Path(tmp))
+                verify.record(store, pid, pos, item["model"], new_model, res)
+                fault(f"run:after-check-{pos}")
             if res["passed"]:
                 if new_model:
                     _promote(store, doc, item, new_model)
@@ -762,7 +801,7 @@ def complete(store: Store, doc: dict, out: dict) -> dict:
         for r in doc["requests"]:
             done_before = tombstones(store, [r])
             if done_before:  # forgotten by an attempt that stopped before recording it
-                result[r] = {"tombstones": len(done_before), "changed": True, "resumed": True}
+                result[r] = _forgotten_before(store, r, len(done_before))
                 continue
             got = store.forget_subjects(rq.subject_hashes(store, [r]), r)
             result[r] = {k: got[k] for k in ("records_removed", "tombstones_added", "changed") if k in got}
@@ -777,6 +816,18 @@ def complete(store: Store, doc: dict, out: dict) -> dict:
             audit.log_event(txn, "execution_completed", requests=doc["requests"], plan=pid, proof=json.loads(proof))
         rq.set_status_many(txn, still, "verified")
     return {"proof": json.loads(proof), "forgotten": json.loads(forgotten)}
+
+
+def _forgotten_before(store: Store, request_id: str, tombstones: int) -> dict:
+    """What an earlier, interrupted attempt's `forget_subjects` removed for the request, as an uninterrupted run
+    records it: read from the `subjects_forgotten` event that deletion wrote in its own write. A store whose
+    deletion predates the audit log keeps only the tombstone count, marked resumed."""
+    got = audit.events(store, request=request_id, kind="subjects_forgotten")
+    if not got:
+        return {"tombstones": tombstones, "changed": True, "resumed": True}
+    p = got[0]["payload"]
+    return {"records_removed": int(p["records_removed"]), "tombstones_added": int(p["tombstones_added"]),
+            "changed": True}
 
 
 def _set_execution(store: Store, pid: str, **fields) -> None:

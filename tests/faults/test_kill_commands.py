@@ -2,8 +2,7 @@
 policy set, request create, plan, plan approve), at each crash point the command passes and after seeded
 delays. After each kill the store opens with no leftover, and holds exactly what it held before the command
 or exactly what an uninterrupted run makes (never a part of it); before the CURRENT switch it is always the
-former, from the switch on the latter. Rerunning the command then completes it. (`expunge audit export` is
-another helper's work and not covered here yet.)"""
+former, from the switch on the latter. Rerunning the command then completes it. (`expunge audit export`, which writes no store: test_kill_export.)"""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import re
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import time
 import pytest
 
 from tests.faults.harness import (
-    FULL, KILLED, assert_whole, audit_trail, cli, committed, copy_store, differences, kill_after, killed_where,
+    FULL, KILLED, assert_whole, audit_trail, catalog_tables, cli, committed, copy_store, differences, kill_after, killed_where,
     normalised, progress, record, trace_lines,
 )
 
@@ -42,10 +41,26 @@ def _check_progress(old: dict, new: dict, what: str) -> None:
     assert all(m.endswith("@2") for m in made), made
 
 
-# What a resumed run records about the store's own deletion differs when the kill came after the deletion's
-# switch and before the execution recorded it: {"resumed": true, "tombstones": n} instead of what it removed
-# (see test_a_deletion_interrupted_after_its_switch_keeps_its_counts).
-RESUMED = re.compile(r'"records_removed": [0-9]+, "tombstones_added": ([0-9]+)')
+def _checks(root) -> tuple[dict[int, int], int, dict[int, bool]]:
+    """Check rows per position (action_checks), `check` events in the audit log, and each position's new version's
+    pending_check flag (model_replacements): read straight from the live catalog."""
+    tabs = catalog_tables(root / (root / "CURRENT").read_text().strip())
+
+    def rows(t, *cols):
+        if t not in tabs:
+            return []
+        names = tabs[t][0]
+        return [tuple(r[names.index(c)] for c in cols) for r in tabs[t][2]]
+
+    per_pos: dict[int, int] = {}
+    for (pos,) in rows("action_checks", "position"):
+        per_pos[pos] = per_pos.get(pos, 0) + 1
+    events = sum(k == "check" for (k,) in rows("audit_events", "kind"))
+    model_ids = {f"{n}@{v}": i for i, n, v in rows("models", "model_id", "name", "version_no")}
+    pending = {mid: flag for mid, flag in rows("model_replacements", "model_id", "pending_check")}
+    by_pos = {pos: pending.get(model_ids.get(new)) for pos, new in rows("execution_actions", "position", "new_model")
+              if new}
+    return per_pos, events, by_pos
 
 
 def _finish(world, root, reference, kills: int) -> dict:
@@ -63,9 +78,12 @@ def _finish(world, root, reference, kills: int) -> dict:
     # ... and the whole store, decoded, is the one the uninterrupted run made (but for the note above).
     state = normalised(committed(root), root, drop_measured=True)
     expected = json.loads(json.dumps(reference["state"]))
-    (ex,), (got,) = expected["tables"]["executions"], state["tables"]["executions"]
-    if '"resumed": true' in got["forgotten"]:
-        ex["forgotten"] = RESUMED.sub(r'"resumed": true, "tombstones": \1', ex["forgotten"])
+    (got,) = state["tables"]["executions"]
+    # Exactly one check per action attempt (no attempt here fails its check): one row each, one `check` event each,
+    # every result promoted.
+    per_pos, check_events, pending = _checks(root)
+    assert per_pos == {pos: 1 for pos in range(6)} and check_events == 6, (per_pos, check_events)
+    assert pending == {pos: False for pos in range(6)}, pending
     # The audit trail: the same events in the same order, but for the start of each killed attempt (see
     # audit_trail); every start it records is one the run's attempts count; and its chain is intact.
     got_trail, retried = audit_trail(state["tables"].pop("audit_events"))
@@ -103,6 +121,7 @@ def named_chain(world, tmp_path_factory, reference):
     chain = [
         _mid_action(reference),        # mid-action: action 0's new run is recorded, the action not done
         "run:after-action-2",          # between actions: action 2 finished its work, not yet marked done
+        "run:after-check-3",           # action 3 done and its check recorded (passed), not yet promoted
         "run:before-action-4",         # marked running, nothing done
         "complete:after-proof",        # every action done, the lineage proof recorded
         "forget:after-clean",          # inside the store's deletion: cleaned versions built, not committed
@@ -122,6 +141,10 @@ def named_chain(world, tmp_path_factory, reference):
         assert_whole(root)
         new = progress(root)
         _check_progress(prog, new, f"killed at {point}")
+        if point == "run:after-check-3":  # checked once, the result not promoted yet
+            per_pos, events, pending = _checks(root)
+            assert per_pos == {pos: 1 for pos in range(4)} and events == 4 and pending[3] is True, (per_pos, pending)
+            assert new["actions"][3][0] == "done", new["actions"]
         if point == "forget:before-switch":  # the deletion did not commit: the subject is still known
             assert new["tombstones"] == 0
         if point in ("forget:after-switch", "complete:after-forget"):
@@ -134,14 +157,13 @@ def named_chain(world, tmp_path_factory, reference):
 
 def test_run_killed_at_named_points_resumes_each_action_once(named_chain):
     """The checks run in the fixture, after each kill and at the end; here: the deletion's own record."""
-    assert named_chain["forgotten"]["req-000001"]["tombstones" if "resumed" in named_chain["forgotten"][
-        "req-000001"] else "tombstones_added"] == 1
+    assert named_chain["forgotten"]["req-000001"]["tombstones_added"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="execute.complete: a run resumed after a kill between forget_subjects' "
-                   "switch and the execution's record keeps only {'resumed': true, 'tombstones': n}, not how many "
-                   "records the deletion removed (for the lead: forget_subjects could keep its counts in its own write)")
 def test_a_deletion_interrupted_after_its_switch_keeps_its_counts(named_chain):
+    """Killed after forget_subjects' switch, before the execution recorded what it removed: the resumed run
+    records what the deletion removed (from its own write), as an uninterrupted run does."""
+    assert "resumed" not in named_chain["forgotten"]["req-000001"]
     assert named_chain["forgotten"] == named_chain["expected"]
 
 
