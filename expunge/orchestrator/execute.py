@@ -307,6 +307,10 @@ EXECUTORS: dict[str, Callable[[Context, dict], Outcome]] = {
 }
 
 
+# The actions that call the model's recorded trainer again.
+RERUNS = {"full_retrain", "clean_ancestor_replay", "rederive_from_parent", "checkpoint_replay", "sisa_shard_retrain"}
+
+
 def executor(action: str) -> Callable[[Context, dict], Outcome]:
     try:
         return EXECUTORS[action]
@@ -553,6 +557,33 @@ class LocalExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _import_trainers(store: Store, items: list[dict], policy) -> None:
+    """Import, before the first action starts, the modules the actions will run (torch, and each model's
+    recorded trainer if the policy allows it): a process imports them once, so their seconds are the command's
+    start-up, not the first action's (whose actual cost is set beside its estimate). A trainer that cannot be
+    imported is left for its action to report."""
+    from expunge.orchestrator.trainers import allowed_prefixes, load_trainer
+
+    if not any(i["chosen"]["action"] not in ("no_action", "retire") for i in items):
+        return
+    import torch  # noqa: F401
+
+    import expunge.lineage.torch  # noqa: F401
+
+    prefixes = allowed_prefixes(store, policy)
+    with store.read() as con:
+        for item in items:
+            if item["chosen"]["action"] not in RERUNS:
+                continue  # an action that never calls the trainer never imports it
+            got = con.execute("""SELECT r.trainer FROM models m JOIN runs r USING (run_id)
+                                 WHERE m.name || '@' || m.version_no = ?""", [item["model"]]).fetchall()
+            if got and got[0][0]:
+                try:
+                    load_trainer(got[0][0], prefixes)
+                except ExpungeError:
+                    pass
+
+
 def _work(root: str, doc: dict, pos: int, new: dict, erased: np.ndarray) -> tuple[Outcome, float, float]:
     """One action, in a worker process."""
     from expunge.lineage.store import Store, fault
@@ -696,6 +727,7 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
         settle(pos, None)
     todo = [pos for pos in range(len(items)) if pos not in done]
     if jobs == 1:
+        _import_trainers(store, [items[pos] for pos in todo], policy)
         for pos in todo:
             begin(pos)
             fault(f"run:before-action-{pos}")

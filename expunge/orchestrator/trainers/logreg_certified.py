@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  (L-BFGS's first use imports it, 1.5-2 s: paid here, not in the run's setup)
 
 from expunge.orchestrator import certified
 from expunge.orchestrator.certified import FAMILY, certificate, design, newton_removal, removal_facts  # noqa: F401
