@@ -180,9 +180,10 @@ def without_records(path, index: dict, erased: BitMap) -> tuple[bytes, dict] | N
     gone = facts.records & erased
     if not gone:
         return None
-    ords = np.frombuffer(facts.records.to_array(), np.uint32)
-    keep = ~np.isin(ords, np.frombuffer(gone.to_array(), np.uint32), assume_unique=True)
-    bm = BitMap(ords[keep])
+    keep = np.ones(len(facts.records), bool)
+    # Each erased record's position among the file's (sorted) records: its rank, no pass over the others.
+    keep[np.fromiter((facts.records.rank(r) - 1 for r in gone), np.int64, len(gone))] = False
+    bm = facts.records - gone
     bm.run_optimize()
     bmb = bm.serialize()
     pad = (-(_HEAD.size + len(bmb))) % 8

@@ -82,23 +82,23 @@ class RecordDataset(torch.utils.data.Dataset):
         require_columns(table, [row_col, *feature_cols, label_col], f"features for {version}")
         col = id_column(table, row_col, "features")
         if len(col) == len(all_ids) and col.equals(all_ids):
-            pos = pa.array(order)  # the table lists the version's rows in the store's order: no lookup
+            pos = np.asarray(order, np.int64)  # the table lists the version's rows in the store's order: no lookup
         else:
-            pos = pc.index_in(ids, value_set=col)
-            if pos.null_count:
-                raise BadInput(f"features for {version}: {pos.null_count} of its {len(ids)} row(s) have no row in "
-                               f"the features table (by its {row_col!r} column)")
-        sel = table.select([*feature_cols, label_col]).take(pos)
+            found = pc.index_in(ids, value_set=col)
+            if found.null_count:
+                raise BadInput(f"features for {version}: {found.null_count} of its {len(ids)} row(s) have no row "
+                               f"in the features table (by its {row_col!r} column)")
+            pos = found.to_numpy(zero_copy_only=False).astype(np.int64)
         self._store = store
         self.first_ords = first   # per row: oldest and newest source record
         self.last_ords = last
         self._row_ids_arrow = ids
         self._row_ids: list[str] | None = None
-        x = np.empty((len(feature_cols), len(ids)), np.float32)
-        for j, c in enumerate(feature_cols):
-            x[j] = sel.column(c).to_numpy(zero_copy_only=False)
-        self.x = torch.from_numpy(np.ascontiguousarray(x.T))
-        self.y = torch.from_numpy(sel.column(label_col).to_numpy(zero_copy_only=False).astype(np.int64))
+        x = np.empty((len(ids), len(feature_cols)), np.float32)
+        for j, c in enumerate(feature_cols):  # each column's kept rows, straight into the row-major matrix
+            x[:, j] = table.column(c).to_numpy()[pos]
+        self.x = torch.from_numpy(x)
+        self.y = torch.from_numpy(table.column(label_col).to_numpy()[pos].astype(np.int64))
         self.load_seconds = time.perf_counter() - t0  # reading and joining the data: a re-run pays it again
 
     @staticmethod
