@@ -158,7 +158,7 @@ def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | No
     done = model_of_run(ctx.store, name)
     if done:
         return done
-    rec = recorded_request(ctx.store, run, rows=False)  # its parents and config
+    rec = recorded_request(ctx.store, run, train_ords="builtin")
     subst = subst or {}
     parents = [{"model": subst.get(p["model"], p["model"]), "relation": p["relation"]} for p in rec["parents"]]
     config = {k: subst.get(v, v) if isinstance(v, str) else v for k, v in rec["config"].items()}
@@ -169,7 +169,8 @@ def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | No
 
     try:
         rerun(ctx.store, run, new_name=name, out_dir=ctx.out_dir(name), exclude_records=ctx.erased, stage=stage,
-              parents=parents, config=config, policy=pinned(ctx.store, ctx.plan["policy"]["sha256"]), **kw)
+              parents=parents, config=config, policy=pinned(ctx.store, ctx.plan["policy"]["sha256"]),
+              recorded=rec, **kw)
     except BadInput:
         # Another worker re-ran the same run (a shared ancestor of two chains) and recorded it first.
         if model_of_run(ctx.store, name) is None:
@@ -271,12 +272,27 @@ def _hashes(ctx: Context) -> np.ndarray:
     return rq.subject_hashes(ctx.store, ctx.plan["requests"])
 
 
+def _affected_shards(store: Store, run: str, erased: np.ndarray) -> list[dict]:
+    """The run's shards holding erased records, each with its first slice that does: from the run's facts file
+    (what the impact query reads for it), without answering the whole impact again."""
+    import json
+
+    from pyroaring import BitMap
+
+    from expunge.lineage.facts import RunFacts
+
+    with store.read() as con:
+        got = con.execute("SELECT facts_file, facts_index FROM runs WHERE name = ?", [run]).fetchall()
+    if not got or not got[0][0]:
+        return []
+    facts = RunFacts(store.data_path(got[0][0]), json.loads(got[0][1]))
+    return facts.lookup(BitMap(np.asarray(erased, np.uint32)))[0]
+
+
 def _sisa_shards(ctx: Context, item: dict) -> Outcome:
     info = model_info(ctx.store, item["model"])
-    imp = ctx.store.impact_hashed(_hashes(ctx))
-    r = next(r for r in imp.runs if r["id"] == info["run"])
     starts = {}
-    for s in r["shards"]:
+    for s in _affected_shards(ctx.store, info["run"], ctx.erased):
         if s["first_slice"] is None:
             continue
         k, first = int(s["shard"]), int(s["first_slice"])

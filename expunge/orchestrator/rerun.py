@@ -101,7 +101,8 @@ def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
           exclude_subjects: Sequence[str] = (), exclude_records: np.ndarray | None = None,
           start_checkpoint: str | Path | None = None, init_model: str | Path | None = None,
           shard: int | None = None, shard_checkpoints: dict | None = None, stage: str | None = None,
-          parents: list[dict] | None = None, config: dict | None = None, policy=None) -> dict:
+          parents: list[dict] | None = None, config: dict | None = None, policy=None,
+          recorded: dict | None = None) -> dict:
     """Call the run's trainer again; returns the new run's `record_run` result. `parents` and `config`
     replace the recorded ones (a model re-derived from its parent's new version).
 
@@ -115,7 +116,8 @@ def rerun(store: Store, run: str, *, new_name: str, out_dir: str | Path,
     from expunge.lineage.torch import recorded_sha256
     from expunge.orchestrator.policy import store_policy
 
-    rec = recorded_request(store, run, train_ords="builtin")
+    # `recorded`: the caller's `recorded_request(store, run, train_ords="builtin")`, read once.
+    rec = recorded if recorded is not None else recorded_request(store, run, train_ords="builtin")
     train = load_trainer(rec["trainer"], allowed_prefixes(store, policy or store_policy(store)))
     if parents is not None:
         rec["parents"] = parents
