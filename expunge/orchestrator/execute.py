@@ -596,7 +596,7 @@ def _import_trainers(store: Store, items: list[dict], policy) -> None:
             if got and got[0][0]:
                 try:
                     load_trainer(got[0][0], prefixes)
-                except ExpungeError:
+                except Exception:  # noqa: BLE001  (its action says why, as a failed action)
                     pass
 
 
@@ -743,7 +743,7 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
         settle(pos, None)
     todo = [pos for pos in range(len(items)) if pos not in done]
     if jobs == 1:
-        _import_trainers(store, [items[pos] for pos in todo], policy)
+        _import_trainers(store, [acting[pos] for pos in todo], policy)
         for pos in todo:
             begin(pos)
             fault(f"run:before-action-{pos}")
