@@ -420,3 +420,21 @@ def test_work_before_the_tracker_is_recorded_as_setup(store, tmp_path):
         setup, wall = con.execute("SELECT setup_seconds, wall_seconds FROM runs WHERE name = 'slow-setup'").fetchone()
     assert ds.load_seconds < 0.3 <= setup
     assert wall < 0.3
+
+
+def test_recording_counts_the_write_it_commits_in(store, tmp_path):
+    """A tracked run's record seconds include opening and committing the write it is recorded in (which a
+    re-run pays again), as long as the process's previous write took: the run is written before the commit."""
+    _, cfg = customers_store(store, tmp_path, 40, 2, epochs=1, batch_size=16)
+    before = store.last_write_overhead  # the ingest's write
+    assert before > 0
+    req = TrainRequest(store=store, run_name="rec", inputs=[{"dataset": "customers@1", "role": "train"}],
+                       config=cfg, seed=1, out_dir=tmp_path / "rec", trainer=mlp.ENTRY_POINT, model_name="m")
+    ds = mlp.dataset(req)
+    with req.tracker(inputs=[req.input_manifest(ds)]).bind(ds) as tr:
+        tr.consumed(np.arange(len(ds)))
+        tr.final_model(mlp.build(8), "m")
+    with store.read() as con:
+        (record,) = con.execute("SELECT record_seconds FROM runs WHERE name = 'rec'").fetchone()
+    assert record >= before
+    assert store.last_write_overhead > 0 and store.last_write_overhead != before  # this write's own, measured

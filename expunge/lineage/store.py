@@ -271,6 +271,8 @@ class Store:
         self.data_dir = root / C.DATA
         self.hasher = keys.SubjectHasher(secret)
         self.key_layers: tuple[bytes, ...] = (bytes(secret),) if isinstance(secret, (bytes, bytearray)) else tuple(secret)
+        # Seconds this process's last write spent opening and committing (not in its transaction's body).
+        self.last_write_overhead = 0.0
         self.key = key  # where the key came from (None when the caller passed raw key bytes)
         self._engine = None
         self._engine_gen: str | None = None
@@ -434,6 +436,7 @@ class Store:
         lock = WriterLock(self.root / C.LOCK)
         lock.acquire(self.lock_wait)
         txn = None
+        t_open = time.perf_counter()
         try:
             gen = self.generation()
             num = _number(gen) + 1
@@ -448,7 +451,9 @@ class Store:
                 with attached(tmp, read_only=False) as con:
                     self._drop_retired(con, num - 1)
                     txn = Txn(self, con, num)
+                    opened = time.perf_counter() - t_open  # copying and attaching the catalog
                     yield txn
+                    t_commit = time.perf_counter()  # from here on: the commit (checkpoint, fsyncs, renames)
                 if purge or compact:
                     _rebuild_catalog(tmp)
                 fault("write:before-rename")  # the catalog copy and the new data files are written
@@ -467,6 +472,7 @@ class Store:
             fault("write:after-rename")  # a whole new generation that CURRENT does not name yet
             atomic_write_bytes(self.root / C.CURRENT, new_gen.encode())
             committed[0] = True
+            self.last_write_overhead = opened + time.perf_counter() - t_commit
             fault("write:after-switch")  # committed; the previous generations are not cleaned up yet
             if purge:
                 fault("rotate:after-catalog")  # purge is key rotation's: test its crash between switch and purge
