@@ -127,9 +127,9 @@ def reference_prices(f, policy, parent_g, check, retired=()):
     own_rows = min(f.train_rows or f.train_records, rows)
     if edits_own and f.family in ("mlp", "sisa-mlp"):
         retain = min(rows, 10 * max(own_rows, 1))
-        if f.total_steps:  # SCRUB: 3 passes over the forget rows in 8s, 5 over the retained in 64s
-            scrub_steps = 3 * math.ceil(own_rows / 8) + 5 * math.ceil(retain / 64)
-            work = f.run_seconds / f.total_steps * scrub_steps
+        if f.total_steps:  # SCRUB: 3 passes over the forget rows in 8s, 5 over the retained in 64s, each step
+            scrub_steps = 3 * math.ceil(own_rows / 8) + 5 * math.ceil(retain / 64)  # 1.5 training steps
+            work = f.run_seconds / f.total_steps * scrub_steps * 1.5
         else:
             work = f.run_seconds / (f.epochs * rows) * (own_rows + retain) * f.epochs
         out["approximate_unlearning"] = ("approximate", setup + work)
