@@ -56,7 +56,10 @@ MODULES: dict[str, list[str]] = {
     "expunge/lineage/forget.py": [T + "test_forget.py", T + "test_store.py", T + "test_union.py",
                                   T + "test_mutants_facts.py", T + "test_mutants_rows.py", T + "test_mutants_forget.py"],
     "expunge/orchestrator/execute.py": [T + "test_execute.py", T + "test_verify.py", T + "test_mutants_execute.py"],
-    "expunge/orchestrator/verify.py": [T + "test_verify.py", T + "test_sisa.py", T + "test_mutants_verify.py"],
+    "expunge/orchestrator/verify.py": [T + "test_verify.py", T + "test_sisa.py", T + "test_mutants_verify.py",
+                                       T + "test_mutants_execute.py",
+                                       # executes a certified removal: its certificate check
+                                       T + "test_execute.py::test_results_as_good_as_approximate_wait_for_their_check"],
     "expunge/orchestrator/certified.py": [T + "test_trainers.py", T + "test_execute.py", T + "test_planner.py",
                                           T + "test_security_sidedoors.py", T + "test_mutants_certified.py"],
     "expunge/orchestrator/residuals.py": [T + "test_verify.py", T + "test_execute.py", T + "test_sisa.py",
@@ -126,7 +129,7 @@ def prepare(module: str, workdir: Path, fresh: bool) -> Path:
         if (wd / part).exists():
             shutil.rmtree(wd / part)
         shutil.copytree(ROOT / part, wd / part, ignore=ignore)
-    tests = [t for t in MODULES[module] if (ROOT / t).exists()]
+    tests = [t for t in MODULES[module] if (ROOT / t.split("::")[0]).exists()]  # a file, or one test of it
     args = ["-p", "no:cacheprovider", "-p", "mutation_plugin"] + [a for d in DESELECT for a in ("--deselect", d)]
     conf = (ROOT / "pyproject.toml").read_text() + "\n[tool.mutmut]\n" + "\n".join([
         'source_paths = ["expunge"]',
