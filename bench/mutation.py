@@ -63,7 +63,7 @@ MODULES: dict[str, list[str]] = {
     "expunge/orchestrator/certified.py": [T + "test_trainers.py", T + "test_execute.py", T + "test_planner.py",
                                           T + "test_security_sidedoors.py", T + "test_mutants_certified.py"],
     "expunge/orchestrator/residuals.py": [T + "test_verify.py", T + "test_execute.py", T + "test_sisa.py",
-                                          T + "test_mutants_residuals.py"],
+                                          T + "test_audit.py", T + "test_mutants_residuals.py"],
     "expunge/lineage/store.py": [T + "test_store.py", T + "test_keys.py", T + "test_file_safety.py",
                                  T + "test_mutants_store.py"],
     "expunge/lineage/ingest.py": [T + "test_store.py", T + "test_forget.py", T + "test_union.py",
