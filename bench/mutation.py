@@ -68,7 +68,7 @@ MODULES: dict[str, list[str]] = {
                                  T + "test_mutants_store.py"],
     "expunge/lineage/ingest.py": [T + "test_store.py", T + "test_forget.py", T + "test_union.py",
                                   T + "test_bad_input.py", T + "test_fuzz_regressions.py", T + "test_no_raw_ids.py",
-                                  T + "test_mutants_ingest.py"],
+                                  T + "test_mutants_store.py", T + "test_mutants_ingest.py"],
     "expunge/lineage/runs.py": [T + "test_store.py", T + "test_planner.py", T + "test_bad_input.py",
                                 T + "test_fuzz_regressions.py", T + "test_security_sidedoors.py",
                                 T + "test_mutants_runs.py"],
