@@ -84,3 +84,20 @@ def test_a_stage_change_is_kept_in_the_history(two):
     two.set_model_stage("m@1", "archived", reason="withdrawn")
     (h,) = model_stage_history(two, "m@1")
     assert (h["from"], h["to"], h["reason"]) == ("dev", "archived", "withdrawn")
+
+
+def test_facts_given_twice_are_refused_and_nothing_is_written(two, tmp_path):
+    import pyarrow as pa
+
+    from expunge.errors import BadInput
+    from expunge.lineage.runs import record_runs
+
+    table = pa.table({"row_id": ["r0"], "shard": pa.array([0], pa.int64()), "slice": pa.nulls(1, pa.int64()),
+                      "first_step": pa.nulls(1, pa.int64())})
+    manifest = {"run": {"name": "r1", "inputs": [{"dataset": "a@1"}], "facts": {"rows": ["r0"], "shard": [0]}}}
+    with pytest.raises(BadInput, match=r"^give a run's facts once: in the manifest or as a table$"):
+        record_runs(two, [manifest], base_dir=tmp_path, facts_tables=[table])
+    assert _run_row(two, "r1", "run_id") is None
+    del manifest["run"]["facts"]
+    record_runs(two, [manifest], base_dir=tmp_path, facts_tables=[table])  # once, as a table: recorded
+    assert _run_row(two, "r1", "n_shards") == (1,)
