@@ -37,3 +37,14 @@ def test_a_subset_of_a_composed_version_keeps_its_rows_records(two_sources):
     assert versions == {"ann": {"a@1", "agg@1", "pick@1"}, "bob": {"a@1", "agg@1", "pick@1"},
                         "cy": {"a@1", "agg@1"}}
     assert {v["id"]: v["rows"] for v in st.impact(["bob"]).datasets}["pick@1"] == 2
+
+
+def test_row_ids_that_are_subject_ids_are_refused_with_the_way_out(two_sources):
+    # Each row's id is the subject id of the record it was built from: refused, and the message says what to do.
+    with pytest.raises(BadInput) as exc:
+        two_sources.ingest_dataset({"owner": ["ann", "bob", "cy"], "members": [["r0"], ["r1"], ["r2"]]}, name="agg",
+                                   parents=["a@1"], kind="aggregate", sources={"a@1": "members"}, row_col="owner")
+    assert str(exc.value).endswith(
+        "the row ids in column 'owner' are the subject ids of their rows' records (in 3 of 3 rows checked): that "
+        "would put raw subject ids into the store; give the rows ids of their own, or leave --row-col out (rows "
+        "are then numbered)")
