@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from expunge.orchestrator import execute, verify
-from tests.test_mutants_execute import planned  # noqa: F401  (the fixture)
+from tests.test_mutants_execute import planned  # noqa: F401  (fixtures)
+from tests.test_verify import memorised  # noqa: F401
 
 
 def _checks(store, pid) -> int:
@@ -47,3 +48,15 @@ def test_a_certified_models_certificate_check_by_hand(store, tmp_path):
     res = verify.certificate_check(store, store.hasher.hash_many([subject]), "churn-cr@1")
     assert res["verdict"] == "fail" and res["reasons"] == [
         f"churn-cr@1's own run still holds {ids.count(subject)} erased record(s)"]
+
+
+def test_the_thresholds_recorded_are_those_of_the_checks_kind(memorised):  # noqa: F811
+    import copy
+
+    forget, retain, nonmembers, original, retrained = memorised
+    kw = dict(max_mia_auc=0.55, max_mia_auc_gap=0.05, max_accuracy_drop=0.02)
+    res = verify.membership_check(original, copy.deepcopy(original), forget, retain, nonmembers, kind="mia", **kw)
+    assert res["metrics"]["thresholds"] == {"max_mia_auc": 0.55, "max_accuracy_drop": 0.02}
+    res = verify.membership_check(original, copy.deepcopy(original), forget, retain, nonmembers,
+                                  kind="mia_retrained", reference=retrained, **kw)
+    assert res["metrics"]["thresholds"] == {"max_mia_auc_gap": 0.05, "max_accuracy_drop": 0.02}
