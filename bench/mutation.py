@@ -88,7 +88,7 @@ MODULES: dict[str, list[str]] = {
     "expunge/orchestrator/approximate_exec.py": [T + "test_verify.py", T + "test_execute.py", T + "test_approximate.py"],
     "expunge/orchestrator/mia.py": [T + "test_approximate.py", T + "test_verify.py"],
     "expunge/orchestrator/checks.py": [T + "test_planner.py", T + "test_plan_semantics.py", T + "test_mutants_actions.py",
-                                       T + "test_plan_lifecycle.py"],
+                                       T + "test_plan_lifecycle.py", T + "test_mutants_checks.py"],
 }
 # Slow tests (tens of seconds each under load; kill/resume and end-to-end runs): not run per mutant.
 DESELECT = [
