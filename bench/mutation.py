@@ -87,7 +87,7 @@ MODULES: dict[str, list[str]] = {
     "expunge/orchestrator/certified_exec.py": [T + "test_execute.py", T + "test_trainers.py"],
     "expunge/orchestrator/approximate.py": [T + "test_approximate.py", T + "test_verify.py"],
     "expunge/orchestrator/approximate_exec.py": [T + "test_verify.py", T + "test_execute.py", T + "test_approximate.py"],
-    "expunge/orchestrator/mia.py": [T + "test_approximate.py", T + "test_verify.py"],
+    "expunge/orchestrator/mia.py": [T + "test_approximate.py", T + "test_verify.py", T + "test_mutants_mia.py"],
     "expunge/orchestrator/checks.py": [T + "test_planner.py", T + "test_plan_semantics.py", T + "test_mutants_actions.py",
                                        T + "test_plan_lifecycle.py", T + "test_mutants_checks.py"],
 }
