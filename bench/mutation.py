@@ -75,7 +75,7 @@ MODULES: dict[str, list[str]] = {
     # (lineage/catalog.py is left out: constants and DDL only, no function for mutmut to mutate.)
     "expunge/lineage/keys.py": [T + "test_keys.py", T + "test_store.py", T + "test_no_raw_ids.py",
                                 T + "test_file_safety.py", T + "test_mutants_keys.py"],
-    "expunge/lineage/rekey.py": [T + "test_keys.py", T + "test_forget.py", T + "test_sisa.py"],
+    "expunge/lineage/rekey.py": [T + "test_keys.py", T + "test_forget.py", T + "test_sisa.py", T + "test_mutants_rekey.py"],
     "expunge/lineage/tables.py": [T + "test_store.py", T + "test_no_raw_ids.py", T + "test_forget.py",
                                   T + "test_bad_input.py", T + "test_fuzz_regressions.py"],
     "expunge/lineage/fsutil.py": [T + "test_store.py", T + "test_file_safety.py", T + "test_keys.py"],
