@@ -77,7 +77,7 @@ MODULES: dict[str, list[str]] = {
                                 T + "test_file_safety.py", T + "test_mutants_keys.py"],
     "expunge/lineage/rekey.py": [T + "test_keys.py", T + "test_forget.py", T + "test_sisa.py", T + "test_mutants_rekey.py"],
     "expunge/lineage/tables.py": [T + "test_store.py", T + "test_no_raw_ids.py", T + "test_forget.py",
-                                  T + "test_bad_input.py", T + "test_fuzz_regressions.py"],
+                                  T + "test_bad_input.py", T + "test_fuzz_regressions.py", T + "test_mutants_tables.py"],
     "expunge/lineage/fsutil.py": [T + "test_store.py", T + "test_file_safety.py", T + "test_keys.py"],
     "expunge/lineage/torch.py": [T + "test_trainers.py", T + "test_security_sidedoors.py", T + "test_replay.py"],
     "expunge/orchestrator/rerun.py": [T + "test_execute.py", T + "test_security_sidedoors.py", T + "test_trainers.py",
