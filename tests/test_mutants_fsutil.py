@@ -19,3 +19,38 @@ def test_fsync_file_syncs_a_file_and_refuses_a_link(tmp_path):
     with pytest.raises(OSError) as exc:
         fsync_file(link)
     assert exc.value.errno == errno.ELOOP
+
+
+def test_a_hidden_file_name_is_refused():
+    from expunge.errors import StoreCorrupt
+    from expunge.lineage.fsutil import check_file_name
+
+    for bad in (".hidden", "a/b", "..", ""):
+        with pytest.raises(StoreCorrupt):
+            check_file_name(bad)
+    assert check_file_name("x.parquet") == "x.parquet"
+
+
+def test_the_writer_lock_refuses_a_hard_link_names_its_holder_and_waits(tmp_path):
+    import time
+
+    from expunge.errors import StoreBusy, StoreCorrupt
+    from expunge.lineage.fsutil import WriterLock
+
+    other = tmp_path / "other"
+    other.write_bytes(b"not a lock")
+    os.link(other, tmp_path / "linked")
+    with pytest.raises(StoreCorrupt, match="not a plain file"):
+        WriterLock(tmp_path / "linked").acquire()
+    held = WriterLock(tmp_path / "lock")
+    held.acquire()
+    try:
+        with pytest.raises(StoreBusy, match=rf"\(pid {os.getpid()}\) is writing"):
+            WriterLock(tmp_path / "lock").acquire()
+        t0 = time.monotonic()
+        with pytest.raises(StoreBusy):
+            WriterLock(tmp_path / "lock").acquire(wait=0.2)  # waits, then gives up
+        assert time.monotonic() - t0 >= 0.2
+    finally:
+        held.release()
+    WriterLock(tmp_path / "lock").acquire()  # free again
