@@ -54,3 +54,28 @@ def test_the_writer_lock_refuses_a_hard_link_names_its_holder_and_waits(tmp_path
     finally:
         held.release()
     WriterLock(tmp_path / "lock").acquire()  # free again
+
+
+def test_private_dirs_files_and_atomic_writes(tmp_path, monkeypatch):
+    import stat
+
+    from expunge.lineage import fsutil
+
+    d = tmp_path / "a" / "b"
+    fsutil.make_private_dir(d)
+    fsutil.make_private_dir(d)  # again: fine
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    os.close(fsutil.create_private(d / "f"))
+    with pytest.raises(FileExistsError):
+        fsutil.create_private(d / "f")  # never an existing file
+    moves = []
+    real = os.replace
+    monkeypatch.setattr(fsutil.os, "replace", lambda src, dst: (moves.append((src, dst)), real(src, dst)))
+    fsutil.atomic_write_bytes(d / "CURRENT", b"gen-2")
+    ((src, dst),) = moves
+    # The temporary file sits beside the target (same file system), named `.<name>.<random>.tmp`: the name a
+    # crashed write leaves and the store recognises as its own leftover.
+    src = os.fspath(src)
+    assert os.path.dirname(src) == os.fspath(d) and os.path.basename(src).startswith(".CURRENT.") and \
+        src.endswith(".tmp") and dst == d / "CURRENT"
+    assert (d / "CURRENT").read_bytes() == b"gen-2" and stat.S_IMODE((d / "CURRENT").stat().st_mode) == 0o600
