@@ -37,3 +37,18 @@ def test_scrub_refusals_name_it():
     x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
     with pytest.raises(BadInput, match="^SCRUB: the forget set is empty"):
         approximate.scrub(model, (x[:0], y[:0]), (x, y))
+
+
+def test_scrub_arguments_at_their_boundaries():
+    from expunge.orchestrator.trainers import mlp
+
+    torch.manual_seed(0)
+    model = mlp.build(4, 8, 2)
+    x, y = torch.randn(12, 4), torch.randint(0, 2, (12,))
+    forget, retain = (x[:4], y[:4]), (x[4:], y[4:])
+    with pytest.raises(BadInput, match="steps ≥ 1"):
+        approximate.scrub(model, forget, retain, steps=0, max_steps=3)
+    # One row a batch is allowed; no forget batch size means the batch size; the report says how many epochs
+    # maximised (min(max_steps, steps) = 2 of 3) and how many forget batches that took (4 rows in batches of 1).
+    rep = approximate.scrub(model, forget, retain, steps=3, max_steps=2, batch_size=1, forget_batch_size=None)
+    assert (rep["method"], rep["epochs"], rep["max_epochs"], rep["forget_steps"]) == ("scrub", 3, 2, 8)
