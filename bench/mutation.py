@@ -82,7 +82,7 @@ MODULES: dict[str, list[str]] = {
                                   T + "test_mutants_fsutil.py"],
     "expunge/lineage/torch.py": [T + "test_trainers.py", T + "test_security_sidedoors.py", T + "test_replay.py"],
     "expunge/orchestrator/rerun.py": [T + "test_execute.py", T + "test_security_sidedoors.py", T + "test_trainers.py",
-                                      T + "test_replay.py"],
+                                      T + "test_replay.py", T + "test_mutants_rerun.py"],
     "expunge/orchestrator/approvals.py": [T + "test_approvals.py", T + "test_plan_lifecycle.py",
                                           T + "test_mutants_approvals.py"],
     "expunge/orchestrator/certified_exec.py": [T + "test_execute.py", T + "test_trainers.py",
