@@ -500,10 +500,16 @@ def check_item(store: Store, doc: dict, item: dict, action: str, new_model: str 
             stage = _info(store, item["model"])["stage"]
             return _result("retired", "pass" if stage == "archived" else "fail", {"stage": stage},
                            [] if stage == "archived" else [f"{item['model']} is {stage}, not archived"])
-        reached = {m["id"] for m in store.impact_hashed(hashes).models}
-        ok = item["model"] not in reached
-        return _result("no_action", "pass" if ok else "fail", {"reached_by_erased": not ok},
-                       [] if ok else [f"{item['model']} is reached by the erased records"])
+        imp = store.impact_hashed(hashes)
+        hit = next((m for m in imp.models if m["id"] == item["model"]), None)
+        # As the planner decides it: a model whose own run only evaluated (or validated) on the records needs
+        # nothing; one trained on them, or derived from an affected model, does.
+        trained = hit is not None and (not hit["direct"] or any(
+            i["records"] and i["role"] == "train" for r in imp.runs if r["id"] == hit["run"] for i in r["inputs"]))
+        ok = not trained
+        return _result("no_action", "pass" if ok else "fail", {"reached_by_erased": hit is not None},
+                       [] if ok else [f"{item['model']} trained on the erased records, or descends from a model "
+                                      "that did"])
     try:
         if action == "certified_removal":
             res = certificate_check(store, hashes, new_model)

@@ -1,0 +1,36 @@
+"""Survivors of the mutation run over orchestrator/certified_exec.py: a certified removal executed in process on
+a freshly trained certified model, its new run and outcome checked against the old run and clocks read here."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from expunge.orchestrator import execute  # noqa: E402
+from expunge.orchestrator.certified_exec import certified_removal  # noqa: E402
+from tests.test_trainers import train_certified  # noqa: E402
+
+
+def _costs(store, run):
+    with store.read() as con:
+        return con.execute("SELECT wall_seconds, cpu_seconds, setup_seconds, record_seconds FROM runs WHERE name = ?",
+                           [run]).fetchone()
+
+
+def test_a_certified_removal_records_the_old_runs_costs_and_its_own_time(store, tmp_path):
+    table, req, cert = train_certified(store, tmp_path, 120, 4, seed=3, lam=0.02, sigma=2.0)
+    subject = table.column("customer_id").to_pylist()[0]
+    ctx = execute.Context(store, {"id": "0123456789abcdef" * 4, "requests": ["req-000001"]},
+                          store.records_of_subjects([subject]))
+    info = execute.model_info(store, "churn-cr@1")
+    t0 = time.perf_counter()
+    out = certified_removal(ctx, {"model": "churn-cr@1"}, info)
+    took = time.perf_counter() - t0
+    assert out.new_model == "churn-cr@2" and out.detail["how"] == "batch"
+    assert 0 < out.detail["seconds"] <= took
+    # For planning, the new run cost what the old one did.
+    assert _costs(store, "cr-1.x01234567") == _costs(store, "cr-1")
+    assert _costs(store, "cr-1")[2] is not None  # the old run measured its setup: carried over

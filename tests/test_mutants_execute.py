@@ -1,0 +1,89 @@
+"""Survivors of the mutation run over orchestrator/execute.py, killed on a lineage small enough to follow by
+hand: no training runs, so a whole plan executes in about a second."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from expunge.lineage.forget import tombstones
+from expunge.orchestrator import execute, planner
+from expunge.orchestrator import requests as rq
+from expunge.orchestrator.policy import set_store_policy, store_policy
+from tests.conftest import approver_keys
+
+SHA = "0" * 64
+
+
+@pytest.fixture
+def planned(store, tmp_path):
+    """d@1: subject si owns record ri. base-1 trained on r0–r4 (model base, dev); eval-1 only evaluated on
+    r5–r9 (model scorer). Requests: A for s1 (base must go: retiring the dev model is cheapest once the policy
+    allows it), B for s7 (only evaluated on: no action). One plan for both, approved."""
+    store.ingest_source({"s": [f"s{i}" for i in range(10)], "r": [f"r{i}" for i in range(10)]}, name="d",
+                        subject_col="s", record_col="r")
+    store.record_run({"run": {"name": "base-1", "trainer": "pkg.mod:train", "cost": {"wall_seconds": 36000.0},
+                              "inputs": [{"dataset": "d@1", "rows": ["r0", "r1", "r2", "r3", "r4"]}]},
+                      "models": [{"name": "base", "sha256": SHA}]})
+    store.record_run({"run": {"name": "eval-1", "trainer": "pkg.mod:train", "cost": {"wall_seconds": 10.0},
+                              "inputs": [{"dataset": "d@1", "role": "eval",
+                                          "rows": ["r5", "r6", "r7", "r8", "r9"]}]},
+                      "models": [{"name": "scorer", "sha256": SHA}]})
+    keys = approver_keys(store, tmp_path / "keys")
+    policy_file = tmp_path / "keys" / "policy.toml"
+    policy_file.write_text(policy_file.read_text().replace("allow_retire = false", "allow_retire = true"))
+    set_store_policy(store, policy_file)
+    a = rq.create(store, ["s1"], policy=store_policy(store)).id
+    b = rq.create(store, ["s7"], policy=store_policy(store)).id
+    doc = planner.make_plan(store, [a, b], store_policy(store))
+    planner.save_plan(store, doc)
+    planner.approve(store, doc["id"], keys["ana"])
+    return store, doc, a, b
+
+
+def _details(store, pid) -> dict:
+    with store.read() as con:
+        rows = con.execute("SELECT model, action, state, detail FROM execution_actions WHERE plan_id = ?",
+                           [pid]).fetchall()
+    return {m: (a, s, json.loads(d)) for m, a, s, d in rows}
+
+
+def test_retire_and_no_action_by_hand(planned):
+    store, doc, a, b = planned
+    assert {i["model"]: i["chosen"]["action"] for i in doc["items"]} == {"base@1": "retire", "scorer@1": "no_action"}
+    out = execute.run_plan(store, doc["id"])
+    assert out["done"] == out["total"] == 2
+    assert _details(store, doc["id"]) == {
+        "base@1": ("retire", "done", {"from_stage": "dev"}),
+        "scorer@1": ("no_action", "done", {"why": "the records never reached training"})}
+    assert execute.model_info(store, "base@1")["stage"] == "archived"
+    assert execute.model_info(store, "scorer@1")["stage"] == "dev"
+
+
+def test_a_completion_stopped_after_the_first_request_forgets_the_second_on_resume(planned):
+    """The store forgot request A's subject, then the process stopped before recording it. Run again, the
+    completion skips A (its tombstone says it is done) and must still forget B's subject."""
+    store, doc, a, b = planned
+    real = type(store).forget_subjects
+    calls = []
+
+    def forget_then_stop(self, *args, **kw):
+        calls.append(args[1])
+        real(self, *args, **kw)
+        raise KeyboardInterrupt("stopped after one request was forgotten")
+
+    type(store).forget_subjects = forget_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute.run_plan(store, doc["id"])
+    finally:
+        type(store).forget_subjects = real
+    assert calls == [a] and [t["request_id"] for t in tombstones(store)] == [a]
+    out = execute.run_plan(store, doc["id"])
+    assert sorted(t["request_id"] for t in tombstones(store)) == sorted([a, b])
+    forgotten = out["completed"]["forgotten"]
+    assert forgotten[a] == {"tombstones": 1, "changed": True, "resumed": True}
+    assert forgotten[b] == {"records_removed": 1, "tombstones_added": 1, "changed": True}
+    assert store.impact(["s7"]).found == 0 and store.impact(["s1"]).found == 0
+    assert [rq.get(store, r).status for r in (a, b)] == ["verified", "verified"]
