@@ -357,15 +357,20 @@ def differences(a: dict, b: dict, limit: int = 3) -> list[str]:
     return out
 
 
+def table_rows(tabs: dict, t: str, *cols: str) -> list[tuple]:
+    """The `cols` of every row of table `t` in `catalog_tables`' result (none when the table does not exist)."""
+    if t not in tabs:
+        return []
+    names = tabs[t][0]
+    return [tuple(r[names.index(c)] for c in cols) for r in tabs[t][2]]
+
+
 def progress(root) -> dict:
     """What a run has done so far, read from the catalog."""
     tabs = catalog_tables(root / (root / "CURRENT").read_text().strip())
 
     def rows(t, *cols):
-        if t not in tabs:
-            return []
-        names = tabs[t][0]
-        return [tuple(r[names.index(c)] for c in cols) for r in tabs[t][2]]
+        return table_rows(tabs, t, *cols)
 
     return {
         "actions": {pos: (state, new) for pos, state, new in rows("execution_actions", "position", "state", "new_model")},

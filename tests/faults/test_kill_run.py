@@ -17,7 +17,7 @@ import pytest
 
 from tests.faults.harness import (
     FULL, KILLED, assert_whole, audit_trail, catalog_tables, cli, committed, copy_store, differences, kill_after, killed_where,
-    normalised, progress, record, trace_lines,
+    normalised, progress, record, table_rows, trace_lines,
 )
 
 
@@ -47,10 +47,7 @@ def _checks(root) -> tuple[dict[int, int], int, dict[int, bool]]:
     tabs = catalog_tables(root / (root / "CURRENT").read_text().strip())
 
     def rows(t, *cols):
-        if t not in tabs:
-            return []
-        names = tabs[t][0]
-        return [tuple(r[names.index(c)] for c in cols) for r in tabs[t][2]]
+        return table_rows(tabs, t, *cols)
 
     per_pos: dict[int, int] = {}
     for (pos,) in rows("action_checks", "position"):
