@@ -183,12 +183,14 @@ copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(1)
 """
 
 
-def sample_of(wd: Path, module: str, n: int, seed: int) -> list[str]:
+def sample_of(wd: Path, module: str, n: int, seed: int, regenerate: bool = False) -> list[str]:
     """`n` of the module's mutants drawn uniformly (seeded): their score estimates the module's without
-    checking all (a module whose tests build a store costs seconds a mutant)."""
+    checking all (a module whose tests build a store costs seconds a mutant). Before a run (`regenerate`) the
+    mutants are generated from the current source first: a sample drawn from an older source's mutant names
+    is not the one mutmut then checks (the second round's verify.py run was drawn so)."""
     import random
 
-    if not (wd / "mutants" / (module + ".meta")).exists():
+    if regenerate or not (wd / "mutants" / (module + ".meta")).exists():
         subprocess.run([sys.executable, "-c", GENERATE], cwd=wd, env=env_for(wd), check=True,
                        stdout=subprocess.DEVNULL)
     names = sorted(meta(wd, module)["exit_code_by_key"])
@@ -320,7 +322,7 @@ def main() -> None:
         if not args.report_only:
             wd = prepare(module, args.workdir, args.fresh)
         if args.sample and wd.exists():
-            names = sample_of(wd, module, args.sample, args.seed)
+            names = sample_of(wd, module, args.sample, args.seed, regenerate=not args.report_only)
         if not args.report_only:
             print(f"mutating {module} (tests: {', '.join(MODULES[module])}) ...", flush=True)
             run = run_module(module, wd, args.minutes, names)
