@@ -128,8 +128,8 @@ def reference_prices(f, policy, parent_g, check, retired=()):
     if edits_own and f.family in ("mlp", "sisa-mlp"):
         retain = min(rows, 10 * max(own_rows, 1))
         if f.total_steps:  # SCRUB: 3 passes over the forget rows in 8s, 5 over the retained in 64s, each step
-            scrub_steps = 3 * math.ceil(own_rows / 8) + 5 * math.ceil(retain / 64)  # 1.5 training steps
-            work = f.run_seconds / f.total_steps * scrub_steps * 1.5
+            scrub_steps = 3 * math.ceil(own_rows / 8) + 5 * math.ceil(retain / 64)  # 1.7 training steps
+            work = f.run_seconds / f.total_steps * scrub_steps * 1.7
         else:
             work = f.run_seconds / (f.epochs * rows) * (own_rows + retain) * f.epochs
         out["approximate_unlearning"] = ("approximate", setup + work)
