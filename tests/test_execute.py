@@ -368,6 +368,16 @@ def test_results_as_good_as_approximate_wait_for_their_check(tmp_path):
     (esc,) = execute._escalated(store, doc["id"], pos)
     assert esc["verdict"] == "inconclusive" and esc["to_action"] == runner_up
     assert info(store, esc["rejected_model"])["stage"] == "archived"
+    # The rejected result says what it is, in its file and in its run: SCRUB (the policy's method) on the
+    # subject's one training row, and the retained rows its run records as its train input.
+    rejected = info(store, esc["rejected_model"])
+    assert torch.load(rejected["path"], weights_only=True)["unlearned"] == {"method": "scrub", "forget_rows": 1}
+    with store.read() as con:
+        extra, n_rows = con.execute("""SELECT r.extra, i.n_rows FROM runs r JOIN run_inputs i USING (run_id)
+                                       WHERE r.name = ?""", [rejected["run"]]).fetchone()
+    made = json.loads(extra)["approximate_unlearning"]
+    assert (made["method"], made["plan"], made["forget_rows"], made["retain_rows"]) == ("scrub", doc["id"], 1, n_rows)
+    assert n_rows > 0
     assert info(store, acts["churn-ft@1"]["new_model"])["parents"][0]["model"] == acts["churn-mlp@1"]["new_model"]
     assert all(a["check_result"] == "pass" and not a["pending_check"] for a in out["actions"])
     assert out["completed"] is not None and store.impact([subject]).found == 0

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from expunge.cli import app
-from expunge.errors import SecretMismatch
+from expunge.errors import BadInput, SecretMismatch
 from expunge.lineage import keys
 from expunge.lineage.segments import Segment
 from expunge.lineage.store import Store
@@ -244,3 +244,27 @@ def test_migrate_an_old_store(tmp_path):
     assert "key_fingerprint" not in meta(st)
     assert impacts(store.root, [data["cid"][0]]) == before
     assert matches(keys.SubjectHasher(layer), index_hashes(store.root)) == 0
+
+
+def test_rotate_refuses_a_key_it_cannot_rotate_and_says_what_to_run(tmp_path, monkeypatch):
+    """A key from $EXPUNGE_SECRET (no file to write the new layer to), and a key inside the store (an old store):
+    `key rotate` refuses each with one line naming the way out, and changes nothing."""
+    from expunge.lineage.rekey import rotate
+
+    monkeypatch.setenv("EXPUNGE_SECRET", "correct horse battery staple")
+    env_store = Store.init(tmp_path / "env")
+    with pytest.raises(BadInput) as e:
+        rotate(env_store)
+    assert str(e.value) == ("key rotate needs the store's key in a key file, and this store's comes from "
+                            "$EXPUNGE_SECRET; run `expunge key migrate` first to move it to a key file")
+    monkeypatch.delenv("EXPUNGE_SECRET")
+    store = Store.init(tmp_path / "old")
+    _make_old_style(store)
+    with pytest.warns(keys.KeyInsideStore):
+        old = Store.open(store.root)
+    gen = old.generation()
+    with pytest.raises(BadInput) as e:
+        rotate(old)
+    assert str(e.value) == (f"the key sits inside the store ({store.root / 'secret.key'}); run "
+                            "`expunge key migrate --rotate` instead")
+    assert old.generation() == gen and (store.root / "secret.key").exists()

@@ -30,6 +30,9 @@ def test_a_certified_removal_records_the_old_runs_costs_and_its_own_time(store, 
     out = certified_removal(ctx, {"model": "churn-cr@1"}, info)
     took = time.perf_counter() - t0
     assert out.new_model == "churn-cr@2" and out.detail["how"] == "batch"
+    # The new weights' file notes the rows removed (the subject's one record) and the budget now spent.
+    saved = torch.load(execute.model_info(store, "churn-cr@2")["path"], weights_only=True)
+    assert saved["removed_rows"] == 1 and saved["removal_budget_spent"] == pytest.approx(out.detail["budget_used"])
     assert 0 < out.detail["seconds"] <= took
     # For planning, the new run cost what the old one did.
     assert _costs(store, "cr-1.x01234567") == _costs(store, "cr-1")
