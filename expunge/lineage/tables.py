@@ -162,7 +162,8 @@ def _csv_header(path: Path, suffix: str) -> str:
 
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-            names = next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), [])
+            # The first line with text, as pyarrow takes it (it skips blank lines).
+            names = next((row for row in csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ",") if row), [])
     except (OSError, csv.Error):
         return "unreadable"
     return ", ".join(names) or "none"
