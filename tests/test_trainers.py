@@ -157,6 +157,15 @@ def test_sisa_shard_retrain_equals_the_original_shard_without_exclusions(sisa_ru
     a = torch.load(tmp / "sisa-1" / "model.pt")["model"]
     b = torch.load(tmp / "again" / "model.pt")["model"]
     assert same(a, b)
+    # Only shard 2 was retrained (from its slice-0 checkpoint): the other shards' checkpoints are the old files
+    # themselves (linked), not retrained copies; shard 2's later ones are new files.
+    import os
+
+    for shard in (0, 1, 3):
+        for sl in range(3):
+            old, new = tmp / "sisa-1" / f"shard{shard}-slice{sl}.pt", tmp / "again" / f"shard{shard}-slice{sl}.pt"
+            assert os.stat(old).st_ino == os.stat(new).st_ino, new
+    assert os.stat(tmp / "sisa-1" / "shard2-slice1.pt").st_ino != os.stat(tmp / "again" / "shard2-slice1.pt").st_ino
     m = sisa.load(tmp / "sisa-1" / "model.pt", req.config, store=store)
     ds = sisa.mlp.dataset(req)
     acc = (m(ds.x).argmax(-1) == ds.y).float().mean().item()
