@@ -282,6 +282,9 @@ def test_certified_removal_spends_what_the_newton_steps_bound_and_refuses_over_b
                            store.records_of_subjects([other]))
     out2 = execute.EXECUTORS["certified_removal"](ctx2, item2)
     assert out2.detail["how"] == "per-row" and out2.detail["newton_steps"] == len(remove2)
+    # Its time, split as the batch path's is: reading the training data, then the steps.
+    assert out2.detail["read_seconds"] > 0 and out2.detail["step_seconds"] > 0
+    assert out2.detail["read_seconds"] + out2.detail["step_seconds"] <= out2.detail["seconds"]
     got2 = weights(info(store, out2.new_model)["path"])["w"].double()
     assert torch.allclose(got2, expect2, atol=1e-6)
     assert out2.detail["budget_used"] == pytest.approx(sum(bounds2))

@@ -37,3 +37,48 @@ def test_a_certified_removal_records_the_old_runs_costs_and_its_own_time(store, 
     # For planning, the new run cost what the old one did.
     assert _costs(store, "cr-1.x01234567") == _costs(store, "cr-1")
     assert _costs(store, "cr-1")[2] is not None  # the old run measured its setup: carried over
+
+
+def test_a_removal_that_spends_the_budget_to_the_last_bit_is_allowed(store, tmp_path):
+    """The budget is what may be spent: a removal that brings the spent budget exactly to it runs; one that
+    would pass it by the smallest float is refused and changes nothing. (`used` is the batch step's bound,
+    computed here from the same removed rows the executor reads, so that the boundary is exact.)"""
+    import json
+    import math
+
+    from expunge.lineage.torch import load_artifact
+    from expunge.orchestrator import certified
+    from expunge.orchestrator.rerun import recorded_request
+
+    table, req, cert = train_certified(store, tmp_path, 120, 4, seed=3, lam=0.02, sigma=2.0)
+    erased = store.records_of_subjects([table.column("customer_id").to_pylist()[0]])
+    info = execute.model_info(store, "churn-cr@1")
+    state = load_artifact(info["path"], info["sha256"], store=store)
+    fast = certified.removed_rows(store, recorded_request(store, "cr-1", rows=False), erased)
+    used = certified.batch_removal(state["removal_state"], state["model"]["w"].double(), cert["lam"],
+                                   fast["x"], fast["y"])[1]
+    base, budget = float(cert.get("train_grad_norm", 0.0)), cert["removal_budget"]
+
+    def spend(spent: float) -> None:
+        with store.write() as txn:
+            extra = json.loads(txn.one("SELECT extra FROM runs WHERE name = 'cr-1'"))
+            extra["removal_budget_spent"] = spent
+            txn.con.execute("UPDATE runs SET extra = ? WHERE name = 'cr-1'", [json.dumps(extra)])
+
+    spent = budget - base - used
+    while base + spent + used > budget:
+        spent = math.nextafter(spent, -math.inf)
+    while base + spent + used < budget:
+        spent = math.nextafter(spent, math.inf)
+    assert base + spent + used == budget
+    over = math.nextafter(spent, math.inf)
+    while base + over + used == budget:
+        over = math.nextafter(over, math.inf)
+    spend(over)
+    ctx = execute.Context(store, {"id": "a" * 64, "requests": []}, erased)
+    with pytest.raises(execute.ActionFailed, match="nothing was changed"):
+        certified_removal(ctx, {"model": "churn-cr@1"}, info)
+    assert execute.model_of_run(store, "cr-1.xaaaaaaaa") is None
+    spend(spent)
+    out = certified_removal(ctx, {"model": "churn-cr@1"}, info)
+    assert out.new_model == "churn-cr@2" and out.detail["budget_left"] == pytest.approx(0.0, abs=1e-12)
