@@ -24,7 +24,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     from expunge.lineage.torch import load_artifact
     from expunge.orchestrator import certified
     from expunge.orchestrator.rerun import recorded_request
-    from expunge.orchestrator.trainers import TrainRequest, logreg_certified as lc, mlp
+    from expunge.orchestrator.trainers import TrainRequest, mlp
 
     run = info["run"]
     name = f"{run}.x{ctx.tag}"
@@ -64,8 +64,8 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
                                         model_name=rec["model_name"]))
         mask = erased_rows(ctx.store, full, ctx.erased)
         remove = np.flatnonzero(mask).tolist()
-        x, y = lc.design(full)
-        new_w, bounds = lc.newton_removal(x, y, w, cert["lam"], remove)
+        x, y = certified.design(full)
+        new_w, bounds = certified.newton_removal(x, y, w, cert["lam"], remove)
         used, steps, how = float(sum(bounds)), len(remove), "per-row"
         keep = torch.from_numpy(~mask)
         new_state = certified.removal_state(new_w, x[keep], y[keep], cert["lam"])
