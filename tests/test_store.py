@@ -172,6 +172,59 @@ def test_readers_see_new_generation(store):
     assert reader.impact(["a"]).records == 2
 
 
+def _hub_attached(root) -> list[str]:
+    from expunge.lineage.store import _hub_connection
+
+    cur = _hub_connection().cursor()
+    try:
+        return sorted(p for (p,) in cur.execute("SELECT path FROM duckdb_databases() WHERE path IS NOT NULL")
+                      .fetchall() if str(root) in p)
+    finally:
+        cur.close()
+
+
+def test_reads_reuse_an_attachment_until_the_generation_changes(store):
+    """Reads keep the live catalog attached; a write's new generation replaces it (the old one detached)."""
+    store.ingest_source({"s": ["a"], "r": ["1"]}, name="d", subject_col="s", record_col="r")
+    gen = store.generation()
+    for _ in range(3):
+        with store.read() as con:
+            assert con.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 1
+    assert _hub_attached(store.root) == [str(store.root / gen)]
+    store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 2
+    assert _hub_attached(store.root) == [str(store.root / store.generation())] != [str(store.root / gen)]
+
+
+def test_a_catalog_replaced_under_the_same_name_is_read_afresh(tmp_path):
+    """A store restored from a copy can name the same generation file as before with other bytes: a read
+    must not answer from the attachment of the file it replaced."""
+    import shutil
+
+    a, b = Store.init(tmp_path / "a"), Store.init(tmp_path / "b")
+    a.ingest_source({"s": ["u"], "r": ["1"]}, name="d", subject_col="s", record_col="r")
+    b.ingest_source({"s": ["u", "v"], "r": ["1", "2"]}, name="other", subject_col="s", record_col="r")
+    assert a.generation() == b.generation()
+    with a.read() as con:
+        assert con.execute("SELECT name FROM datasets").fetchall() == [("d",)]
+    shutil.rmtree(a.root)
+    shutil.copytree(b.root, a.root)
+    with Store.open(a.root).read() as con:
+        assert con.execute("SELECT name FROM datasets").fetchall() == [("other",)]
+
+
+def test_a_purge_detaches_the_generations_it_deletes(store):
+    from expunge.lineage.rekey import rotate
+
+    store.ingest_source({"s": ["a", "b"], "r": ["1", "2"]}, name="d", subject_col="s", record_col="r")
+    with store.read():
+        pass
+    rotate(store)
+    assert _hub_attached(store.root) == []  # nothing of the purged generations held open
+    assert store.impact(["a"]).records == 1
+
+
 def test_threads_read_while_one_writes(store):
     """Every read and write attaches its catalog generation to one in-process DuckDB instance."""
     import threading
