@@ -55,7 +55,7 @@ class RecordDataset(torch.utils.data.Dataset):
             if rows is not None:
                 raise BadInput("select rows by id (rows) or by record (records), not both")
             t1 = time.perf_counter()
-            label, all_ids, order, first, last = self._of_records(store, version, records, excluded)
+            label, ids, order, first, last, n_whole = self._of_records(store, version, records, excluded)
             read = time.perf_counter() - t1
         else:
             t1 = time.perf_counter()
@@ -66,10 +66,10 @@ class RecordDataset(torch.utils.data.Dataset):
                 wanted = pa.array([str(r) for r in rows], pa.string())
                 keep &= pc.is_in(vrows.row_ids, value_set=wanted).to_numpy(zero_copy_only=False)
             order = np.flatnonzero(keep)
-            label, all_ids = vrows.version, vrows.row_ids
+            label, n_whole = vrows.version, len(vrows.row_ids)
             first, last = vrows.first_ords()[order], vrows.last_ords()[order]
+            ids = vrows.row_ids.take(pa.array(order))
         # Stable, store-defined order: sorted by row id, so a re-run sees the same order.
-        ids = all_ids.take(pa.array(order))
         if len(ids) > 1 and not _ascending(ids):
             s = pc.sort_indices(ids).to_numpy(zero_copy_only=False)
             ids, order, first, last = ids.take(pa.array(s)), order[s], first[s], last[s]
@@ -81,7 +81,7 @@ class RecordDataset(torch.utils.data.Dataset):
         self.read_seconds = read + time.perf_counter() - t1
         require_columns(table, [row_col, *feature_cols, label_col], f"features for {version}")
         col = id_column(table, row_col, "features")
-        if len(col) == len(all_ids) and col.equals(all_ids):
+        if len(col) == n_whole and col.take(pa.array(order)).equals(ids):
             pos = np.asarray(order, np.int64)  # the table lists the version's rows in the store's order: no lookup
         else:
             found = pc.index_in(ids, value_set=col)
@@ -103,8 +103,9 @@ class RecordDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _of_records(store: Store, version: str, records, excluded: np.ndarray):
-        """(label, the version's row ids in ordinal order, positions of the wanted rows, first, last ordinals)
-        for the rows of `records` minus `excluded` in a version whose rows are records."""
+        """(label, the wanted rows' ids, their positions in the version, first, last ordinals, the version's
+        number of rows) for the rows of `records` minus `excluded` in a version whose rows are records (all in
+        ordinal order)."""
         from pyroaring import BitMap
 
         from expunge.lineage.ingest import bitmap_array
@@ -120,9 +121,10 @@ class RecordDataset(torch.utils.data.Dataset):
                 raise BadInput(f"{v['label']}: {len(want - whole)} of the records asked for are not in the version")
             want -= BitMap(excluded)
             whole_ords = bitmap_array(whole)
-            all_ids = record_ids(store, view, v["record_dataset_id"], whole_ords)
-        ords = bitmap_array(want).astype(np.int64)
-        return v["label"], all_ids, np.searchsorted(whole_ords, ords), ords, ords.copy()
+            ords = bitmap_array(want)
+            ids = record_ids(store, view, v["record_dataset_id"], ords)  # the wanted rows' ids alone
+        ords = ords.astype(np.int64)
+        return v["label"], ids, np.searchsorted(whole_ords, ords), ords, ords.copy(), len(whole_ords)
 
     @property
     def row_ids(self) -> list[str]:

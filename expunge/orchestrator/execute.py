@@ -574,14 +574,15 @@ class LocalExecutor:
 
 
 def _import_trainers(store: Store, items: list[dict], policy) -> None:
-    """Import, before the first action starts, the modules the actions will run (torch, and each model's
-    recorded trainer if the policy allows it): a process imports them once, so their seconds are the command's
+    """Import, before the first action starts, the modules the actions will run (torch, the run manifest's
+    schema checker, and each model's recorded trainer if the policy allows it): a process imports them once, so their seconds are the command's
     start-up, not the first action's (whose actual cost is set beside its estimate). A trainer that cannot be
     imported is left for its action to report."""
     from expunge.orchestrator.trainers import allowed_prefixes, load_trainer
 
     if not any(i["chosen"]["action"] not in ("no_action", "retire") for i in items):
         return
+    import jsonschema  # noqa: F401  (every action records a run, checked against its schema: ~60 ms to import)
     import torch  # noqa: F401
 
     import expunge.lineage.torch  # noqa: F401
