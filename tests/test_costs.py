@@ -23,6 +23,10 @@ def test_sisa_shard_retrain_reads_the_files_whole_and_pays_the_rest_of_setup_for
     assert est.seconds == pytest.approx(0.8 + 1.2 * 0.25 + 8000.0 * (90 + 40) / 800)
     # Unknown read: the whole setup again, as before.
     assert costs.sisa_shards(8000.0, stage_steps, {3: 1}, setup=2.0).seconds == pytest.approx(2.0 + 900.0)
+    # A shard's load measured (0.1 s): it replaces the whole-file read; the rest of setup scales as before.
+    est = costs.sisa_shards(8000.0, stage_steps, {3: 1, 5: 3}, setup=2.0, read=0.8, shard_read=0.1)
+    assert est.seconds == pytest.approx(0.1 + 1.2 * 0.25 + 8000.0 * (90 + 40) / 800)
+    assert "loading a shard's rows" in est.reasons[0]
 
 
 def test_checkpoint_replay_from_step_600_of_1000_is_40_percent():

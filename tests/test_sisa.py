@@ -351,3 +351,32 @@ def test_a_composed_ensemble_is_not_shard_retrained_after_a_key_rotation(tmp_pat
     with pytest.raises(BadInput, match="key rotation"):
         rerun(store, "sisa-aug", new_name="sisa-aug-shard", out_dir=tmp_path / "again", shard=0,
               init_model=tmp_path / "sisa-aug" / "model.pt")
+
+
+def test_a_shard_retrain_is_priced_at_loading_one_shard_as_the_trainer_measured_it(trained):
+    """The run measures loading one shard's rows (what a shard retrain loads) besides its own first read; the
+    plan prices the retrain's loading at that, the rest of its setup by the shard's share of the steps."""
+    import json
+
+    store, root, table, cfg, assignment = trained
+    with store.read() as con:
+        wall, setup, record, extra = con.execute(
+            "SELECT wall_seconds, setup_seconds, record_seconds, extra FROM runs WHERE name = 'sisa-1'").fetchone()
+        ckpts = con.execute("""SELECT c.shard, c.slice, c.step FROM checkpoints c JOIN runs r USING (run_id)
+                               WHERE r.name = 'sisa-1' AND c.shard IS NOT NULL ORDER BY c.step""").fetchall()
+    extra = json.loads(extra)
+    load, read = extra["shard_read_seconds"], extra["setup_read_seconds"]
+    assert 0 < load < setup  # measured, and counted in the run's setup
+    subject, _ = subject_in(table, assignment, 2, 1)
+    r = rq.create(store, [subject], category="default", policy=store_policy(store))
+    doc = planner.make_plan(store, [r.id], store_policy(store))
+    (item,) = doc["items"]
+    assert item["chosen"]["action"] == "sisa_shard_retrain"
+    steps, prev = {}, 0
+    for s, sl, step in ckpts:  # each stage's steps: from one checkpoint to the next
+        steps[(s, sl)], prev = step - prev, step
+    total = sum(steps.values())
+    share = sum(n for (s, _), n in steps.items() if s == 2) / total
+    redo = sum(n for (s, sl), n in steps.items() if s == 2 and sl >= 1)
+    want = load + (setup + record - read) * share + wall * redo / total
+    assert item["chosen"]["action_seconds"] == pytest.approx(want, rel=1e-4, abs=1e-5)

@@ -130,9 +130,12 @@ def train(req: TrainRequest) -> dict:
     t0 = time.perf_counter()
     shard, slice_, cuts = assignment(ds, S, R, cuts)
     req.setup_seconds += time.perf_counter() - t0  # reading the owners' keys: before training, paid by re-runs
+    probe = _shard_load_seconds(req, ds, shard)
+    req.setup_seconds += probe or 0.0  # before training; a re-run measures it again
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
     with req.tracker(inputs=[req.input_manifest(ds)] + others, shards=S, slices=R,
                      extra={"setup_read_seconds": ds.read_seconds,
+                            **({"shard_read_seconds": probe} if probe is not None else {}),
                             # The key the owners' fingerprints (the shards) came from: a rotation changes them.
                             "owner_key_layers": dealt if starts else len(req.store.key_layers)}).bind(ds) as tr:
         tr.assign_bound(shard, slice_)
@@ -141,6 +144,23 @@ def train(req: TrainRequest) -> dict:
                           shard, slice_, tr)
         tr.final_model(model, req.model_name, stage=req.stage, parents=req.parents, cuts=cuts)
     return tr.result
+
+
+def _shard_load_seconds(req: TrainRequest, ds, shard: np.ndarray) -> float | None:
+    """Seconds that loading one shard's rows takes, as a shard retrain loads them (the features table and the
+    record ids read again, the shard's rows kept), for pricing one before it runs; measured now that the files
+    have been read once (a process's first read of them is slower than a retrain's). None where a shard
+    retrain does not load rows that way (a version whose rows are not records)."""
+    from expunge.lineage.torch import RecordDataset
+
+    with req.store.view() as view:
+        if view.resolve_version(ds.version)["row_space"] != "records":
+            return None
+    c = req.config
+    mine = ds.first_ords[shard == (int(shard[0]) if len(shard) else 0)]
+    got = RecordDataset(req.store, ds.version, c["features"], row_col=c.get("row_col", "record_id"),
+                        feature_cols=c["feature_cols"], label_col=c["label_col"], records=mine.astype(np.uint32))
+    return got.load_seconds
 
 
 def _owner_key_layers(req: TrainRequest) -> int | None:
@@ -345,7 +365,8 @@ def _retrain(req: TrainRequest, model: SisaEnsemble, initial: list, starts: dict
         raise BadInput(f"shard {k} trained on excluded records before the slice it is retrained from (or is not "
                        "retrained): retrain it from an earlier slice")
     with req.tracker(inputs=[train_input] + others, shards=S, slices=R,
-                     extra={"setup_read_seconds": ds.read_seconds}).bind(ds) as tr:
+                     extra={"setup_read_seconds": ds.read_seconds,
+                            "shard_read_seconds": ds.load_seconds / max(len(states), 1)}).bind(ds) as tr:
         tr.carry_facts(*facts)
         for s in range(S):
             for r in range(min(first.get(s, R), R)):
