@@ -77,6 +77,12 @@ def test_approximate_is_priced_in_unlearning_steps():
     # Without the run's steps: per row of a training epoch, 1 ms (10 epochs of 100k rows in 1,000 s) × 10 × 550.
     assert costs.approximate(1000.0, epochs=10, n_records=100_000, n_forget=50, retain_sample=500).seconds == \
         pytest.approx(5.5)
+    # A SISA ensemble of 4 is unlearned whole: each step runs all 4 members, where a training step ran one.
+    sisa = costs.approximate(1000.0, epochs=10, n_records=100_000, n_forget=50, retain_sample=500, setup=2.0,
+                             total_steps=4000, members=4)
+    assert sisa.seconds == pytest.approx(2.0 + 61 * 1.7 * 4 * 0.25) and "all 4 members" in sisa.reasons[0]
+    assert costs.approximate(1000.0, epochs=10, n_records=100_000, n_forget=50, retain_sample=500,
+                             members=4).seconds == pytest.approx(4 * 5.5)
 
 
 def test_certified_removal_is_priced_in_gradient_passes():

@@ -308,7 +308,8 @@ class ApproximateUnlearning(Action):
     def estimate(self, f, policy):
         n, forget = f.rows()
         return costs.approximate(f.run_seconds, f.epochs, n, forget, min(n, self.RETAIN_SAMPLE * max(forget, 1)),
-                                 setup=f.setup_seconds, total_steps=f.total_steps, method=policy.approximate_method)
+                                 setup=f.setup_seconds, total_steps=f.total_steps, method=policy.approximate_method,
+                                 members=f.shards if f.family == "sisa-mlp" else 1)
 
 
 class Retire(Action):

@@ -200,21 +200,27 @@ def unlearning_steps(method: str, n_forget: int, n_retain: int) -> int:
 
 
 def approximate(run_seconds: float, epochs: int, n_records: int, n_forget: int, retain_sample: int,
-                setup: float = 0.0, total_steps: int | None = None, method: str = "scrub") -> Estimate:
+                setup: float = 0.0, total_steps: int | None = None, method: str = "scrub",
+                members: int = 1) -> Estimate:
     """NegGrad+ or SCRUB on the forget rows and a sample of retained rows, after loading the data.
 
     Their batches are small, so a step costs about what a training step cost (seconds / the run's steps: the
     per-step overhead dominates a small model); without the run's step count, per row of a training epoch.
+    An ensemble whose `members` each trained alone (SISA: each of its steps trained one member) is unlearned
+    whole, every member in every step: a step costs `members` training steps.
     """
     steps = unlearning_steps(method, n_forget, retain_sample)
-    per = SCRUB_STEP if method != "neggrad+" else 1.0
+    per = (SCRUB_STEP if method != "neggrad+" else 1.0) * max(members, 1)
     if total_steps:
         work = run_seconds / total_steps * steps * per
         how = (f"{steps:,} step(s) at {format_seconds(run_seconds / total_steps)} a training step"
-               + (f", each {per:g}× one (the KL to the teacher)" if per != 1.0 else ""))
+               + (f", each {per:g}× one" + " (" + ", ".join(
+                   ([f"all {members} members"] if members > 1 else [])
+                   + (["the KL to the teacher"] if method != "neggrad+" else [])) + ")" if per != 1.0 else ""))
     else:
-        work = _per_record_epoch(run_seconds, epochs, n_records) * (n_forget + retain_sample) * max(epochs, 1)
-        how = "priced per row (the run's steps were not recorded)"
+        work = _per_record_epoch(run_seconds, epochs, n_records) * (n_forget + retain_sample) * max(epochs, 1) \
+            * max(members, 1)
+        how = "priced per row (the run's steps were not recorded)" + (f", all {members} members" if members > 1 else "")
     return Estimate(setup + work, [f"{method} on {n_forget:,} forget + {retain_sample:,} retained rows: {how}"
                                    + _setup(setup)])
 
