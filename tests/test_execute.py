@@ -3,10 +3,12 @@ execution, refusals, and exactly-once resumption after SIGKILL at several points
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,38 @@ def test_every_action_ran_once_and_the_new_versions_hold_none_of_the_records(exe
     # Running it again does nothing more.
     again = execute.run_plan(store, doc["id"], finish=False)
     assert [a["new_model"] for a in again["actions"]] == [a["new_model"] for a in result["actions"]]
+
+
+def test_actions_keep_their_bookkeeping_and_later_plans_price_its_median(executed):
+    """Each re-run action records the seconds it spent outside its trainer (looking up, recording the
+    replacement); the next plan adds their median to every action's estimate, and says so."""
+    import statistics
+
+    store, subject, doc, result, _ = executed
+    with store.read() as con:
+        rows = con.execute("""SELECT a.action, a.wall_seconds, a.detail, r.wall_seconds
+                              FROM execution_actions a JOIN models m ON m.name || '@' || m.version_no = a.new_model
+                              JOIN runs r USING (run_id) WHERE a.plan_id = ?""", [doc["id"]]).fetchall()
+    assert len(rows) == len(doc["items"])
+    kept = []
+    for action, wall, detail, run_wall in rows:
+        bk = json.loads(detail)["bookkeeping_seconds"]
+        # Outside the trainer, which trained for at least its run's recorded wall seconds (a SISA shard
+        # retrain's run records the whole ensemble's, for planning: not a bound on its action).
+        assert 0 < bk < wall and (action == "sisa_shard_retrain" or bk <= wall - run_wall)
+        kept.append(bk)
+    want = statistics.median(kept)
+    assert planner.bookkeeping(store) == (pytest.approx(want), len(kept))
+    facts = planner.gather(store, store.impact([subject]))
+    assert facts and all(f.bookkeeping == pytest.approx(want) for f in facts)
+    f = facts[0]
+    (plain,) = [c for c in planner.price(dataclasses.replace(f, bookkeeping=0.0, bookkeeping_n=0), store_policy(store),
+                                         "exact", datetime(2100, 1, 1), datetime(2000, 1, 1), "mia")
+                if c["action"] == "retire"]
+    (priced,) = [c for c in planner.price(f, store_policy(store), "exact", datetime(2100, 1, 1),
+                                          datetime(2000, 1, 1), "mia") if c["action"] == "retire"]
+    assert priced["action_seconds"] == pytest.approx(plain["action_seconds"] + want, abs=1e-6)
+    assert f"the median of this store's last {len(kept)} action(s)" in priced["reasons"][-1]
 
 
 def test_sisa_shard_retrain_equals_retraining_the_shard_from_scratch(executed, tmp_path):

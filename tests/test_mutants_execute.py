@@ -54,7 +54,13 @@ def test_retire_and_no_action_by_hand(planned):
     assert {i["model"]: i["chosen"]["action"] for i in doc["items"]} == {"base@1": "retire", "scorer@1": "no_action"}
     out = execute.run_plan(store, doc["id"])
     assert out["done"] == out["total"] == 2
-    assert _details(store, doc["id"]) == {
+    details = _details(store, doc["id"])
+    # A retire is all bookkeeping (its whole wall seconds); doing nothing records none.
+    with store.read() as con:
+        wall = con.execute("SELECT wall_seconds FROM execution_actions WHERE plan_id = ? AND model = 'base@1'",
+                           [doc["id"]]).fetchone()[0]
+    assert details["base@1"][2].pop("bookkeeping_seconds") == pytest.approx(wall, abs=2e-6)
+    assert details == {
         "base@1": ("retire", "done", {"from_stage": "dev"}),
         "scorer@1": ("no_action", "done", {"why": "the records never reached training"})}
     assert execute.model_info(store, "base@1")["stage"] == "archived"

@@ -55,6 +55,8 @@ class ModelFacts:
     budget_spent: float = 0.0
     certified_need: float | None = None  # budget the removal would use, computed on the run's data
     certified_how: str | None = None     # how it was computed: "batch" (one step, removed rows) or "per-row"
+    bookkeeping: float = 0.0             # seconds an action spends looking up and recording (the store's median)
+    bookkeeping_n: int = 0               # actions that median is of
     dim: int = 0
     iterations: int = 1
     epochs: int = 1

@@ -70,6 +70,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
         keep = torch.from_numpy(~mask)
         new_state = certified.removal_state(new_w, x[keep], y[keep], cert["lam"])
         timing = {"read_seconds": full.load_seconds, "step_seconds": time.perf_counter() - t_step - full.load_seconds}
+    ctx.trainer_seconds += timing["read_seconds"] + timing["step_seconds"]  # what its estimate prices
     base = float(cert.get("train_grad_norm", 0.0))
     if base + spent + used > cert["removal_budget"]:
         raise ActionFailed(f"{item['model']}: removing {steps} row(s) needs {used:.3g} of the removal budget, "

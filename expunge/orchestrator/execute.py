@@ -72,6 +72,7 @@ class Context:
     plan: dict
     erased: np.ndarray                    # record ordinals of the requests' subjects
     new: dict[str, str] = field(default_factory=dict)  # model → its new version made by this plan
+    trainer_seconds: float = 0.0          # this action's seconds in work its estimate prices (the trainer's)
 
     @property
     def tag(self) -> str:
@@ -167,6 +168,7 @@ def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | No
         kw["init_model"] = model_info(ctx.store, fine_tuned[0])["path"]  # fine-tune: start from the parent
     from expunge.orchestrator.policy import pinned
 
+    t0 = time.perf_counter()
     try:
         rerun(ctx.store, run, new_name=name, out_dir=ctx.out_dir(name), exclude_records=ctx.erased, stage=stage,
               parents=parents, config=config, policy=pinned(ctx.store, ctx.plan["policy"]["sha256"]),
@@ -175,6 +177,8 @@ def rerun_step(ctx: Context, run: str, *, stage: str, subst: dict[str, str] | No
         # Another worker re-ran the same run (a shared ancestor of two chains) and recorded it first.
         if model_of_run(ctx.store, name) is None:
             raise
+    finally:
+        ctx.trainer_seconds += time.perf_counter() - t0  # loading, training, recording: what setup/wall/record price
     made = model_of_run(ctx.store, name)
     if made is None:
         raise ActionFailed(f"re-running {run} recorded no model version")
@@ -325,6 +329,21 @@ EXECUTORS: dict[str, Callable[[Context, dict], Outcome]] = {
 
 # The actions that call the model's recorded trainer again.
 RERUNS = {"full_retrain", "clean_ancestor_replay", "rederive_from_parent", "checkpoint_replay", "sisa_shard_retrain"}
+# Actions whose seconds outside the priced work (`Context.trainer_seconds`) are looking up and recording: kept as
+# the action's `bookkeeping_seconds`, which the planner adds to later estimates (an approximate action's are
+# not told apart from its work).
+BOOKKEPT = RERUNS | {"retire", "certified_removal"}
+
+
+def run_action(ctx: Context, item: dict) -> tuple[Outcome, float, float]:
+    """Run one action: (its outcome, wall and CPU seconds); its bookkeeping seconds go into the outcome."""
+    ctx.trainer_seconds = 0.0
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = executor(item["chosen"]["action"])(ctx, item)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if item["chosen"]["action"] in BOOKKEPT and not out.detail.get("adopted"):
+        out.detail["bookkeeping_seconds"] = round(max(wall - ctx.trainer_seconds, 0.0), 6)
+    return out, wall, cpu
 
 
 def executor(action: str) -> Callable[[Context, dict], Outcome]:
@@ -609,10 +628,9 @@ def _work(root: str, doc: dict, pos: int, new: dict, erased: np.ndarray) -> tupl
     store.lock_wait = LOCK_WAIT
     ctx = Context(store, doc, erased, dict(new))
     fault(f"run:before-action-{pos}")
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = executor(doc["items"][pos]["chosen"]["action"])(ctx, doc["items"][pos])
+    out, wall, cpu = run_action(ctx, doc["items"][pos])
     fault(f"run:after-action-{pos}")
-    return out, time.perf_counter() - t0, time.process_time() - c0
+    return out, wall, cpu
 
 
 # How long a write waits for another writer while actions run in parallel (their writes are short).
@@ -728,12 +746,11 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
             state[pos] = _state(store, pid)[pos]
             acting[pos] = effective_item(items[pos], state[pos])
             begin(pos)
-            t0, c0 = time.perf_counter(), time.process_time()
             try:
-                out = executor(acting[pos]["chosen"]["action"])(ctx, acting[pos])
+                out, wall, cpu = run_action(ctx, acting[pos])
             except Exception as exc:
                 raise failed(pos, exc) from None
-            _finish(store, doc, pos, acting[pos], out, time.perf_counter() - t0, time.process_time() - c0)
+            _finish(store, doc, pos, acting[pos], out, wall, cpu)
 
     def finished(pos: int, out: Outcome, wall: float, cpu: float) -> None:
         _finish(store, doc, pos, acting[pos], out, wall, cpu)
@@ -748,13 +765,12 @@ def _run_locked(store: Store, doc: dict, state: dict, jobs: int, on_event, finis
         for pos in todo:
             begin(pos)
             fault(f"run:before-action-{pos}")
-            t0, c0 = time.perf_counter(), time.process_time()
             try:
-                out = executor(acting[pos]["chosen"]["action"])(ctx, acting[pos])
+                out, wall, cpu = run_action(ctx, acting[pos])
             except Exception as exc:  # recorded, then re-raised (expunge's own errors as one line)
                 raise failed(pos, exc) from None
             fault(f"run:after-action-{pos}")
-            finished(pos, out, time.perf_counter() - t0, time.process_time() - c0)
+            finished(pos, out, wall, cpu)
     else:
         from concurrent.futures import FIRST_COMPLETED, wait
 

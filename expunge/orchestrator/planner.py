@@ -19,6 +19,7 @@ from expunge import audit
 from expunge.errors import BadInput, ExpungeError, UnknownReference
 from expunge.lineage.store import Store, _now, has_table
 from expunge.orchestrator import requests as rq
+from expunge.orchestrator import costs
 from expunge.orchestrator.actions import ACTIONS, ModelFacts
 from expunge.orchestrator.costs import RunCost
 from expunge.orchestrator.costs import format_seconds
@@ -199,7 +200,29 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
         out.append(f)
     if record_ords is not None:
         _certified_needs(store, out, record_ords)
+    bk = bookkeeping(store)
+    for f in out:
+        f.bookkeeping, f.bookkeeping_n = bk
     return out
+
+
+BOOKKEEPING_SAMPLE = 20
+
+
+def bookkeeping(store: Store) -> tuple[float, int]:
+    """(median seconds, number of actions): what this store's last `BOOKKEEPING_SAMPLE` actions spent looking up and
+    recording, outside the work their estimates price (each action's `bookkeeping_seconds`); (0, 0) before any."""
+    import json
+    import statistics
+
+    with store.read() as con:
+        if not has_table(con, "execution_actions"):
+            return 0.0, 0
+        rows = con.execute("""SELECT detail FROM execution_actions WHERE state = 'done' AND detail LIKE '%bookkeeping%'
+                              ORDER BY ended_at DESC, plan_id, position LIMIT ?""", [BOOKKEEPING_SAMPLE]).fetchall()
+    got = [float(json.loads(d)["bookkeeping_seconds"]) for (d,) in rows
+           if isinstance(json.loads(d).get("bookkeeping_seconds"), (int, float))]
+    return (statistics.median(got), len(got)) if got else (0.0, 0)
 
 
 def _topological(models: dict[str, dict], parents: dict[str, list[str]]) -> list[str]:
@@ -327,6 +350,10 @@ def price(f: ModelFacts, policy: Policy, required: str, deadline: datetime, now:
             entry["applicable"] = why is None
         if why is None:
             est = a.estimate(f, policy)
+            if f.bookkeeping > 0 and a.name != "no_action":
+                est = costs.Estimate(est.seconds + f.bookkeeping, est.reasons + [
+                    f"+ {costs.format_seconds(f.bookkeeping)} looking up and recording (the median of this store's "
+                    f"last {f.bookkeeping_n} action(s))"])
             secs = est.seconds + chk["seconds"]
             entry.update(seconds=round(secs, 6), cost=round(secs / 3600.0 * rate, 6),
                          action_seconds=round(est.seconds, 6), reasons=est.reasons,
