@@ -60,15 +60,21 @@ def render_verify(result: dict, console) -> None:
     _say(console, f"Checks of plan [bold]{result['plan'][:16]}[/] for {escape(', '.join(result['requests']))} "
                   f"({how}):")
     t = Table(title_justify="left")
-    for col in ("#", "action", "model", "new version", "check", "passed", "key metrics"):
-        t.add_column(col, no_wrap=col in ("model", "new version"), overflow="fold")
+    for col in ("#", "model → new version", "action", "check", "passed"):
+        t.add_column(col, no_wrap=col != "model → new version", overflow="fold")
     for c in result["checks"]:
         mark = "[green]yes[/]" if c["passed"] else f"[red]no ({c['verdict']})[/]"
-        t.add_row(str(c["order"]), c["action"] or "—", escape(c["model"]), escape(c["new_model"] or "—"), c["kind"],
-                  mark, escape(c["summary"]))
+        new = c["new_model"]
+        if new and new.rpartition("@")[0] == c["model"].rpartition("@")[0]:
+            new = "@" + new.rpartition("@")[2]  # the same model's next version: its number is enough
+        t.add_row(str(c["order"]), escape(f"{c['model']} → {new}" if new else c["model"]), c["action"] or "—",
+                  c["kind"], mark)
     console.print(t)
+    # The key metrics and reasons under the table, one line each (wrapped under their text): a table column
+    # of sentences folds into a word a line on an 80-column terminal.
     for c in result["checks"]:
-        for why in c["reasons"]:
-            _say(console, f"  {c['order']}. {escape(c['model'])}: {escape(why)}", hang=4, highlight=False)
+        for why in [c["summary"], *c["reasons"]]:
+            if why:
+                _say(console, f"  {c['order']}. {escape(c['model'])}: {escape(why)}", hang=4, highlight=False)
     n = sum(c["passed"] for c in result["checks"])
     console.print(f"{n} of {len(result['checks'])} check(s) passed.")

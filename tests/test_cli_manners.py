@@ -242,3 +242,26 @@ def test_impact_says_which_subjects_are_missing_by_position(st, tmp_path):
     doc = json.loads(run("impact", "--subject", "x", "--subject", "a", "--subject", "x", "--store", st,
                          "--json").stdout)
     assert doc["subjects"] == {"requested": 2, "found": 1, "missing": ["the 1st --subject", "the 3rd --subject"]}
+
+
+def test_check_results_fit_80_columns_with_their_metrics_under_the_table():
+    """`expunge verify` (and the demo's last tables): the table keeps action names whole; each check's key
+    metrics follow it on their own lines, wrapped under their text, never folded a word a line in a column."""
+    import re
+
+    from expunge.cli_verify import render_verify
+
+    summary = ("1 version(s) in chain, 0 erased records held; probe changed 0/1 erased, 0/200 retained; the rows "
+               "a retrain would leave out were left out")
+    checks = [{"order": k, "action": "sisa_shard_retrain", "model": "churn-certified@1", "new_model": "churn-certified@2",
+               "kind": "lineage", "passed": k != 2, "verdict": "pass" if k != 2 else "fail", "summary": summary,
+               "reasons": [] if k != 2 else ["membership AUC 0.81 over the 0.6 the policy allows"]} for k in (1, 2)]
+    result = {"plan": "e3ddbf2bd0165d72" * 4, "requests": ["req-000001"], "source": "recorded", "checks": checks,
+              "passed": False}
+    text = assert_hanging_indents(lambda c: render_verify(result, c))
+    rows = [ln for ln in text.splitlines() if ln.startswith("│")]
+    assert rows and all("sisa_shard_retrain" in ln and "churn-certified@1 → @2" in ln for ln in rows), text
+    flat = re.sub(r" *\n +", " ", text)  # the wrapped lines joined back
+    assert flat.count(f"1. churn-certified@1: {summary}") == 1 and flat.count(f"2. churn-certified@1: {summary}") == 1
+    assert "2. churn-certified@1: membership AUC 0.81 over the 0.6 the policy allows" in flat
+    assert "1 of 2 check(s) passed." in text
