@@ -56,20 +56,40 @@ class VersionRows:
 def record_values(store: Store, view, ords: np.ndarray, column: str = "record_id") -> pa.Array:
     """A column of the record-id tables (`record_id`, or `owner`: 16 bits of the subject hash) for the
     given record ordinals, in the same order."""
-    import pyarrow.parquet as pq
-
     segs = view.execute("SELECT ord_start, n, ids_file FROM record_segments ORDER BY ord_start").fetchall()
     if not segs or len(ords) == 0:
         return pa.array([], pa.string() if column == "record_id" else pa.uint16())
     starts = np.array([s for s, _, _ in segs], np.int64)
-    sizes = np.array([n for _, n, _ in segs], np.int64)
     seg = np.searchsorted(starts, ords.astype(np.int64), side="right") - 1
-    parts, base, remap = [], 0, np.zeros(len(segs), np.int64)
+    at = ords.astype(np.int64) - starts[seg]  # each ordinal's row in its segment's table
+    pos = np.empty(len(ords), np.int64)
+    parts, base = [], 0
     for i in np.unique(seg).tolist():
-        parts.append(pq.read_table(store.data_path(segs[i][2]), columns=[column]).column(0).combine_chunks())
-        remap[i] = base
-        base += int(sizes[i])
-    return pa.concat_arrays(parts).take(pa.array(remap[seg] + ords.astype(np.int64) - starts[seg]))
+        mine = np.flatnonzero(seg == i)
+        col, first = _segment_rows(store.data_path(segs[i][2]), column, at[mine])
+        pos[mine] = base + first
+        parts.append(col)
+        base += len(col)
+    return pa.concat_arrays(parts).take(pa.array(pos))
+
+
+def _segment_rows(path, column: str, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """(a column of a record-id table, where `rows` are in it): the row groups that hold them when they are
+    few (a certified removal's one subject: one group of the 200k-row table, not all of it), else all."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    sizes = np.array([f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)], np.int64)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    groups = np.unique(np.searchsorted(bounds, rows, side="right") - 1)
+    if len(groups) == len(sizes):
+        return f.read(columns=[column]).column(0).combine_chunks(), rows
+    col = f.read_row_groups(groups.tolist(), columns=[column]).column(0).combine_chunks()
+    # Row r of group g sits at (rows of the groups read before g) + (r − the first row of g).
+    before = np.zeros(len(sizes), np.int64)
+    before[groups] = np.concatenate([[0], np.cumsum(sizes[groups])[:-1]])
+    g = np.searchsorted(bounds, rows, side="right") - 1
+    return col, before[g] + rows - bounds[g]
 
 
 def record_ids(store: Store, view, dataset_id: int, ords: np.ndarray) -> pa.Array:

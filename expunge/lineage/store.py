@@ -39,6 +39,7 @@ from expunge.lineage.fsutil import (
 )
 
 DEFAULT_STORE = ".expunge"
+ROW_GROUP = 32_768  # rows per Parquet row group of the store's own tables
 MERGE_FACTOR = 2  # merge the newest subject segments while the older one is < MERGE_FACTOR × newer
 
 
@@ -834,7 +835,8 @@ class Txn(CatalogView):
 
         name, fh = self.create(suffix)
         fh.close()  # Parquet's writer truncates the 0600 file we made rather than making its own
-        pq.write_table(table, self.store.data_path(name), compression="zstd")
+        # Row groups of 32k rows: a lookup of a few records' ids reads the groups that hold them, not the table.
+        pq.write_table(table, self.store.data_path(name), compression="zstd", row_group_size=ROW_GROUP)
         return name
 
     def discard_files(self) -> None:

@@ -260,8 +260,8 @@ def normalised(state: dict, root: Path, *, drop_measured: bool = False) -> dict:
                     continue
                 if t == "audit_events" and c == "body" and v is not None:
                     v = event_body(v)
-                elif ty == "JSON" and v is not None:
-                    v = json.loads(v)
+                elif (ty == "JSON" or (t, c) == ("execution_actions", "detail")) and v is not None:
+                    v = json.loads(v)  # an action's detail is JSON text: its measured seconds go as others do
                 d[c] = fix(v)
             out.append(d)
         tables[t] = sorted(out, key=lambda r: json.dumps(r, sort_keys=True, default=_json_default))
