@@ -151,7 +151,8 @@ def one(store, root: Path, subject: str, scenario: str, rep: int, j: int, train_
     res = {"repeat": rep, "subject_no": j, "scenario": scenario, "train_seconds": train_s,
            "retrain_seconds": retrain, "retrain_cpu_seconds": retrain_cpu, "retrain_training_seconds": retrain_train,
            "actions": {m: {**{k: acts[m][k] for k in ("action", "estimated_seconds", "actual_seconds", "cpu_seconds")},
-                           **{k: details.get(m, {}).get(k) for k in ("read_seconds", "step_seconds", "shards")
+                           **{k: details.get(m, {}).get(k) for k in ("read_seconds", "step_seconds", "record_seconds",
+                                                                     "bookkeeping_seconds", "shards")
                               if details.get(m, {}).get(k) is not None}}
                        for m in acts}}
     print(json.dumps(res), file=sys.stderr)
