@@ -466,3 +466,31 @@ def test_the_browser_check_sees_console_errors_and_blank_pages(tmp_path):
     assert any("planted" in ln for ln in console) and any("missing.css" in ln for ln in console), console
     colours, share = ink(shot)
     assert colours <= 2 and share < 0.01
+
+
+def test_a_model_a_later_request_unlearned_cannot_be_reproduced_and_says_why(reported):
+    """The first plan's new versions trained on the second subject's records, which the store forgot when the
+    second request completed: re-running them cannot give the same artifact (the data is gone), and `verify
+    --reproduce` must say so rather than report a different hash as a failure. The second plan's versions have
+    no later request: they are re-run."""
+    from expunge.orchestrator import execute, verify
+
+    from expunge.orchestrator import planner
+
+    store = reported["store"]
+    first, second = reported["plans"]
+    # Which of the first plan's versions trained on the second subject's records: the second plan, made from the
+    # lineage before the store forgot anything, counted erased records in their training.
+    trained_on_second = {i["model"] for i in planner.load_plan(store, second)["items"] if i["records"] > 0}
+    made = {st["new_model"] for st in execute._state(store, first).values() if st["new_model"]}
+    assert made & trained_on_second and made - trained_on_second  # both kinds: the test can tell them apart
+    for m in made:
+        assert verify.erased_since(store, first, m) == (["req-000002"] if m in trained_on_second else []), m
+    for st in execute._state(store, second).values():
+        if st["new_model"]:
+            assert verify.erased_since(store, second, st["new_model"]) == []
+    pos, st = next((p, s) for p, s in execute._state(store, first).items()
+                   if s["new_model"] in trained_on_second and s["action"] == "full_retrain")
+    rep = verify.reproduce(store, first, pos, "full_retrain", st["model"], st["new_model"], st["detail"])
+    assert rep == {"done": False, "why": "req-000002 erased records it trained on since: its training data cannot be "
+                                         "read again"}

@@ -583,6 +583,12 @@ def reproduce(store: Store, pid: str, pos: int, action: str, model: str, new_mod
         return {"done": False, "why": f"{action} is not a re-run of a trainer"}
     new = _info(store, new_model)
     old = _info(store, model)
+    later = erased_since(store, pid, new_model)
+    if later:
+        # Its training data is not what the store holds now: records it trained on are gone (a later request's,
+        # which the store forgot, as it must). Re-running would train without them: no match to expect.
+        return {"done": False, "why": f"{', '.join(later)} erased records it trained on since: its training data "
+                                      "cannot be read again"}
     args: dict[str, Any] = {"store": str(store.root), "run": new["run"], "init_model": None,
                             "start_checkpoint": None, "shard_checkpoints": None}
     fine = [p["model"] for p in new["parents"] if p["relation"] == "fine-tune"]
@@ -618,6 +624,29 @@ def reproduce(store: Store, pid: str, pos: int, action: str, model: str, new_mod
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"done": True, "recorded_sha256": new["sha256"], "reproduced_sha256": got["sha256"],
             "same": got["sha256"] == new["sha256"]}
+
+
+REPRODUCE_FAILED = "re-running it in a fresh process gave a different artifact"
+
+
+def erased_since(store: Store, pid: str, model: str) -> list[str]:
+    """The requests of later plans that ran and made the store forget records `model`'s run trained on (the
+    plan's item for it counted erased records in its training): the store keeps no trace of those records, so
+    the run's training data cannot be read again."""
+    from expunge.orchestrator import planner
+
+    with store.read() as con:
+        if not has_table(con, "executions"):
+            return []
+        plans = con.execute("""SELECT DISTINCT a.plan_id FROM execution_actions a JOIN executions e USING (plan_id)
+                               WHERE a.model = ? AND a.plan_id <> ? AND e.forgotten IS NOT NULL ORDER BY 1""",
+                            [model, pid]).fetchall()
+    out: list[str] = []
+    for (other,) in plans:
+        doc = planner.load_plan(store, other)
+        if any(i["model"] == model and i.get("records", 0) > 0 for i in doc["items"]):
+            out += [r for r in doc["requests"] if r not in out]
+    return out
 
 
 def train_unrecorded(store: Store, run: str, out_dir: Path, *, inputs: list[dict] | None = None,
@@ -739,9 +768,11 @@ def verify_plan(store: Store, plan_id: str, *, reproduce_exact: bool = False) ->
             if reproduce_exact and st["state"] == "done" and st["new_model"]:
                 rep = reproduce(store, pid, pos, action, item["model"], st["new_model"], st["detail"])
                 res["metrics"]["reproduce"] = rep
+                # A reproduction's finding replaces an earlier one's (a recorded check carries its reasons).
+                res["reasons"] = [r for r in res["reasons"] if not r.startswith(REPRODUCE_FAILED)]
                 if rep["done"] and not rep["same"]:
                     res["verdict"], res["passed"] = "fail", False
-                    res["reasons"].append("re-running it in a fresh process gave a different artifact "
+                    res["reasons"].append(f"{REPRODUCE_FAILED} "
                                           f"({rep['reproduced_sha256'][:12]}… instead of {rep['recorded_sha256'][:12]}…)")
             if st["state"] == "done":
                 record(store, pid, pos, item["model"], st["new_model"], res, source)
