@@ -27,6 +27,13 @@ def test_sisa_shard_retrain_reads_the_files_whole_and_pays_the_rest_of_setup_for
     est = costs.sisa_shards(8000.0, stage_steps, {3: 1, 5: 3}, setup=2.0, read=0.8, shard_read=0.1)
     assert est.seconds == pytest.approx(0.1 + 1.2 * 0.25 + 8000.0 * (90 + 40) / 800)
     assert "loading a shard's rows" in est.reasons[0]
+    # Committing the write (0.2 s of the 2.0) is paid whole: 0.1 + (2.0 − 0.8 − 0.2) × 1/4 + 0.2.
+    est = costs.sisa_shards(8000.0, stage_steps, {3: 1, 5: 3}, setup=2.0, read=0.8, shard_read=0.1, write=0.2)
+    assert est.seconds == pytest.approx(0.1 + 1.0 * 0.25 + 0.2 + 8000.0 * (90 + 40) / 800)
+    assert "200 ms committing the write" in est.reasons[0]
+    # A write said to take more than the setup left after reading is capped at it.
+    assert costs.sisa_shards(8000.0, stage_steps, {3: 1}, setup=2.0, read=0.8, write=5.0).seconds == \
+        pytest.approx(0.8 + 1.2 + 900.0)
 
 
 def test_checkpoint_replay_from_step_600_of_1000_is_40_percent():

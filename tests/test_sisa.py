@@ -355,7 +355,8 @@ def test_a_composed_ensemble_is_not_shard_retrained_after_a_key_rotation(tmp_pat
 
 def test_a_shard_retrain_is_priced_at_loading_one_shard_as_the_trainer_measured_it(trained):
     """The run measures loading one shard's rows (what a shard retrain loads) besides its own first read; the
-    plan prices the retrain's loading at that, the rest of its setup by the shard's share of the steps."""
+    plan prices the retrain's loading at that, its catalog write whole, the rest of its setup by the shard's
+    share of the steps."""
     import json
 
     store, root, table, cfg, assignment = trained
@@ -365,8 +366,8 @@ def test_a_shard_retrain_is_priced_at_loading_one_shard_as_the_trainer_measured_
         ckpts = con.execute("""SELECT c.shard, c.slice, c.step FROM checkpoints c JOIN runs r USING (run_id)
                                WHERE r.name = 'sisa-1' AND c.shard IS NOT NULL ORDER BY c.step""").fetchall()
     extra = json.loads(extra)
-    load, read = extra["shard_read_seconds"], extra["setup_read_seconds"]
-    assert 0 < load < setup  # measured, and counted in the run's setup
+    load, read, write = extra["shard_read_seconds"], extra["setup_read_seconds"], extra["record_write_seconds"]
+    assert 0 < load < setup and 0 < write < record  # measured, and counted in the run's setup and recording
     subject, _ = subject_in(table, assignment, 2, 1)
     r = rq.create(store, [subject], category="default", policy=store_policy(store))
     doc = planner.make_plan(store, [r.id], store_policy(store))
@@ -378,5 +379,6 @@ def test_a_shard_retrain_is_priced_at_loading_one_shard_as_the_trainer_measured_
     total = sum(steps.values())
     share = sum(n for (s, _), n in steps.items() if s == 2) / total
     redo = sum(n for (s, sl), n in steps.items() if s == 2 and sl >= 1)
-    want = load + (setup + record - read) * share + wall * redo / total
+    # The write's commit is paid whole; the rest of setup and recording by the shard's share.
+    want = load + (setup + record - read - write) * share + write + wall * redo / total
     assert item["chosen"]["action_seconds"] == pytest.approx(want, rel=1e-4, abs=1e-5)

@@ -303,12 +303,15 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path, measure_record: bool = F
         facts_file = txn.write_bytes(".facts", data)
 
     cost = dict(run.get("cost", {}))
+    extra = dict(run.get("extra", {}))
     if measure_record and "wall_seconds" in cost:
         # A run captured by expunge's tracker: recording the run (resolving its rows, encoding its facts) is work a re-run pays again, like loading
         # its data: counted as record_seconds, outside the training's wall seconds. Opening the write came before
         # and its commit comes after this row is written: counted as long as this process's previous write's took.
         cost["record_seconds"] = cost.get("record_seconds", 0.0) + (time.perf_counter() - t_record) \
             + txn.store.last_write_overhead
+        if txn.store.last_write_overhead:  # the write's own part: the same for a re-run of any share of the rows
+            extra["record_write_seconds"] = round(txn.store.last_write_overhead, 6)
     txn.con.execute(
         "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run_id, name, run.get("trainer"), json.dumps(run.get("config", {}), sort_keys=True),
@@ -316,7 +319,7 @@ def _insert_run(txn: Txn, run: dict, facts, base: Path, measure_record: bool = F
          cost.get("wall_seconds"), cost.get("cpu_seconds"), cost.get("gpu_seconds"),
          _ts(run.get("started_at")), _ts(run.get("ended_at")), n_shards, n_slices,
          facts_file, json.dumps(index) if index else None,
-         json.dumps(run.get("extra", {}), sort_keys=True), _now(), total_steps, cost.get("setup_seconds"),
+         json.dumps(extra, sort_keys=True), _now(), total_steps, cost.get("setup_seconds"),
          cost.get("record_seconds")],
     )
     for row in input_rows:

@@ -49,6 +49,7 @@ class ModelFacts:
     stage_steps: dict = field(default_factory=dict)   # SISA: (shard, slice) → steps
     setup_read: float | None = None      # SISA: the part of setup_seconds spent reading the data files whole
     shard_read: float | None = None      # SISA: seconds loading one shard's rows took (a shard retrain's load)
+    record_write: float | None = None    # the catalog write's own seconds within record_seconds (paid whole)
     affected_shards: dict = field(default_factory=dict)  # SISA: shard → first affected slice
     sisa_rekeyed: bool = False           # SISA: its shards were dealt from owner keys a key rotation changed since
     certificate: dict | None = None      # certified-removal facts of the run
@@ -175,7 +176,7 @@ class SisaShardRetrain(Action):
 
     def estimate(self, f, policy):
         return costs.sisa_shards(f.run_seconds, f.stage_steps, f.affected_shards, f.rerun_setup(), f.setup_read,
-                                 f.shard_read)
+                                 f.shard_read, f.record_write)
 
 
 class CheckpointReplay(Action):

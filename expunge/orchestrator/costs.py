@@ -70,7 +70,8 @@ def rerun_runs(runs: list[RunCost], what: str) -> Estimate:
 
 
 def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], affected: dict[int, int],
-                setup: float = 0.0, read: float | None = None, shard_read: float | None = None) -> Estimate:
+                setup: float = 0.0, read: float | None = None, shard_read: float | None = None,
+                write: float | None = None) -> Estimate:
     """Retrain each affected shard from its first affected slice.
 
     `stage_steps[(shard, slice)]` is the number of optimizer steps of that stage (from the slice
@@ -80,7 +81,8 @@ def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], aff
     the rows is kept, as the run measured it) the rest is scaled by the affected shards' share of the
     training steps. Without `read`, all of `setup` is paid again. With `shard_read` too (what loading one
     shard's rows took the trainer, measured once the data had been read: the run's own first read of the files
-    is often slower), a retrain's loading is priced at that instead of `read`.
+    is often slower), a retrain's loading is priced at that instead of `read`. `write` (the catalog write's own
+    seconds, within `setup`) is paid whole: committing a write costs the same whatever share of rows it records.
     """
     total = sum(stage_steps.values())
     if total <= 0:
@@ -92,9 +94,11 @@ def sisa_shards(run_seconds: float, stage_steps: dict[tuple[int, int], int], aff
         read = min(max(read, 0.0), setup)
         share = sum(n for (s, _), n in stage_steps.items() if s in affected) / total
         load = read if shard_read is None else max(shard_read, 0.0)
-        setup = load + (setup - read) * share
+        fixed = min(max(write or 0.0, 0.0), setup - read)
+        setup = load + (setup - read - fixed) * share + fixed
         how = (f" + {format_seconds(setup)} loading and recording its shard(s)' rows ({format_seconds(load)} "
                + ("reading the data files" if shard_read is None else "loading a shard's rows")
+               + (f", {format_seconds(fixed)} committing the write" if fixed > 0 else "")
                + f", the rest {share:.1%} of the run's)")
     return Estimate(setup + run_seconds * steps / total,
                     [f"shard(s) {shards}: {steps:,} of {total:,} steps of a {format_seconds(run_seconds)} run" + how])

@@ -119,7 +119,7 @@ class _Catalog:
             budget_spent=float(extra.get("removal_budget_spent", 0.0)),
             has_checkpoints=any(c[1] is None for c in ckpts), total_steps=run["total_steps"],
             stage_steps=stage_steps, setup_read=extra.get("setup_read_seconds"),
-            shard_read=extra.get("shard_read_seconds"),
+            shard_read=extra.get("shard_read_seconds"), record_write=extra.get("record_write_seconds"),
             # SISA over a composed dataset: a shard retrain deals the rows again from the owners' keys, which a key
             # rotation since the run has changed (a records dataset's retrain reads the recorded assignment).
             sisa_rekeyed=bool(run.get("composed")) and extra.get("owner_key_layers") not in (None, self.key_layers))
