@@ -362,3 +362,24 @@ def test_after_completion_the_recorded_checks_stand_and_files_are_rehashed(exact
         assert not _check(got, "fraud@1")["passed"] and _check(got, "churn@1")["passed"]
     finally:
         path.write_bytes(saved)
+
+
+def test_a_reproduction_finding_is_said_once_however_often_verify_runs(exact_run, monkeypatch):
+    """After completion a check is the recorded one; `--reproduce` adds its finding to it and records it: a
+    second call must replace that finding, not add it again."""
+    store, subject, doc, new, _ = exact_run
+    if store.impact([subject]).found:  # the previous test completed the request; alone, complete it here
+        execute.run_plan(store, doc["id"])
+    calls = []
+
+    def different(store_, pid, pos, action, model, new_model, detail, timeout=0):
+        calls.append(model)
+        return {"done": True, "recorded_sha256": "a" * 64, "reproduced_sha256": "b" * 64, "same": False}
+
+    monkeypatch.setattr(verify, "reproduce", different)
+    for _ in range(3):
+        got = verify.verify_plan(store, doc["id"], reproduce_exact=True)
+    assert calls and not got["passed"]
+    for c in got["checks"]:
+        said = [r for r in c["reasons"] if r.startswith(verify.REPRODUCE_FAILED)]
+        assert said == [f"{verify.REPRODUCE_FAILED} (bbbbbbbbbbbb… instead of aaaaaaaaaaaa…)"], c["reasons"]
