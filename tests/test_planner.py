@@ -509,7 +509,7 @@ def test_plan_text_shows_the_models_that_matter_most(demo_store):
         render_plan(doc, console, limit=2)
         text = console.export_text()
         # A model is shown when it has a row of its own ("  6. churn-student@1 (…" or "│ 6 │ churn-student@1 │"),
-        # not when another's row names it ("starts from the unlearned churn-ft@1").
+        # not when another row names it ("starts from the unlearned churn-ft@1").
         shown = {m for m in top | rest if re.search(rf"(^ *\d+\. |│ *\d+ *│ ){re.escape(m)}[ │]", text, re.M)}
         assert shown == top
         assert f"… and {len(doc['items']) - 2} more models" in text

@@ -594,9 +594,9 @@ class LocalExecutor:
 
 def _import_trainers(store: Store, items: list[dict], policy) -> None:
     """Import, before the first action starts, the modules the actions will run (torch, the run manifest's
-    schema checker, and each model's recorded trainer if the policy allows it): a process imports them once, so their seconds are the command's
-    start-up, not the first action's (whose actual cost is set beside its estimate). A trainer that cannot be
-    imported is left for its action to report."""
+    schema checker, and each model's recorded trainer if the policy allows it): a process imports them once, so
+    their seconds are the command's start-up, not the first action's (whose actual cost is set beside its
+    estimate). A trainer that cannot be imported is left for its action to report."""
     from expunge.orchestrator.trainers import allowed_prefixes, load_trainer
 
     if not any(i["chosen"]["action"] not in ("no_action", "retire") for i in items):
