@@ -254,7 +254,8 @@ def test_check_results_fit_80_columns_with_their_metrics_under_the_table():
     summary = ("1 version(s) in chain, 0 erased records held; probe changed 0/1 erased, 0/200 retained; the rows "
                "a retrain would leave out were left out")
     checks = [{"order": k, "action": "sisa_shard_retrain", "model": "churn-certified@1",
-               "new_model": "churn-certified@2", "kind": "lineage", "passed": k != 2, "verdict": "pass" if k != 2 else "fail", "summary": summary,
+               "new_model": "churn-certified@2", "kind": "lineage", "passed": k != 2,
+               "verdict": "pass" if k != 2 else "fail", "summary": summary,
                "reasons": [] if k != 2 else ["membership AUC 0.81 over the 0.6 the policy allows"]} for k in (1, 2)]
     result = {"plan": "e3ddbf2bd0165d72" * 4, "requests": ["req-000001"], "source": "recorded", "checks": checks,
               "passed": False}
