@@ -4,6 +4,8 @@ certificate), and `expunge verify` recording one check per action that ran."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from expunge.orchestrator import execute, verify
@@ -60,3 +62,74 @@ def test_the_thresholds_recorded_are_those_of_the_checks_kind(memorised):  # noq
     res = verify.membership_check(original, copy.deepcopy(original), forget, retain, nonmembers,
                                   kind="mia_retrained", reference=retrained, **kw)
     assert res["metrics"]["thresholds"] == {"max_mia_auc_gap": 0.05, "max_accuracy_drop": 0.02}
+
+
+# ------------------------------------------------------------------ re-runs that start from recorded weights
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo store (no plan run): six models with their checkpoints, and its customer to erase."""
+    torch = pytest.importorskip("torch")
+    from expunge.demo import build_demo
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store, subject = build_demo(tmp_path_factory.mktemp("verify-demo"))
+        yield store, subject, store.records_of_subjects([subject])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _weights(path) -> dict:
+    import torch
+
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_a_fine_tune_reproduced_unrecorded_is_the_recorded_file(demo, tmp_path):
+    """churn-ft was fine-tuned from churn-mlp's weights: its trainer called again from the parent's file gives
+    the very bytes the store recorded when the demo trained it."""
+    from expunge.lineage.runs import sha256_file
+
+    store, _, _ = demo
+    parent = execute.model_info(store, "churn-mlp@1")["path"]
+    path = verify.train_unrecorded(store, "churn-finetune-1", tmp_path, init_model=parent)
+    assert sha256_file(path) == execute.model_info(store, "churn-ft@1")["sha256"]
+
+
+def test_a_replay_from_a_checkpoint_resumes_there(demo, tmp_path):
+    """churn-mlp's run resumed from its epoch-3 checkpoint without the subject's records: the trainer's own
+    resume (a TrainRequest to mlp.train, recorded under another name) gives the same weights; training from
+    scratch without them gives others, so the check tells the two apart."""
+    import torch
+
+    from expunge.orchestrator.rerun import recorded_request
+    from expunge.orchestrator.trainers import TrainRequest, mlp
+
+    store, _, erased = demo
+    ckpt = execute.checkpoint_path(store, "churn-mlp-1", step=39)
+    assert ckpt.endswith("epoch3.pt")
+    got = verify.train_unrecorded(store, "churn-mlp-1", tmp_path / "a", exclude=erased, start_checkpoint=ckpt)
+    rec = recorded_request(store, "churn-mlp-1")
+    out = mlp.train(TrainRequest(store=store, run_name="ref-resumed", inputs=rec["inputs"], config=rec["config"],
+                                 seed=rec["seed"], out_dir=tmp_path / "b", trainer=mlp.ENTRY_POINT,
+                                 model_name="ref-resumed", exclude_records=erased, start_checkpoint=Path(ckpt)))
+    want = _weights(execute.model_info(store, out["models"][0]["id"])["path"])
+    scratch = _weights(verify.train_unrecorded(store, "churn-mlp-1", tmp_path / "c", exclude=erased))
+    assert all(torch.equal(_weights(got)[k], want[k]) for k in want)
+    assert not all(torch.equal(scratch[k], want[k]) for k in want)
+
+
+def test_a_retrained_reference_check_of_a_fine_tuned_model_is_inconclusive(demo, tmp_path):
+    """A `mia_retrained` check needs the model retrained without the records; for a fine-tuned model that means
+    retraining its chain, which the check does not do: the verdict is inconclusive and says why."""
+    from expunge.orchestrator.policy import store_policy
+
+    store, _, erased = demo
+    data = verify.ItemData(store, "churn-ft@1", erased)
+    res = verify.approximate_check(data, "churn-ft@1", store_policy(store), "mia_retrained", tmp_path)
+    assert (res["verdict"], res["passed"]) == ("inconclusive", False)
+    assert res["reasons"][0] == ("no retrained reference: churn-ft@1 is fine-tuned from another model: a retrained "
+                                 "reference needs its chain retrained, which the check does not do")
