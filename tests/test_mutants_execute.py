@@ -88,3 +88,53 @@ def test_a_completion_stopped_after_the_first_request_forgets_the_second_on_resu
     assert forgotten[b] == {"records_removed": 1, "tombstones_added": 1, "changed": True}
     assert store.impact(["s7"]).found == 0 and store.impact(["s1"]).found == 0
     assert [rq.get(store, r).status for r in (a, b)] == ["verified", "verified"]
+
+
+# ------------------------------------------------------------------ on the demo: actions that re-run trainers
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo store (no plan run): six models with their checkpoints, and its customer to erase."""
+    torch = pytest.importorskip("torch")
+    from expunge.demo import build_demo
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store, subject = build_demo(tmp_path_factory.mktemp("verify-demo"))
+        yield store, subject, store.records_of_subjects([subject])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_chain_retrain_records_its_stepping_stones_archived(demo, tmp_path):
+    """A full retrain of churn-ft (fine-tuned from churn-mlp) retrains its chain from scratch: churn-mlp's run
+    again without the records — a stepping stone, recorded archived (never promoted), with no parent —, then
+    churn-ft's from it, recorded with the new stage. No action of churn-mlp's own ran before (in a plan it
+    would be adopted when it too is a scratch retrain), so the chain makes the stepping stone here."""
+    import torch
+
+    from expunge.orchestrator.policy import store_policy
+    from expunge.orchestrator.rerun import recorded_request
+    from expunge.orchestrator.trainers import TrainRequest, mlp
+
+    store, subject, erased = demo
+    doc = planner.make_plan(store, [rq.create(store, [subject], policy=store_policy(store)).id], store_policy(store))
+    ctx = execute.Context(store, doc, erased)
+    out = execute._full_retrain(ctx, {"model": "churn-ft@1"})
+    assert out.detail == {"runs": 2}
+    made = execute.model_info(store, out.new_model)
+    (parent,) = made["parents"]
+    assert parent["relation"] == "fine-tune" and made["stage"] == execute.NEW_STAGE == "dev"
+    stone = execute.model_info(store, parent["model"])
+    assert (stone["name"], stone["stage"], stone["parents"]) == ("churn-mlp", "archived", [])
+    assert stone["run"] == f"churn-mlp-1.x{doc['id'][:8]}.s"
+    # The stepping stone is churn-mlp trained without the records (the trainer called here directly).
+    rec = recorded_request(store, "churn-mlp-1")
+    ref = mlp.train(TrainRequest(store=store, run_name="ref-stone", inputs=rec["inputs"], config=rec["config"],
+                                 seed=rec["seed"], out_dir=tmp_path, trainer=mlp.ENTRY_POINT, model_name="ref-stone",
+                                 exclude_records=erased))
+    want = torch.load(execute.model_info(store, ref["models"][0]["id"])["path"], weights_only=True)["model"]
+    got = torch.load(stone["path"], weights_only=True)["model"]
+    assert all(torch.equal(got[k], want[k]) for k in want)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from expunge.orchestrator import execute, verify
-from tests.test_mutants_execute import planned  # noqa: F401  (fixtures)
+from tests.test_mutants_execute import demo, planned  # noqa: F401  (fixtures)
 from tests.test_verify import memorised  # noqa: F401
 
 
@@ -67,28 +67,13 @@ def test_the_thresholds_recorded_are_those_of_the_checks_kind(memorised):  # noq
 # ------------------------------------------------------------------ re-runs that start from recorded weights
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo store (no plan run): six models with their checkpoints, and its customer to erase."""
-    torch = pytest.importorskip("torch")
-    from expunge.demo import build_demo
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        store, subject = build_demo(tmp_path_factory.mktemp("verify-demo"))
-        yield store, subject, store.records_of_subjects([subject])
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _weights(path) -> dict:
     import torch
 
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_a_fine_tune_reproduced_unrecorded_is_the_recorded_file(demo, tmp_path):
+def test_a_fine_tune_reproduced_unrecorded_is_the_recorded_file(demo, tmp_path):  # noqa: F811
     """churn-ft was fine-tuned from churn-mlp's weights: its trainer called again from the parent's file gives
     the very bytes the store recorded when the demo trained it."""
     from expunge.lineage.runs import sha256_file
@@ -99,7 +84,7 @@ def test_a_fine_tune_reproduced_unrecorded_is_the_recorded_file(demo, tmp_path):
     assert sha256_file(path) == execute.model_info(store, "churn-ft@1")["sha256"]
 
 
-def test_a_replay_from_a_checkpoint_resumes_there(demo, tmp_path):
+def test_a_replay_from_a_checkpoint_resumes_there(demo, tmp_path):  # noqa: F811
     """churn-mlp's run resumed from its epoch-3 checkpoint without the subject's records: the trainer's own
     resume (a TrainRequest to mlp.train, recorded under another name) gives the same weights; training from
     scratch without them gives others, so the check tells the two apart."""
@@ -122,7 +107,7 @@ def test_a_replay_from_a_checkpoint_resumes_there(demo, tmp_path):
     assert not all(torch.equal(scratch[k], want[k]) for k in want)
 
 
-def test_a_retrained_reference_check_of_a_fine_tuned_model_is_inconclusive(demo, tmp_path):
+def test_a_retrained_reference_check_of_a_fine_tuned_model_is_inconclusive(demo, tmp_path):  # noqa: F811
     """A `mia_retrained` check needs the model retrained without the records; for a fine-tuned model that means
     retraining its chain, which the check does not do: the verdict is inconclusive and says why."""
     from expunge.orchestrator.policy import store_policy
