@@ -138,3 +138,51 @@ def test_a_chain_retrain_records_its_stepping_stones_archived(demo, tmp_path):
     want = torch.load(execute.model_info(store, ref["models"][0]["id"])["path"], weights_only=True)["model"]
     got = torch.load(stone["path"], weights_only=True)["model"]
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def _ctx(store, subject, erased, category="default"):
+    from expunge.orchestrator.policy import store_policy
+
+    doc = planner.make_plan(store, [rq.create(store, [subject], category=category, policy=store_policy(store)).id],
+                            store_policy(store))
+    return execute.Context(store, doc, erased)
+
+
+def test_refusals_of_a_replay_and_a_rederivation_that_cannot_run(demo):
+    """churn-mlp reads every row each epoch and checkpoints at epoch ends, so no checkpoint precedes the subject's
+    first row; churn-student cannot be re-derived before its teacher has a new version."""
+    store, subject, erased = demo
+    ctx = _ctx(store, subject, erased)
+    with pytest.raises(execute.ActionFailed) as e:
+        execute._clean_step(ctx, "churn-mlp-1")
+    assert str(e.value) == "run churn-mlp-1: no checkpoint before the records were first seen"
+    with pytest.raises(execute.ActionFailed) as e:
+        execute._rederive(ctx, {"model": "churn-student@1", "after": ["churn-ft@1"]})
+    assert str(e.value) == "churn-student@1: its parent(s) churn-ft@1 have no new version to re-derive from"
+
+
+def test_a_shard_retrain_names_the_checkpoint_it_resumed_from(demo):
+    """The subject's rows are in shard 1's last slice (2, the newest customers; the impact says so): the shard is
+    retrained from its slice-1 checkpoint, which the outcome names (as reproduction reads it), under the run's
+    name for the plan's own action."""
+    store, subject, erased = demo
+    (hit,) = [s for s in next(r for r in store.impact([subject]).runs if r["id"] == "churn-sisa-1")["shards"]
+              if s["first_slice"] is not None]
+    assert (hit["shard"], hit["first_slice"]) == (1, 2)
+    ctx = _ctx(store, subject, erased)
+    out = execute._sisa_shards(ctx, {"model": "churn@1"})
+    assert out.detail == {"shards": {"1": "shard1-slice1.pt"}}
+    assert execute.model_info(store, out.new_model)["run"] == f"churn-sisa-1.x{ctx.tag}"
+
+
+def test_a_plan_that_only_retires_or_does_nothing_imports_no_trainer(planned, monkeypatch):
+    """`import torch` made to fail: a plan of no_action and retire items never reaches it; one with a retrain does."""
+    import sys
+
+    store, doc, a, b = planned
+    monkeypatch.setitem(sys.modules, "torch", None)
+    items = [{"chosen": {"action": "no_action"}, "model": "scorer@1"}, {"chosen": {"action": "retire"},
+                                                                        "model": "base@1"}]
+    execute._import_trainers(store, items, None)
+    with pytest.raises(ImportError):
+        execute._import_trainers(store, items + [{"chosen": {"action": "full_retrain"}, "model": "base@1"}], None)
