@@ -186,3 +186,43 @@ def test_a_plan_that_only_retires_or_does_nothing_imports_no_trainer(planned, mo
     execute._import_trainers(store, items, None)
     with pytest.raises(ImportError):
         execute._import_trainers(store, items + [{"chosen": {"action": "full_retrain"}, "model": "base@1"}], None)
+
+
+def test_a_second_run_skips_the_actions_done_and_checked(planned):
+    """Run again, every action done and checked is skipped: not executed again (retiring an archived model
+    would record that it came from `archived`)."""
+    store, doc, a, b = planned
+    execute.run_plan(store, doc["id"], finish=False)
+    first = _details(store, doc["id"])
+    events = []
+    execute.run_plan(store, doc["id"], finish=False, on_event=lambda kind, info: events.append((kind, info["position"])))
+    assert events == [("skip", 0), ("skip", 1)]
+    assert _details(store, doc["id"]) == first and first["base@1"][2] == {"from_stage": "dev"}
+
+
+def test_an_action_failing_in_a_worker_is_recorded_and_reported_in_one_line(store, tmp_path):
+    """`--jobs 2`: base's full retrain fails in its worker process (its trainer, pkg.mod, is not one the policy
+    allows): the action is recorded failed with the reason, and the run stops with the serial run's message."""
+    store.ingest_source({"s": [f"s{i}" for i in range(4)], "r": [f"r{i}" for i in range(4)]}, name="d",
+                        subject_col="s", record_col="r")
+    store.record_run({"run": {"name": "base-1", "trainer": "pkg.mod:train", "cost": {"wall_seconds": 10.0},
+                              "inputs": [{"dataset": "d@1", "rows": ["r0", "r1", "r2"]}]},
+                      "models": [{"name": "base", "sha256": SHA}]})
+    keys = approver_keys(store, tmp_path / "keys")
+    set_store_policy(store, tmp_path / "keys" / "policy.toml")
+    doc = planner.make_plan(store, [rq.create(store, ["s1"], policy=store_policy(store)).id], store_policy(store))
+    planner.save_plan(store, doc)
+    planner.approve(store, doc["id"], keys["ana"])
+    assert [i["chosen"]["action"] for i in doc["items"]] == ["full_retrain"]
+    with pytest.raises(execute.ActionFailed) as e:
+        execute.run_plan(store, doc["id"], jobs=2)
+    msg = str(e.value)
+    assert msg.startswith("base@1: full_retrain failed: ") and "pkg.mod" in msg and "\n" not in msg
+    (state, error), = [(s, err) for _, _, s, err in _rows(store, doc["id"])]
+    assert state == "failed" and msg.endswith(error)
+
+
+def _rows(store, pid):
+    with store.read() as con:
+        return con.execute("SELECT model, action, state, error FROM execution_actions WHERE plan_id = ?",
+                           [pid]).fetchall()
