@@ -239,3 +239,51 @@ def test_a_retrained_reference_check_of_fraud_retrains_it_without_the_records(de
     res = verify.approximate_check(data, "fraud@1", store_policy(store), "mia_retrained", tmp_path)
     assert res["kind"] == "mia_retrained" and not any("no retrained reference" in r for r in res["reasons"])
     assert set(res["metrics"]["accuracy"]) == {"original", "unlearned", "retrained"}
+
+
+def test_a_shard_retrain_is_reproduced_from_the_checkpoint_it_names(demo):  # noqa: F811
+    """Reproduction re-runs churn's shard retrain in a fresh process from the slice checkpoint the outcome names
+    (shard 1's slice 1, among the shard's three): the recorded file's bytes again."""
+    store, subject, erased = demo
+    doc, _ = _marketing(store, subject)
+    out = execute._sisa_shards(execute.Context(store, doc, erased), {"model": "churn@1"})
+    assert out.detail == {"shards": {"1": "shard1-slice1.pt"}}
+    rep = verify.reproduce(store, doc["id"], 0, "sisa_shard_retrain", "churn@1", out.new_model, out.detail)
+    assert rep == {"done": True, "recorded_sha256": execute.model_info(store, out.new_model)["sha256"],
+                   "reproduced_sha256": execute.model_info(store, out.new_model)["sha256"], "same": True}
+
+
+def test_a_recorded_check_keeps_its_reasons_apart_from_its_metrics():
+    rec = {"kind": "retired", "verdict": "fail", "checked_at": "2026-11-30T12:00:00",
+           "metrics": {"stage": "dev", "reasons": ["m@1 is dev, not archived"]}}
+    assert verify.recheck_recorded(None, rec, None) == {  # no new version: nothing to re-hash, no store read
+        "kind": "retired", "verdict": "fail", "passed": False, "reasons": ["m@1 is dev, not archived"],
+        "metrics": {"stage": "dev", "recorded_at": "2026-11-30T12:00:00"}}
+
+
+def test_verify_with_reproduction_records_what_reproduction_said(store, tmp_path):
+    """A certified model's removal (or, should its estimate come out dearer, its full retrain) executed; `verify
+    --reproduce` notes under `reproduce` that a Newton step is no trainer re-run (a retrain: the same bytes)."""
+    from expunge.orchestrator import planner
+    from expunge.orchestrator import requests as rq
+    from expunge.orchestrator.policy import set_store_policy, store_policy
+    from tests.conftest import approver_keys
+    from tests.test_trainers import train_certified
+
+    table, _, _ = train_certified(store, tmp_path, 120, 4, seed=3, lam=0.02, sigma=2.0)
+    keys = approver_keys(store, tmp_path / "keys")
+    policy = tmp_path / "keys" / "policy.toml"
+    policy.write_text(policy.read_text().replace("max_premium = 2.0", "max_premium = 1.0"))
+    set_store_policy(store, policy)
+    req = rq.create(store, [table.column("customer_id")[0].as_py()], category="financial",
+                    policy=store_policy(store))
+    doc = planner.make_plan(store, [req.id], store_policy(store))
+    planner.save_plan(store, doc)
+    planner.approve(store, doc["id"], keys["ana"])
+    (act,) = execute.run_plan(store, doc["id"], finish=False)["actions"]
+    (check,) = verify.verify_plan(store, doc["id"], reproduce_exact=True)["checks"]
+    rep = check["metrics"]["reproduce"]
+    if act["action"] == "certified_removal":
+        assert rep == {"done": False, "why": "certified_removal is not a re-run of a trainer"}
+    else:
+        assert act["action"] == "full_retrain" and rep["done"] and rep["same"]
