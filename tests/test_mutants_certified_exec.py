@@ -76,9 +76,8 @@ def test_a_removal_that_spends_the_budget_to_the_last_bit_is_allowed(store, tmp_
         over = math.nextafter(over, math.inf)
     spend(over)
     ctx = execute.Context(store, {"id": "a" * 64, "requests": []}, erased)
-    with pytest.raises(execute.ActionFailed) as e:
+    with pytest.raises(execute.ActionFailed, match="nothing was changed"):
         certified_removal(ctx, {"model": "churn-cr@1"}, info)
-    assert str(e.value).endswith(" left: nothing was changed")
     assert execute.model_of_run(store, "cr-1.xaaaaaaaa") is None
     spend(spent)
     out = certified_removal(ctx, {"model": "churn-cr@1"}, info)
