@@ -28,3 +28,27 @@ def test_an_ensembles_membership_check_runs_every_member():
     assert one["kind"] == four["kind"] == "mia"
     assert one["seconds"] > 0 and four["seconds"] == pytest.approx(4 * one["seconds"], rel=1e-12)  # 4 members each
     assert "of all 4 members" in four["reasons"][0] and "of all" not in one["reasons"][0]
+
+
+def test_an_approximate_results_thresholds_follow_the_policys_check():
+    """`mia`: the AUC bound and the accuracy drop; `mia_retrained`: the gap to the reference and the accuracy drop,
+    and its price adds a full retrain (the same facts' full_retrain estimate)."""
+    from expunge.orchestrator.actions import FullRetrain
+
+    f = facts()
+    mia, _ = plan_check("approximate", f, POLICY, "mia")
+    assert mia["thresholds"] == {"max_mia_auc": POLICY.max_mia_auc, "max_accuracy_drop": POLICY.max_accuracy_drop}
+    ref, why = plan_check("approximate", f, POLICY, "mia_retrained")
+    assert why is None and ref["kind"] == "mia_retrained"
+    assert ref["thresholds"] == {"max_mia_auc_gap": POLICY.max_mia_auc_gap,
+                                 "max_accuracy_drop": POLICY.max_accuracy_drop}
+    retrain = FullRetrain().estimate(f, POLICY).seconds
+    assert retrain > 0 and ref["seconds"] == pytest.approx(mia["seconds"] + retrain, rel=1e-12)
+
+
+def test_a_retrained_reference_check_of_a_model_that_cannot_be_retrained_is_refused():
+    check, why = plan_check("approximate", facts(trainer=None), POLICY, "mia_retrained")
+    assert check is None and why == ("its check needs a retrained reference, and the model cannot be retrained: "
+                                     "no recorded trainer entry point")
+    check, why = plan_check("approximate", facts(trainer=None), POLICY, "mia")  # no retrain needed
+    assert why is None and check["kind"] == "mia"

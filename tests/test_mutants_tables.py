@@ -52,3 +52,59 @@ def test_a_long_field_then_a_malformed_line_names_the_line(tmp_path):
     with pytest.raises(BadInput) as e:
         read_table(path, ["id"])
     assert "a line has 3 field(s), expected 2 (columns: id, x)" in str(e.value)
+
+
+def test_id_column_reads_dictionary_integer_and_large_string_ids_as_text():
+    from expunge.errors import BadInput
+    from expunge.lineage.tables import id_column
+
+    cases = [pa.array(["b", "a", "b"]).dictionary_encode(), pa.array([7, 42, 7]), pa.array([7, 42, 7], pa.int32()),
+             pa.array(["7", "42", "7"], pa.large_string())]
+    want = [["b", "a", "b"]] + [["7", "42", "7"]] * 3
+    for col, ids in zip(cases, want):
+        got = id_column(pa.table({"id": col}), "id", "t")
+        assert got.type == pa.string() and got.to_pylist() == ids
+    with pytest.raises(BadInput, match=r"^t: column 'id' is null in row 2 \(1 null value\(s\)\)$"):
+        id_column(pa.table({"id": pa.array(["a", "b", None]).dictionary_encode()}), "id", "t")
+    with pytest.raises(BadInput, match=r"^t: column 'id' has type double; ids must be strings or integers$"):
+        id_column(pa.table({"id": pa.array([1.0])}), "id", "t")
+
+
+def test_a_null_list_of_ids_is_refused_with_its_row():
+    from expunge.errors import BadInput
+
+    col = pa.array([["a"], ["b", "c"], None], pa.list_(pa.string()))
+    with pytest.raises(BadInput, match=r"^t: column 'm' is null in row 2$"):
+        id_lists(pa.table({"m": col}), "m", "t")
+
+
+@pytest.mark.parametrize("n", [6, 20_000])  # read whole, and scanned by DuckDB (DUCKDB_SCAN_ROWS and over)
+def test_rows_read_by_id_from_a_file_a_table_and_a_missing_column(tmp_path, n):
+    """Integer ids in the file, a null id (never matches), ids asked as text: the rows picked by hand."""
+    import pyarrow.parquet as pq
+
+    from expunge.errors import BadInput
+    from expunge.lineage.tables import DUCKDB_SCAN_ROWS, read_rows_by_id
+
+    assert (n >= DUCKDB_SCAN_ROWS) == (n == 20_000)
+    ids = [None if i == 1 else i * 3 for i in range(n)]
+    table = pa.table({"x": [float(i) for i in range(n)], "id": pa.array(ids, pa.int64())})
+    pq.write_table(table, tmp_path / "f.parquet")
+    want = {"id": ["6", "15"], "x": [2.0, 5.0]}  # ids 6 and 15 (rows 2 and 5, in file order); 3 is row 1's: null
+    for data in (tmp_path / "f.parquet", str(tmp_path / "f.parquet"), table):
+        got = read_rows_by_id(data, "id", ["id", "x"], pa.array(["15", "3", "4", "6"]))
+        assert got.column_names == ["id", "x"] and got.to_pydict() == want, data
+    with pytest.raises(BadInput, match=r"^the given table: missing column\(s\) 'z' \(columns: x, id\)$"):
+        read_rows_by_id(table, "id", ["id", "z"], pa.array(["15"]))
+
+
+def test_an_empty_csv_gets_the_message_that_withholds_the_parsers_text(tmp_path):
+    from expunge.errors import BadInput
+    from expunge.lineage.tables import read_table
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(BadInput) as e:
+        read_table(empty, ["id"])
+    assert str(e.value) == (f"cannot read {empty}: not a CSV file expunge can read (the parser's message is withheld: "
+                            "it may quote the file)")
