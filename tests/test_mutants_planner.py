@@ -57,3 +57,30 @@ def test_a_stale_plan_says_first_how_many_records_it_erases_now(lineage, tmp_pat
                                 "inputs": [{"dataset": "d@2"}]}, "models": [{"name": "other", "sha256": SHA}]})
     why = planner.stale_reason(lineage, doc, load_policy(None))
     assert why == "2 erased records now, 1 then; other@1 is affected now"
+
+
+def test_plan_list_gives_the_plans_seconds(lineage):
+    pid = planner.save_plan(lineage, planner.make_plan(lineage, [rq.create(lineage, ["s1"]).id], load_policy(None)))
+    (listed,) = planner.list_plans(lineage)
+    # The retrain of base on 4 of its 5 records: 36,000 s × 4/5.
+    assert (listed["id"], listed["total_seconds"]) == (pid, 28800.0)
+
+
+def test_a_stale_plan_names_the_action_the_model_would_get_now(lineage):
+    doc = planner.make_plan(lineage, [rq.create(lineage, ["s1"]).id], load_policy(None))
+    assert doc["items"][0]["chosen"]["action"] == "full_retrain"
+    # Withdrawn since, base costs nothing to retire (policy retire_withdrawn, on by default): a retrain → retire.
+    lineage.set_model_stage("base@1", "archived", reason="withdrawn")
+    assert planner.stale_reason(lineage, doc, load_policy(None)) == "base@1: full_retrain → retire"
+
+
+def test_many_requests_are_planned_by_category(lineage, monkeypatch):
+    # Beyond BATCH_EXACT requests, one group per category: s1's (base's r1) and s3's (r3), both default.
+    monkeypatch.setattr(planner, "BATCH_EXACT", 1)
+    ids = [rq.create(lineage, [s]).id for s in ("s1", "s3")]
+    doc = planner.make_plan(lineage, ids, load_policy(None))
+    (item,) = doc["items"]
+    # 3 of 5 records remain: 36,000 s × 3/5 = 21,600 s = 6 CPU hours at $0.05 = $0.30; no per-request comparison.
+    assert (item["model"], item["chosen"]["action"], item["chosen"]["seconds"], item["chosen"]["cost"]) == \
+        ("base@1", "full_retrain", 21600.0, 0.3)
+    assert doc["records"] == 2 and "batching" not in doc
