@@ -78,3 +78,39 @@ def test_certified_removal_names_the_bound_it_used():
     hessian = {**CERT, "hessian_min_eig": 5.0, "x_spectral_sq": 1.0, "w_norm": 1.0}
     assert how(certificate=hessian) == "bound from the recorded Hessian facts)"
     assert how(certificate=hessian, certified_need=0.1) == "Newton-step bounds on the run's data)"
+
+
+def test_a_sisa_retrain_is_refused_without_a_trainer_or_after_a_rekey_and_says_why():
+    sisa = dict(family="sisa-mlp", stage_steps={(0, 0): 10}, affected_shards={0: 0})
+    assert A.SisaShardRetrain().check(facts(**sisa), POLICY) is None
+    assert A.SisaShardRetrain().check(facts(**{**sisa, "trainer": None}), POLICY) == "no recorded trainer entry point"
+    assert A.SisaShardRetrain().check(facts(**sisa, sisa_rekeyed=True), POLICY) == (
+        "its shards were dealt from the owners' keys, which a key rotation has changed since: a shard retrain "
+        "cannot deal the rows of its composed dataset as they were trained")
+
+
+def test_a_sisa_retrain_loads_one_shard_and_pays_the_write_whole():
+    # Shard 1 of 2 from slice 1: 10 of 40 steps of a 100 s run = 25 s. Loading and recording: 8 s + 2 s, of which
+    # 4 s read the files (replaced by 1 s loading one shard's rows) and 0.5 s committed the write (paid whole);
+    # the other 10 − 4 − 0.5 = 5.5 s scale with shard 1's share of the steps, 20/40: 1 + 2.75 + 0.5 = 4.25 s.
+    f = facts(family="sisa-mlp", stage_steps={(0, 0): 10, (0, 1): 10, (1, 0): 10, (1, 1): 10}, affected_shards={1: 1},
+              setup_seconds=8.0, record_seconds=2.0, setup_read=4.0, shard_read=1.0, record_write=0.5)
+    assert A.SisaShardRetrain().estimate(f, POLICY).seconds == pytest.approx(25.0 + 4.25)
+
+
+def test_a_spent_removal_budget_says_what_removing_would_need():
+    def why(need):
+        f = facts(family="logreg-certified", certificate={**CERT, "removal_budget": 1.0}, certified_need=need)
+        return A.CertifiedRemoval().check(f, POLICY)
+
+    assert why(0.5) is None
+    assert why(3.0) == "removal budget spent: removing 2 row(s) needs 3, 1 left"
+    assert why(float("inf")) == "removal budget spent: removing 2 row(s) needs more than that, 1 left"
+
+
+def test_the_worst_case_removal_bound_sums_one_term_per_row():
+    # Guo et al. Thm 1 with ‖x‖ ≤ 1: Σ_{i=1..k} 4γ/(λ²(n−i)); γ = 1/4, λ = 1/2, n = 10, k = 2 rows:
+    # 1/(0.25·9) + 1/(0.25·8) = 4/9 + 1/2.
+    f = facts(family="logreg-certified", certificate={"lam": 0.5, "gamma": 0.25, "removal_budget": 10.0},
+              run_records=10, train_records=2)
+    assert A.CertifiedRemoval.consumption(f) == pytest.approx(4 / 9 + 1 / 2)

@@ -3,6 +3,9 @@ let live (bench/mutation.py; bench/MUTANTS.md)."""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
 import pytest
 
 from expunge.orchestrator import planner
@@ -57,3 +60,72 @@ def test_a_stale_plan_says_first_how_many_records_it_erases_now(lineage, tmp_pat
                                 "inputs": [{"dataset": "d@2"}]}, "models": [{"name": "other", "sha256": SHA}]})
     why = planner.stale_reason(lineage, doc, load_policy(None))
     assert why == "2 erased records now, 1 then; other@1 is affected now"
+
+
+def test_plan_list_gives_the_plans_seconds(lineage):
+    pid = planner.save_plan(lineage, planner.make_plan(lineage, [rq.create(lineage, ["s1"]).id], load_policy(None)))
+    (listed,) = planner.list_plans(lineage)
+    # The retrain of base on 4 of its 5 records: 36,000 s × 4/5.
+    assert (listed["id"], listed["total_seconds"]) == (pid, 28800.0)
+
+
+def test_a_stale_plan_names_the_action_the_model_would_get_now(lineage):
+    doc = planner.make_plan(lineage, [rq.create(lineage, ["s1"]).id], load_policy(None))
+    assert doc["items"][0]["chosen"]["action"] == "full_retrain"
+    # Withdrawn since, base costs nothing to retire (policy retire_withdrawn, on by default): a retrain → retire.
+    lineage.set_model_stage("base@1", "archived", reason="withdrawn")
+    assert planner.stale_reason(lineage, doc, load_policy(None)) == "base@1: full_retrain → retire"
+
+
+def test_many_requests_are_planned_by_category(lineage, monkeypatch):
+    # Beyond BATCH_EXACT requests, one group per category: s1's (base's r1) and s3's (r3), both default.
+    monkeypatch.setattr(planner, "BATCH_EXACT", 1)
+    ids = [rq.create(lineage, [s]).id for s in ("s1", "s3")]
+    doc = planner.make_plan(lineage, ids, load_policy(None))
+    (item,) = doc["items"]
+    # 3 of 5 records remain: 36,000 s × 3/5 = 21,600 s = 6 CPU hours at $0.05 = $0.30; no per-request comparison.
+    assert (item["model"], item["chosen"]["action"], item["chosen"]["seconds"], item["chosen"]["cost"]) == \
+        ("base@1", "full_retrain", 21600.0, 0.3)
+    assert doc["records"] == 2 and "batching" not in doc
+
+
+def test_a_certified_runs_iterations_are_the_gradient_passes_it_counted(store):
+    store.ingest_source({"s": ["s0", "s1"], "r": ["r0", "r1"]}, name="d", subject_col="s", record_col="r")
+    store.record_run({"run": {"name": "cert-1", "trainer": "pkg.mod:train", "cost": {"wall_seconds": 1.0},
+                              "config": {"max_iter": 50}, "extra": {"certified_removal": {"gradient_passes": 7}},
+                              "inputs": [{"dataset": "d@1"}]},
+                      "models": [{"name": "cert", "sha256": SHA}]})
+    store.record_run({"run": {"name": "plain-1", "trainer": "pkg.mod:train", "cost": {"wall_seconds": 1.0},
+                              "config": {"max_iter": 50}, "inputs": [{"dataset": "d@1"}]},
+                      "models": [{"name": "plain", "sha256": SHA}]})
+    catalog = planner._Catalog(store)
+    # The passes the trainer counted (7), not its cap (50); a run without a certificate: the cap.
+    assert (catalog.run_facts("cert-1")["iterations"], catalog.run_facts("plain-1")["iterations"]) == (7, 50)
+
+
+def test_bookkeeping_is_the_median_of_the_done_actions(store):
+    from expunge.orchestrator import execute
+
+    assert planner.bookkeeping(store) == (0.0, 0)
+    details = [("done", {"bookkeeping_seconds": 0.5}), ("done", {"bookkeeping_seconds": 4.0}),
+               ("done", {"bookkeeping_seconds": 1.5}), ("failed", {"bookkeeping_seconds": 100.0}),
+               ("done", {"other": 1})]
+    with store.write() as txn:
+        txn.con.execute(execute.DDL)
+        for pos, (state, detail) in enumerate(details):
+            txn.con.execute("INSERT INTO execution_actions VALUES ('p', ?, 'm@1', 'full_retrain', ?, NULL, 1, 1, 1, "
+                            "NULL, NULL, 1, ?, NULL)", [pos, state, json.dumps(detail)])
+    # The three done actions that measured it: 0.5, 1.5, 4.0 → 1.5.
+    assert planner.bookkeeping(store) == (1.5, 3)
+
+
+def test_batched_requests_give_a_model_the_earliest_deadline(lineage):
+    # s1's health request (14 days) first, then s3's default one (30 days); both reach base.
+    first = rq.create(lineage, ["s1"], category="health")
+    second = rq.create(lineage, ["s3"])
+    doc = planner.make_plan(lineage, [first.id, second.id], load_policy(None))
+    (item,) = doc["items"]
+    want = first.received_at + timedelta(days=14)
+    assert second.received_at + timedelta(days=30) > want
+    assert item["deadline"] == want.isoformat() + "Z" == doc["deadline"]
+    assert item["required_guarantee"] == "exact"

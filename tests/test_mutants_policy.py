@@ -105,3 +105,15 @@ def test_setting_the_store_policy_logs_the_one_it_replaces(store, tmp_path):
     assert a != b and store_policy_sha(store) == b
     logged = [(e["payload"]["policy_sha256"], e["payload"]["previous"]) for e in audit.events(store, kind="policy_set")]
     assert logged == [(a, None), (b, a)]
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"approval": {"require": True}}, "policy approval: unknown key(s) require"),
+    ({"risk": {"max_premium": "2"}}, "policy risk.max_premium: expected float, got '2'"),
+    ({"approval": {"approvers": 1.0}}, "policy approval.approvers: expected int, got 1.0"),
+    ({"trainers": {"allow": ["my pkg"]}}, "policy trainers.allow: 'my pkg' is not a module path such as mypkg.train"),
+])
+def test_a_bad_setting_is_refused_naming_where_it_is(doc, message):
+    with pytest.raises(BadInput) as err:
+        parse_policy(doc, "bad")
+    assert str(err.value) == message
