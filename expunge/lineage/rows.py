@@ -81,14 +81,14 @@ def _segment_rows(path, column: str, rows: np.ndarray) -> tuple[pa.Array, np.nda
     f = pq.ParquetFile(path)
     sizes = np.array([f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)], np.int64)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    groups = np.unique(np.searchsorted(bounds, rows, side="right") - 1)
+    g = np.searchsorted(bounds, rows, side="right") - 1  # each row's group
+    groups = np.unique(g)
     if len(groups) == len(sizes):
         return f.read(columns=[column]).column(0).combine_chunks(), rows
     col = f.read_row_groups(groups.tolist(), columns=[column]).column(0).combine_chunks()
     # Row r of group g sits at (rows of the groups read before g) + (r − the first row of g).
     before = np.zeros(len(sizes), np.int64)
     before[groups] = np.concatenate([[0], np.cumsum(sizes[groups])[:-1]])
-    g = np.searchsorted(bounds, rows, side="right") - 1
     return col, before[g] + rows - bounds[g]
 
 

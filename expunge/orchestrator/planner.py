@@ -220,8 +220,8 @@ def bookkeeping(store: Store) -> tuple[float, int]:
             return 0.0, 0
         rows = con.execute("""SELECT detail FROM execution_actions WHERE state = 'done' AND detail LIKE '%bookkeeping%'
                               ORDER BY ended_at DESC, plan_id, position LIMIT ?""", [BOOKKEEPING_SAMPLE]).fetchall()
-    got = [float(json.loads(d)["bookkeeping_seconds"]) for (d,) in rows
-           if isinstance(json.loads(d).get("bookkeeping_seconds"), (int, float))]
+    seconds = (json.loads(d).get("bookkeeping_seconds") for (d,) in rows)
+    got = [float(x) for x in seconds if isinstance(x, (int, float))]
     return (statistics.median(got), len(got)) if got else (0.0, 0)
 
 
