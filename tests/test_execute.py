@@ -208,7 +208,8 @@ def test_residual_copies_are_listed_purged_and_held(executed, tmp_path):
     models = {r["model"] for r in got["residuals"]}
     assert models == {a["model"] for a in result["actions"]}  # every replaced version
     assert all(r["state"] == "present" for r in got["residuals"])
-    assert {r["kind"] for r in got["residuals"]} == {"model", "checkpoint"}
+    # The certified model's old run also kept its training rows for removal: a residual copy too.
+    assert {r["kind"] for r in got["residuals"]} == {"model", "checkpoint", "removal rows"}
     # A hold keeps churn's old files; a file whose content changed is left alone.
     held = parse_policy({"residuals": {"hold": {"churn": "litigation hold LH-7"}}}, "t")
     changed = next(r for r in got["residuals"] if r["model"] == "fraud@1" and r["kind"] == "checkpoint")

@@ -213,7 +213,7 @@ def test_guarantees_and_checks(reported):
 
 def test_residual_copies(reported):
     """Independently: the files of the models each executed plan replaced (promoted) or retired, with their
-    runs' checkpoints; purged where the file is gone (request 1 was purged), present otherwise."""
+    runs' checkpoints and removal rows files; purged where the file is gone (request 1 was purged), present otherwise."""
     store, doc = reported["store"], reported["doc"]
     expected = {}
     for pid in reported["plans"]:
@@ -227,6 +227,9 @@ def test_residual_copies(reported):
                       WHERE e.plan_id = ?)""", [pid, pid, pid])
         for path, run in rows:
             paths = [path] + [p for (p,) in catalog(store, "SELECT path FROM checkpoints WHERE run_id = ?", [run])]
+            extra = json.loads(catalog(store, "SELECT extra FROM runs WHERE run_id = ?", [run])[0][0] or "{}")
+            if "removal_rows" in extra:  # a certified run's training rows, kept for removal
+                paths.append(extra["removal_rows"]["file"])
             for p in paths:
                 expected.setdefault((rid, p), "present" if os.path.exists(p) else "purged")
     got = {(r["request"], r["path"]): r["state"] for r in doc["residuals"]["items"]}

@@ -167,11 +167,108 @@ def removed_rows(store, rec: dict, erased) -> dict | None:
     return {"x": xd, "y": yd, "k": int(hit.size), "base": base, "erased_train": hit}
 
 
-def read_probe_seconds(store, version: str, config: dict) -> float:
-    """Seconds that finding removed rows takes on this data (`removed_rows` for one record): reading the
-    features table's ids, matching them, reading the record ids. Measured by the trainer after training, so
-    that a batch removal can be priced before it runs: the second of two probes (a process's first scan of the
-    file sets up what a removal finds set up, and took two to three times as long on the 200k-row benchmark)."""
+ROWS_BLOCK = 2048  # rows per hashed block of a removal rows file (~0.5 MB at 32 features: ~0.4 ms to check)
+ROWS_FILE = "removal-rows.npy"
+
+
+def save_removal_rows(out_dir, ords: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> dict | None:
+    """Write the training rows as the model saw them (design form: scaled, with the bias column; y in ±1),
+    keyed by record ordinal, so that a later removal reads the removed rows alone: `removal_rows`.
+
+    One .npy file (no pickle) holding a (2 + d, n) float64 array in ordinal order: row 0 the record
+    ordinals (exact below 2**53), row 1 the labels, then one row per design column, so that the ordinals
+    are contiguous (a binary search touches a few pages) and a record's values are one column. Each block of
+    ROWS_BLOCK columns is hashed (sha256), and the file whole. Returns what the run records ({file, sha256,
+    rows, dim, block_rows, blocks, write_seconds}), or None when the rows are not one per record (an ordinal twice)."""
+    import hashlib
+    import os
+    import time
+    from pathlib import Path
+
+    from expunge.lineage.fsutil import create_private, fsync_dir
+
+    t0 = time.perf_counter()
+    ords = np.asarray(ords, np.int64)
+    order = np.argsort(ords, kind="stable")
+    sorted_ords = ords[order]
+    if len(ords) and (sorted_ords[0] < 0 or (len(ords) > 1 and not (np.diff(sorted_ords) > 0).all())):
+        return None
+    n, d = x.shape
+    mat = np.empty((2 + d, n), np.float64)
+    mat[0] = sorted_ords
+    mat[1] = y.numpy()[order]
+    mat[2:] = x.numpy()[order].T
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(out_dir) / ROWS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(create_private(tmp), "wb") as fh:
+        np.lib.format.write_array(fh, mat, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    blocks = [hashlib.sha256(np.ascontiguousarray(mat[:, lo:lo + ROWS_BLOCK]).tobytes()).hexdigest()
+              for lo in range(0, n, ROWS_BLOCK)]
+    from expunge.lineage.runs import sha256_file
+
+    return {"file": str(path), "sha256": sha256_file(path), "rows": int(n), "dim": int(d), "block_rows": ROWS_BLOCK,
+            "blocks": blocks, "write_seconds": round(time.perf_counter() - t0, 6)}
+
+
+class RowsFileUnusable(Exception):
+    """The removal rows file is missing or not what training wrote (the reason is the message)."""
+
+
+def removal_rows(meta: dict, erased) -> dict:
+    """The removed rows read from a removal rows file (`save_removal_rows`): {"x", "y" (design form), "k",
+    "erased_train" (their ordinals)}. Only the blocks holding them are read, each checked against its recorded
+    sha256; raises RowsFileUnusable when the file is missing or differs from what training wrote."""
+    import hashlib
+
+    try:
+        mat = np.load(meta["file"], mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RowsFileUnusable(f"cannot read it ({type(exc).__name__}: {exc})") from None
+    n, d, b = int(meta["rows"]), int(meta["dim"]), int(meta["block_rows"])
+    if mat.dtype != np.float64 or mat.shape != (2 + d, n) or len(meta["blocks"]) != -(-n // b):
+        raise RowsFileUnusable(f"its shape {mat.shape} is not the ({2 + d}, {n}) training wrote")
+    want = np.unique(np.asarray(erased, np.int64)).astype(np.float64)
+    pos = np.searchsorted(mat[0], want)
+    inside = pos < n
+    pos, want = pos[inside], want[inside]
+    pos = pos[np.asarray(mat[0][pos]) == want]  # the records the run trained on (one row each)
+    for blk in np.unique(pos // b).tolist():
+        got = hashlib.sha256(np.ascontiguousarray(mat[:, blk * b:(blk + 1) * b]).tobytes()).hexdigest()
+        if got != meta["blocks"][blk]:
+            raise RowsFileUnusable(f"block {blk} (rows {blk * b}-{min((blk + 1) * b, n) - 1}) is not what training "
+                                   "wrote (sha256 differs)")
+    cols = np.asarray(mat[:, pos])  # (2 + d, k): the removed rows alone
+    return {"x": torch.from_numpy(np.ascontiguousarray(cols[2:].T)), "y": torch.from_numpy(cols[1].copy()),
+            "k": int(len(pos)), "erased_train": cols[0].astype(np.uint32)}
+
+
+def find_removed_rows(store, rec: dict, erased, extra: dict) -> tuple[dict | None, str]:
+    """The removed rows for a batch removal and where they came from: the run's removal rows file when it
+    recorded one (the rows exactly as trained on), else (or when that file is missing or changed, which is
+    said) the features table its config names (`removed_rows`)."""
+    meta = extra.get("removal_rows")
+    if meta:
+        try:
+            return removal_rows(meta, erased), "removal rows file"
+        except RowsFileUnusable as exc:
+            note = f"features file (the removal rows file {meta['file']}: {exc})"
+    else:
+        note = "features file"
+    return removed_rows(store, rec, erased), note
+
+
+def read_probe_seconds(store, version: str, config: dict, rows_meta: dict | None = None) -> float:
+    """Seconds that finding removed rows takes on this data for one record: from the removal rows file
+    (`removal_rows`) when the run wrote one, else from the features table (`removed_rows`: reading its ids,
+    matching them, reading the record ids). Measured by the trainer, so that a batch removal can be priced
+    before it runs: the second of two probes (a process's first scan of the features file sets up what a
+    removal finds set up, and took two to three times as long on the 200k-row benchmark)."""
     import time
 
     from expunge.lineage.rows import record_ids
@@ -180,6 +277,11 @@ def read_probe_seconds(store, version: str, config: dict) -> float:
     seconds = 0.0
     for _ in range(2):
         t0 = time.perf_counter()
+        if rows_meta:
+            first = np.load(rows_meta["file"], mmap_mode="r", allow_pickle=False)[0, :1]
+            removal_rows(rows_meta, first.astype(np.int64))
+            seconds = time.perf_counter() - t0
+            continue
         with store.view() as view:
             v = view.resolve_version(version)
             if v["row_space"] != "records":
@@ -208,12 +310,16 @@ def removal_need_how(store, run: str, model_path, exclude_records, max_work: flo
     from expunge.lineage.torch import load_artifact
     from expunge.orchestrator.rerun import recorded_request
 
+    import json
+
     rec = recorded_request(store, run, need_trainer=False, rows=False)
     state = load_artifact(model_path, sha256, store=store)
     saved = state.get("removal_state") or {}
     if "hessian" in saved:
+        with store.read() as con:
+            extra = json.loads(con.execute("SELECT extra FROM runs WHERE name = ?", [run]).fetchone()[0] or "{}")
         try:
-            fast = removed_rows(store, rec, np.asarray(exclude_records, np.uint32))
+            fast = find_removed_rows(store, rec, np.asarray(exclude_records, np.uint32), extra)[0]
         except (OSError, BadInput):
             return None, None
         if fast is not None:  # the executor's batch step, from the removed rows alone

@@ -48,7 +48,8 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     w = state["model"]["w"].double()
     saved = state.get("removal_state") or {}
     t_read = time.perf_counter()
-    fast = certified.removed_rows(ctx.store, rec, ctx.erased) if "hessian" in saved else None
+    fast, rows_from = certified.find_removed_rows(ctx.store, rec, ctx.erased, extra) if "hessian" in saved \
+        else (None, "training data")
     t_step = time.perf_counter()
     if fast is not None:
         # The weights carry the Hessian at themselves: one batch Newton step from the removed rows alone.
@@ -70,6 +71,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
         keep = torch.from_numpy(~mask)
         new_state = certified.removal_state(new_w, x[keep], y[keep], cert["lam"])
         timing = {"read_seconds": full.load_seconds, "step_seconds": time.perf_counter() - t_step - full.load_seconds}
+        rows_from = "features file (the whole training data)"
     base = float(cert.get("train_grad_norm", 0.0))
     if base + spent + used > cert["removal_budget"]:
         raise ActionFailed(f"{item['model']}: removing {steps} row(s) needs {used:.3g} of the removal budget, "
@@ -103,7 +105,9 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
                          **({"setup_seconds": setup} if setup else {}),
                          **({"record_seconds": record} if record else {})},
                 **({"total_steps": total_steps} if total_steps is not None else {}),
-                "extra": {**extra, "removal_budget_spent": spent + used,
+                # Not the removal rows file: it is the original run's, with the removed rows in it (a residual copy).
+                "extra": {**{k: v for k, v in extra.items() if k != "removal_rows"},
+                          "removal_budget_spent": spent + used,
                           "certified_removal": {k: v for k, v in cert.items()
                                                 if k not in ("n", "hessian_min_eig", "x_spectral_sq", "w_norm")},
                           "removed_by": {"plan": ctx.plan["id"], "newton_steps": steps, "how": how,
@@ -112,7 +116,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
     timing["record_seconds"] = time.perf_counter() - t_record  # saving the weights, recording the new version
     ctx.trainer_seconds += sum(timing.values())  # finding the rows, the step, recording: what its estimate prices
     return Outcome(model_of_run(ctx.store, name),
-                   {"newton_steps": steps, "how": how, "budget_used": used, "budget_left":
+                   {"newton_steps": steps, "how": how, "rows_from": rows_from, "budget_used": used, "budget_left":
                     cert["removal_budget"] - base - spent - used, "seconds": time.perf_counter() - t0, **timing})
 
 

@@ -1,7 +1,8 @@
 """Residual copies: the artifacts expunge knows that still hold a request's erased records or their influence.
 
 After a request's plan has run, the model versions it replaced (superseded) and the ones it retired keep
-their files: the model artifact and every checkpoint of the run that produced it. They are listed with
+their files: the model artifact, every checkpoint of the run that produced it, and the training rows a
+certified logistic regression keeps for removal (its removal rows file). They are listed with
 their recorded sha256; purging deletes each file whose content is still the recorded one (a file replaced
 by something else since is left alone and said so), unless the policy holds that model's files (a legal
 hold), and records the deletion. What remains shows why.
@@ -9,6 +10,7 @@ hold), and records the deletion. What remains shows why.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -62,6 +64,10 @@ def residuals(store: Store, request_id: str, policy=None) -> dict:
                 for cpath, csha in con.execute("SELECT path, sha256 FROM checkpoints WHERE run_id = ? ORDER BY "
                                                "position", [run_id]).fetchall():
                     files.append((name, ref, "checkpoint", cpath, csha, why))
+                (extra,) = con.execute("SELECT extra FROM runs WHERE run_id = ?", [run_id]).fetchone() or (None,)
+                rows = json.loads(extra or "{}").get("removal_rows")  # the training rows, kept for certified removal
+                if rows:
+                    files.append((name, ref, "removal rows", rows.get("file"), rows.get("sha256"), why))
         policy_sha = None
         if plans:
             policy_sha = _plan_policy(store, plans[-1])

@@ -18,6 +18,8 @@ Config: the MLP's data keys (features, row_col, feature_cols, label_col) plus la
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch._dynamo  # noqa: F401  (L-BFGS's first use imports it, 1.5-2 s: paid here, not in the run's setup)
@@ -60,11 +62,19 @@ def train(req: TrainRequest) -> dict:
         return loss
 
     others = [i for i in req.inputs if i.get("role", "train") != "train"]
+    extra = {"certified_removal": cert}
+    t0 = time.perf_counter()
+    with req.store.view() as view:
+        one_per_record = view.resolve_version(ds.version)["row_space"] == "records"
+    # The rows as trained on, by record: a later removal reads the removed ones alone (not the features file).
+    rows = certified.save_removal_rows(req.out_dir, ds.first_ords, x, y) if one_per_record else None
+    if rows:
+        extra["removal_rows"] = rows
     # What finding a removed row costs on this data, for pricing a later batch removal (outside the run's
     # training seconds).
-    cert["removal_read_seconds"] = certified.read_probe_seconds(req.store, ds.version, c)
-    req.setup_seconds += cert["removal_read_seconds"]  # before training, and a re-run measures it again
-    with req.tracker(inputs=[req.input_manifest(ds)] + others, extra={"certified_removal": cert}) as tr:
+    cert["removal_read_seconds"] = certified.read_probe_seconds(req.store, ds.version, c, rows)
+    req.setup_seconds += time.perf_counter() - t0  # before training, and a re-run pays it again
+    with req.tracker(inputs=[req.input_manifest(ds)] + others, extra=extra) as tr:
         tr.consumed(ds.row_ids)  # full-batch: every row is in the first step
         opt.step(closure)
         tr.step = 1

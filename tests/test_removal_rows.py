@@ -1,0 +1,194 @@
+"""The certified logistic regression keeps its training rows by record (its removal rows file), so that a batch
+removal reads the removed rows alone: the file's rows against the features table read here by hand, a removal from
+the file against one from the features file, a changed block refused, the file listed and purged as a residual."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from expunge.orchestrator import certified, execute  # noqa: E402
+from expunge.orchestrator.certified_exec import certified_removal  # noqa: E402
+from tests.test_trainers import train_certified  # noqa: E402
+
+
+def _meta(store, run="cr-1"):
+    with store.read() as con:
+        return json.loads(con.execute("SELECT extra FROM runs WHERE name = ?", [run]).fetchone()[0]).get("removal_rows")
+
+
+def _by_hand(store, table, subjects):
+    """The design rows of `subjects`' records, from the features table and the store's rows, computed here: float32
+    features as the dataset holds them, a bias column, each row scaled into the unit ball; labels in ±1. Returned in
+    record-ordinal order with the ordinals."""
+    rows = store.rows("customers@1")
+    ord_of = dict(zip(rows.row_ids.to_pylist(), rows.ords.tolist()))
+    ids = table.column("record_id").to_pylist()
+    owners = table.column("customer_id").to_pylist()
+    picked = sorted((ord_of[r], i) for i, (r, s) in enumerate(zip(ids, owners)) if s in subjects)
+    feats = np.column_stack([table.column(f"f{j}").to_numpy().astype(np.float32) for j in range(8)]).astype(np.float64)
+    x = np.column_stack([feats, np.ones(len(feats))])
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1.0)
+    y = table.column("churned").to_numpy().astype(np.float64) * 2 - 1
+    idx = [i for _, i in picked]
+    return np.array([o for o, _ in picked]), x[idx], y[idx]
+
+
+def _train_shuffled(store, tmp_path, n):
+    """`train_certified` on customers ingested in a shuffled order: record ordinals (ingest order) then differ
+    from the dataset's row order (by record id)."""
+    import pyarrow.parquet as pq
+
+    from expunge import synth
+    from expunge.orchestrator.trainers import TrainRequest
+    from expunge.orchestrator.trainers import logreg_certified as lc
+
+    table = synth.customers(n, seed=4)
+    table = table.take(np.random.default_rng(0).permutation(n))
+    pq.write_table(table, tmp_path / "features.parquet")
+    store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
+    cfg = {"features": str(tmp_path / "features.parquet"), "row_col": "record_id",
+           "feature_cols": [f"f{j}" for j in range(8)], "label_col": "churned", "lam": 0.02}
+    lc.train(TrainRequest(store=store, run_name="cr-1", inputs=[{"dataset": "customers@1", "role": "train"}],
+                          config=cfg, seed=3, out_dir=tmp_path / "cr", trainer=lc.ENTRY_POINT, model_name="churn-cr",
+                          model_family=lc.FAMILY))
+    return table
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_the_file_holds_each_training_row_as_trained_by_record(store, tmp_path, shuffled):
+    if shuffled:
+        table = _train_shuffled(store, tmp_path, 300)
+        rows = store.rows("customers@1")
+        ids = rows.row_ids.to_pylist()  # in ordinal order: not the dataset's row order (by id)
+        assert ids != sorted(ids)
+    else:
+        table, _, _ = train_certified(store, tmp_path, 300, 4, seed=3, lam=0.02)
+    meta = _meta(store)
+    assert meta["rows"] == 300 and meta["dim"] == 9 and Path(meta["file"]).parent == tmp_path / "cr"
+    assert oct(Path(meta["file"]).stat().st_mode & 0o777) == "0o600"
+    owners = table.column("customer_id").to_pylist()
+    # Boundary subjects: the lowest and highest record ordinals (the binary search's ends) and one in between.
+    ords_all = store.records_of_subjects(owners)
+    lo_hi = [s for s in dict.fromkeys(owners) if store.records_of_subjects([s])[0] in (ords_all.min(), ords_all.max())]
+    for subjects in ([owners[150]], lo_hi, [owners[3], owners[200], owners[299]]):
+        ords, x, y = _by_hand(store, table, set(subjects))
+        got = certified.removal_rows(meta, store.records_of_subjects(subjects))
+        assert got["k"] == len(ords) and got["erased_train"].tolist() == ords.tolist()
+        assert np.array_equal(got["x"].numpy(), x) and np.array_equal(got["y"].numpy(), y)
+    # Records the run did not train on are not found; nothing asked, nothing read.
+    assert certified.removal_rows(meta, np.array([10**6], np.uint32))["k"] == 0
+    assert certified.removal_rows(meta, np.array([], np.uint32))["k"] == 0
+
+
+def test_the_search_finds_exactly_the_trained_records_asked_for(tmp_path):
+    """Boundaries of the ordinal search: below the first, between two, the first and last, past the last, twice."""
+    ords = np.array([9, 2, 5, 1000], np.int64)  # any order: the file is in ordinal order
+    x = torch.arange(12, dtype=torch.float64).reshape(4, 3)
+    y = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    meta = certified.save_removal_rows(tmp_path, ords, x, y)
+    cases = {(0,): [], (2,): [2], (3, 4): [], (2, 1000): [2, 1000], (1001,): [], (5, 5, 9): [5, 9],
+             (0, 2, 4, 5, 6, 9, 10, 999, 1000, 2000): [2, 5, 9, 1000]}
+    by_ord = {int(o): k for k, o in enumerate(ords)}
+    for erased, want in cases.items():
+        got = certified.removal_rows(meta, np.asarray(erased, np.uint32))
+        assert got["erased_train"].tolist() == want, erased
+        assert got["x"].tolist() == [x[by_ord[o]].tolist() for o in want]
+        assert got["y"].tolist() == [y[by_ord[o]].item() for o in want]
+    # A record twice among the rows: not one row per record, no file.
+    assert certified.save_removal_rows(tmp_path / "twice", np.array([3, 3]), x[:2], y[:2]) is None
+
+
+def _ctx(store, subjects, tag="0123456789abcdef"):
+    return execute.Context(store, {"id": tag * 4, "requests": ["req-000001"]}, store.records_of_subjects(subjects))
+
+
+def _batch_from_features_file(store, subjects, lam):
+    """The new weights of a batch removal computed from the rows read out of the features file (`removed_rows`)."""
+    from expunge.lineage.torch import load_artifact
+    from expunge.orchestrator.rerun import recorded_request
+
+    info = execute.model_info(store, "churn-cr@1")
+    state = load_artifact(info["path"], info["sha256"], store=store)
+    rows = certified.removed_rows(store, recorded_request(store, "cr-1", rows=False), store.records_of_subjects(subjects))
+    return certified.batch_removal(state["removal_state"], state["model"]["w"].double(), lam, rows["x"], rows["y"])
+
+
+def test_a_removal_reads_the_rows_from_the_file_and_gives_the_features_files_result(store, tmp_path):
+    table, req, cert = train_certified(store, tmp_path, 200, 5, seed=3, lam=0.02, sigma=2.0)
+    subjects = [table.column("customer_id").to_pylist()[k] for k in (7, 120)]
+    expect_w, expect_bound, _ = _batch_from_features_file(store, subjects, cert["lam"])
+    # The features file is gone: the removal needs only the file the run kept.
+    Path(req.config["features"]).rename(tmp_path / "moved.parquet")
+    out = certified_removal(_ctx(store, subjects), {"model": "churn-cr@1"}, execute.model_info(store, "churn-cr@1"))
+    assert out.detail["rows_from"] == "removal rows file" and out.detail["newton_steps"] == 2
+    got = torch.load(execute.model_info(store, out.new_model)["path"], weights_only=True)["model"]["w"].double()
+    assert torch.allclose(got, expect_w, rtol=0, atol=1e-12)
+    assert out.detail["budget_used"] == pytest.approx(expect_bound, rel=1e-12)
+    # The new version's run does not point at the old run's file (which holds the removed rows).
+    assert _meta(store, "cr-1.x01234567") is None
+
+
+def test_a_changed_or_missing_file_is_said_and_the_features_file_read(store, tmp_path):
+    table, req, cert = train_certified(store, tmp_path, 5000, 5, seed=3, lam=0.02, sigma=2.0)
+    meta = _meta(store)
+    assert len(meta["blocks"]) == 3  # 5000 rows in blocks of 2048
+    owners = table.column("customer_id").to_pylist()
+    subject = owners[0]
+    (o,) = store.records_of_subjects([subject])
+    mat = np.load(meta["file"], mmap_mode="r")
+    col = int(np.searchsorted(mat[0], o))
+    blk = col // meta["block_rows"]
+    other = (blk + 1) % 3
+    header = Path(meta["file"]).stat().st_size - mat.size * 8
+    del mat
+
+    def poke(column):  # one feature value of one row, in place
+        with open(meta["file"], "r+b") as fh:
+            fh.seek(header + (2 * meta["rows"] + column) * 8)
+            fh.write(np.float64(0.123).tobytes())
+
+    # A change in a block the removal does not read is not seen (only the removed rows' blocks are read)...
+    poke(other * meta["block_rows"])
+    assert certified.removal_rows(meta, store.records_of_subjects([subject]))["k"] == 1
+    # ...one in the removed row's block is, by its block, and the removal reads the features file instead.
+    poke(col)
+    with pytest.raises(certified.RowsFileUnusable, match=f"block {blk} "):
+        certified.removal_rows(meta, store.records_of_subjects([subject]))
+    expect_w, _, _ = _batch_from_features_file(store, [subject], cert["lam"])
+    out = certified_removal(_ctx(store, [subject]), {"model": "churn-cr@1"}, execute.model_info(store, "churn-cr@1"))
+    assert out.detail["rows_from"].startswith("features file (the removal rows file") and f"block {blk}" in \
+        out.detail["rows_from"]
+    got = torch.load(execute.model_info(store, out.new_model)["path"], weights_only=True)["model"]["w"].double()
+    assert torch.allclose(got, expect_w, rtol=0, atol=1e-12)
+    Path(meta["file"]).unlink()
+    with pytest.raises(certified.RowsFileUnusable, match="cannot read it"):
+        certified.removal_rows(meta, store.records_of_subjects([subject]))
+
+
+def test_the_file_is_a_residual_copy_and_purged(tmp_path):
+    """The demo's certified model after a plan ran: its old run's removal rows file is listed with the model file,
+    and `purge` deletes it."""
+    from expunge.demo import build_demo
+    from expunge.orchestrator import planner, residuals
+    from expunge.orchestrator import requests as rq
+    from expunge.orchestrator.policy import store_policy
+
+    store, subject = build_demo(tmp_path)
+    meta = _meta(store, "churn-certified-1")
+    assert meta and Path(meta["file"]).exists()
+    r = rq.create(store, [subject], category="marketing", policy=store_policy(store))
+    doc = planner.make_plan(store, [r.id], store_policy(store))
+    planner.save_plan(store, doc)
+    planner.approve(store, doc["id"], tmp_path / "approver.key")
+    execute.run_plan(store, doc["id"])
+    got = [x for x in residuals.residuals(store, r.id)["residuals"] if x["kind"] == "removal rows"]
+    assert [(x["model"], x["path"], x["sha256"], x["state"]) for x in got] == [
+        ("churn-certified@1", meta["file"], meta["sha256"], "present")]
+    residuals.purge(store, r.id)
+    assert not Path(meta["file"]).exists()
