@@ -68,12 +68,13 @@ def erase(store, root: Path, subject: str, scenario: str) -> dict:
     from expunge.orchestrator.policy import default_policy_text, set_store_policy, store_policy
 
     key = root / "approver.key"
-    pub = keygen(key, "bench")
-    text = default_policy_text()
-    if scenario == "cheapest":
-        text = text.replace("max_premium = 2.0", "max_premium = 1.0")
-    (root / "policy.toml").write_text(text + f'\n[approval.keys]\nbench = "{" ".join(pub.split()[:2])}"\n')
-    set_store_policy(store, root / "policy.toml")
+    if not key.exists():  # a chain of requests on one store: set up once
+        pub = keygen(key, "bench")
+        text = default_policy_text()
+        if scenario == "cheapest":
+            text = text.replace("max_premium = 2.0", "max_premium = 1.0")
+        (root / "policy.toml").write_text(text + f'\n[approval.keys]\nbench = "{" ".join(pub.split()[:2])}"\n')
+        set_store_policy(store, root / "policy.toml")
     r = rq.create(store, [subject], category="default" if scenario == "exact" else "marketing",
                   policy=store_policy(store))
     doc = planner.make_plan(store, [r.id], store_policy(store))
@@ -104,6 +105,10 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=1,
                     help="subjects erased (one request each) from each trained store, restored between them")
     ap.add_argument("--scenarios", default="exact,cheapest")
+    ap.add_argument("--chain", type=int, default=0,
+                    help="cheapest scenario: after the first subject, erase this many more one request after another "
+                         "(certified removal from each new version: alternately Newton steps on the training data and "
+                         "one batch step)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     use_bench_secret()
@@ -129,6 +134,9 @@ def main() -> None:
                     store = Store.open(root / "store")
                 subject = random.Random(rep if a.subjects == 1 else f"{rep}-{j}").choice(subjects)
                 results.append(one(store, root, subject, scenario, rep, j, train_s))
+                if scenario == "cheapest" and a.chain:
+                    rng = random.Random(f"chain-{rep}-{j}")
+                    results[-1]["chain"] = [chained(store, root, rng.choice(subjects)) for _ in range(a.chain)]
             shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(snapshot, ignore_errors=True)
     summarize(a, results)
@@ -161,6 +169,21 @@ def one(store, root: Path, subject: str, scenario: str, rep: int, j: int, train_
                        for m in acts}}
     print(json.dumps(res), file=sys.stderr)
     return res
+
+
+def chained(store, root: Path, subject: str) -> dict:
+    """One more request erasing `subject` from the store as the earlier ones left it: the certified model's
+    action, estimated and actual."""
+    run = erase(store, root, subject, "cheapest")
+    act = next(x for x in run["actions"] if x["model"].startswith("certified@"))
+    with store.read() as con:
+        detail = json.loads(con.execute("SELECT detail FROM execution_actions WHERE plan_id = ? AND model = ?",
+                                        [run["plan"], act["model"]]).fetchone()[0] or "{}")
+    out = {"model": act["model"], **{k: act[k] for k in ("action", "estimated_seconds", "actual_seconds")},
+           **{k: detail.get(k) for k in ("how", "rows_from", "read_seconds", "step_seconds", "record_seconds",
+                                         "bookkeeping_seconds")}}
+    print(json.dumps({"chain": out}), file=sys.stderr)
+    return out
 
 
 def summarize(a, results: list[dict]) -> None:
@@ -213,6 +236,19 @@ def summarize(a, results: list[dict]) -> None:
                                    "retrain_training": round(train, 3),
                                    "compute_speedup": round(train / step, 1) if step else None,
                                    "compute_and_read_speedup": round(train / (step + read), 1)})
+        chains = [r["chain"] for r in rs if r.get("chain")]
+        if chains:  # the k-th later request, over the repeats: against the first request's full retrain
+            s["certified_chain"] = []
+            for k in range(min(len(c) for c in chains)):
+                at = [(c[k], r["retrain_seconds"]["certified"]) for c, r in zip(chains, [r for r in rs if r.get("chain")])]
+                act = statistics.median(x["actual_seconds"] for x, _ in at)
+                s["certified_chain"].append({
+                    "request": k + 2, "how": sorted({str(x["how"]) for x, _ in at}),
+                    "rows_from": sorted({str(x["rows_from"]) for x, _ in at}),
+                    "actual": round(act, 4), "estimated": round(statistics.median(x["estimated_seconds"] for x, _ in at), 4),
+                    "actual/estimated each": [round(x["actual_seconds"] / x["estimated_seconds"], 2)
+                                              if x["estimated_seconds"] else None for x, _ in at],
+                    "speedups": [round(full / x["actual_seconds"], 1) for x, full in at]})
         summary[scenario] = s
     doc = {"customers": a.customers, "features": a.features, "epochs": a.epochs, "repeats": a.repeats,
            "summary": summary, "runs": results}

@@ -39,7 +39,7 @@ def _by_hand(store, table, subjects):
     return np.array([o for o, _ in picked]), x[idx], y[idx]
 
 
-def _train_shuffled(store, tmp_path, n):
+def _train_shuffled(store, tmp_path, n, **config):
     """`train_certified` on customers ingested in a shuffled order: record ordinals (ingest order) then differ
     from the dataset's row order (by record id)."""
     import pyarrow.parquet as pq
@@ -53,17 +53,23 @@ def _train_shuffled(store, tmp_path, n):
     pq.write_table(table, tmp_path / "features.parquet")
     store.ingest_source(table, name="customers", subject_col="customer_id", record_col="record_id")
     cfg = {"features": str(tmp_path / "features.parquet"), "row_col": "record_id",
-           "feature_cols": [f"f{j}" for j in range(8)], "label_col": "churned", "lam": 0.02}
-    lc.train(TrainRequest(store=store, run_name="cr-1", inputs=[{"dataset": "customers@1", "role": "train"}],
-                          config=cfg, seed=3, out_dir=tmp_path / "cr", trainer=lc.ENTRY_POINT, model_name="churn-cr",
-                          model_family=lc.FAMILY))
-    return table
+           "feature_cols": [f"f{j}" for j in range(8)], "label_col": "churned", **config}
+    req = TrainRequest(store=store, run_name="cr-1", inputs=[{"dataset": "customers@1", "role": "train"}],
+                       config=cfg, seed=3, out_dir=tmp_path / "cr", trainer=lc.ENTRY_POINT, model_name="churn-cr",
+                       model_family=lc.FAMILY)
+    lc.train(req)
+    return table, req, json.loads(_extra(store))["certified_removal"]
+
+
+def _extra(store, run="cr-1"):
+    with store.read() as con:
+        return con.execute("SELECT extra FROM runs WHERE name = ?", [run]).fetchone()[0]
 
 
 @pytest.mark.parametrize("shuffled", [False, True])
 def test_the_file_holds_each_training_row_as_trained_by_record(store, tmp_path, shuffled):
     if shuffled:
-        table = _train_shuffled(store, tmp_path, 300)
+        table, _, _ = _train_shuffled(store, tmp_path, 300, lam=0.02)
         rows = store.rows("customers@1")
         ids = rows.row_ids.to_pylist()  # in ordinal order: not the dataset's row order (by id)
         assert ids != sorted(ids)
@@ -130,8 +136,67 @@ def test_a_removal_reads_the_rows_from_the_file_and_gives_the_features_files_res
     got = torch.load(execute.model_info(store, out.new_model)["path"], weights_only=True)["model"]["w"].double()
     assert torch.allclose(got, expect_w, rtol=0, atol=1e-12)
     assert out.detail["budget_used"] == pytest.approx(expect_bound, rel=1e-12)
-    # The new version's run does not point at the old run's file (which holds the removed rows).
-    assert _meta(store, "cr-1.x01234567") is None
+    # The new version's run keeps the chain's file (later removals from it read only its own records' rows).
+    assert _meta(store, "cr-1.x01234567") == _meta(store)
+
+
+def test_later_removals_along_the_chain_read_the_file_and_match_the_features_file(store, tmp_path):
+    """Three removals in a row: A (one batch step from the trained Hessian), B (Newton steps per row on the
+    version's training data: no Hessian at its weights), then A again with C (A is no longer trained on: only C
+    is removed, one batch step). Each from the removal rows file, with the features file moved away; each
+    against the same removal computed here from the features file."""
+    from expunge.lineage.torch import load_artifact
+    from expunge.orchestrator.rerun import recorded_request
+    from expunge.orchestrator.trainers import TrainRequest, mlp
+
+    table, req, cert = _train_shuffled(store, tmp_path, 400, lam=0.02, sigma=4.0)
+    owners = table.column("customer_id").to_pylist()
+    a, b, c = owners[10], owners[200], owners[333]
+    # B's two subjects: their records' id order is not their ordinal order (the steps go in the rows' id order).
+    rid = dict(zip(owners, table.column("record_id").to_pylist()))
+    ob = store.records_of_subjects([b])[0]
+    b2 = next(s for s in owners[201:330] if (ob < store.records_of_subjects([s])[0]) != (rid[b] < rid[s]))
+    feats, away = Path(req.config["features"]), tmp_path / "away.parquet"
+
+    def run(model, subjects, tag):
+        feats.rename(away)
+        try:
+            out = certified_removal(_ctx(store, subjects, tag), {"model": model}, execute.model_info(store, model))
+        finally:
+            away.rename(feats)
+        return out, torch.load(execute.model_info(store, out.new_model)["path"], weights_only=True)
+
+    first, _ = run("churn-cr@1", [a], "a" * 16)
+    assert (first.new_model, first.detail["how"], first.detail["rows_from"]) == ("churn-cr@2", "batch",
+                                                                                "removal rows file")
+    # B from churn-cr@2, by hand: its training data (the version without A) from the features file, Newton steps
+    # per row in the dataset's row order.
+    w2 = load_artifact(execute.model_info(store, "churn-cr@2")["path"], None, store=store)["model"]["w"].double()
+    kept = mlp.dataset(TrainRequest(**{**req.__dict__, "exclude_records": store.records_of_subjects([a])}))
+    x1, y1 = certified.design(kept)
+    b_ords = set(store.records_of_subjects([b, b2]).tolist())
+    remove = [i for i, o in enumerate(kept.first_ords.tolist()) if o in b_ords]
+    assert len(remove) == 2
+    expect_w, bounds = certified.newton_removal(x1, y1, w2, cert["lam"], remove)
+    second, saved = run("churn-cr@2", [b, b2], "b" * 16)
+    assert second.detail["how"] == "per-row" and second.detail["rows_from"] == \
+        "removal rows file (the whole training data)"
+    assert torch.allclose(saved["model"]["w"].double(), expect_w, rtol=0, atol=1e-10)
+    assert second.detail["budget_used"] == pytest.approx(sum(bounds), rel=1e-9)
+    # A and C from churn-cr@3 (which carries its Hessian): A's row is no longer trained on, so C's alone is removed,
+    # as the features-file path finds it (the run's records only).
+    info3 = execute.model_info(store, "churn-cr@3")
+    state3 = load_artifact(info3["path"], None, store=store)
+    rows = certified.removed_rows(store, recorded_request(store, info3["run"], rows=False),
+                                  store.records_of_subjects([a, c]))
+    assert rows["k"] == 1
+    expect3, bound3, _ = certified.batch_removal(state3["removal_state"], state3["model"]["w"].double(), cert["lam"],
+                                                 rows["x"], rows["y"])
+    third, saved3 = run("churn-cr@3", [a, c], "c" * 16)
+    assert (third.detail["how"], third.detail["newton_steps"], third.detail["rows_from"]) == (
+        "batch", 1, "removal rows file")
+    assert torch.allclose(saved3["model"]["w"].double(), expect3, rtol=0, atol=1e-12)
+    assert third.detail["budget_used"] == pytest.approx(bound3, rel=1e-12)
 
 
 def test_a_changed_or_missing_file_is_said_and_the_features_file_read(store, tmp_path):
@@ -192,3 +257,40 @@ def test_the_file_is_a_residual_copy_and_purged(tmp_path):
         ("churn-certified@1", meta["file"], meta["sha256"], "present")]
     residuals.purge(store, r.id)
     assert not Path(meta["file"]).exists()
+
+
+def test_plans_price_finding_and_reading_rows_from_the_file_while_it_is_there(store, tmp_path):
+    """The estimate's finding (batch) and reading (per-row) come from the file's measured seconds while the file
+    is there, and from the features file's (the certificate's probe, the run's setup) once it is gone."""
+    from expunge.orchestrator import actions as A
+    from expunge.orchestrator import planner
+    from expunge.orchestrator.policy import load_policy
+
+    table, req, cert = train_certified(store, tmp_path, 300, 5, seed=3, lam=0.02, sigma=2.0)
+    meta = _meta(store)
+    assert meta["find_seconds"] > 0 and meta["read_seconds"] > 0
+    ords = store.records_of_subjects([table.column("customer_id").to_pylist()[5]])
+    with store.read() as con:
+        setup = con.execute("SELECT setup_seconds FROM runs WHERE name = 'cr-1'").fetchone()[0]
+
+    def priced(how):
+        f = A.ModelFacts(model="churn-cr@1", name="churn-cr", stage="production", direct=True, records=1,
+                         train_records=1, run="cr-1", trainer=req.trainer, run_seconds=1.0, run_records=300,
+                         family=certified.FAMILY, certificate=cert, dim=9, iterations=10, setup_seconds=setup)
+        planner._certified_needs(store, [f], ords)
+        if how:
+            f.certified_how = how
+        return f, A.CertifiedRemoval().estimate(f, load_policy(None)).seconds
+
+    f, batch = priced(None)
+    assert f.certified_how == "batch" and (f.rows_find, f.rows_read) == (meta["find_seconds"], meta["read_seconds"])
+    assert batch == pytest.approx(meta["find_seconds"] + 0.03 + 1e-6 * 81, rel=1e-12)
+    per_pass = 1.0 / 10
+    _, per_row = priced("per-row")
+    assert per_row == pytest.approx(meta["read_seconds"] + per_pass * 9 + per_pass * 81 / 299, rel=1e-12)
+    Path(meta["file"]).unlink()
+    f, batch = priced(None)
+    assert (f.rows_find, f.rows_read) == (None, None)
+    assert batch == pytest.approx(cert["removal_read_seconds"] + 0.03 + 1e-6 * 81, rel=1e-12)
+    _, per_row = priced("per-row")
+    assert per_row == pytest.approx(setup + per_pass * 9 + per_pass * 81 / 299, rel=1e-12)

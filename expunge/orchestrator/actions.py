@@ -56,6 +56,8 @@ class ModelFacts:
     budget_spent: float = 0.0
     certified_need: float | None = None  # budget the removal would use, computed on the run's data
     certified_how: str | None = None     # how it was computed: "batch" (one step, removed rows) or "per-row"
+    rows_find: float | None = None       # certified: finding removed rows in the removal rows file (None: no file)
+    rows_read: float | None = None       # certified: reading that file whole (Newton steps on the training data)
     bookkeeping: float = 0.0             # seconds an action spends looking up and recording (the store's median)
     bookkeeping_n: int = 0               # actions that median is of
     dim: int = 0
@@ -278,12 +280,14 @@ class CertifiedRemoval(Action):
         return c.get("train_grad_norm", 0.0) + sum(4 * gamma / (lam ** 2 * max(n - i, 1)) for i in range(1, k + 1))
 
     def estimate(self, f, policy):
+        # The rows come from the run's removal rows file while it is there, else from the features file.
         if f.certified_how == "batch":
-            est = costs.certified_batch(f.certificate.get("removal_read_seconds", 0.0), f.forget_rows(), f.dim,
-                                        record=f.record_seconds)
+            find = f.rows_find if f.rows_find is not None else f.certificate.get("removal_read_seconds", 0.0)
+            est = costs.certified_batch(find, f.forget_rows(), f.dim, record=f.record_seconds)
         else:
             est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations,
-                                          steps=f.forget_rows(), setup=f.setup_seconds)
+                                          steps=f.forget_rows(),
+                                          setup=f.rows_read if f.rows_read is not None else f.setup_seconds)
         left = f.certificate["removal_budget"] - f.budget_spent
         how = ("one batch Newton step's bound, from the removed rows and the saved Hessian"
                if f.certified_how == "batch" else "Newton-step bounds on the run's data" if f.certified_need is not None

@@ -179,7 +179,7 @@ def save_removal_rows(out_dir, ords: np.ndarray, x: torch.Tensor, y: torch.Tenso
     ordinals (exact below 2**53), row 1 the labels, then one row per design column, so that the ordinals
     are contiguous (a binary search touches a few pages) and a record's values are one column. Each block of
     ROWS_BLOCK columns is hashed (sha256), and the file whole. Returns what the run records ({file, sha256,
-    rows, dim, block_rows, blocks, write_seconds}), or None when the rows are not one per record (an ordinal twice)."""
+    rows, dim, block_rows, blocks, write_seconds, read_seconds: reading it whole}), or None when the rows are not one per record (an ordinal twice)."""
     import hashlib
     import os
     import time
@@ -212,8 +212,14 @@ def save_removal_rows(out_dir, ords: np.ndarray, x: torch.Tensor, y: torch.Tenso
               for lo in range(0, n, ROWS_BLOCK)]
     from expunge.lineage.runs import sha256_file
 
-    return {"file": str(path), "sha256": sha256_file(path), "rows": int(n), "dim": int(d), "block_rows": ROWS_BLOCK,
+    meta = {"file": str(path), "sha256": sha256_file(path), "rows": int(n), "dim": int(d), "block_rows": ROWS_BLOCK,
             "blocks": blocks, "write_seconds": round(time.perf_counter() - t0, 6)}
+    # What reading it whole costs (Newton steps on the training data, from a version without a Hessian at its
+    # weights): measured here, for the planner.
+    t1 = time.perf_counter()
+    load_rows_file(meta)
+    meta["read_seconds"] = round(time.perf_counter() - t1, 6)
+    return meta
 
 
 class RowsFileUnusable(Exception):
@@ -248,14 +254,73 @@ def removal_rows(meta: dict, erased) -> dict:
             "k": int(len(pos)), "erased_train": cols[0].astype(np.uint32)}
 
 
+def load_rows_file(meta: dict) -> np.ndarray:
+    """A removal rows file read whole into memory, every block checked against its recorded sha256 (raises
+    RowsFileUnusable when it is missing or is not what training wrote)."""
+    import hashlib
+
+    try:
+        mat = np.load(meta["file"], mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RowsFileUnusable(f"cannot read it ({type(exc).__name__}: {exc})") from None
+    n, d, b = int(meta["rows"]), int(meta["dim"]), int(meta["block_rows"])
+    if mat.dtype != np.float64 or mat.shape != (2 + d, n) or len(meta["blocks"]) != -(-n // b):
+        raise RowsFileUnusable(f"its shape {mat.shape} is not the ({2 + d}, {n}) training wrote")
+    whole = np.empty(mat.shape, np.float64)
+    for blk, want in enumerate(meta["blocks"]):
+        whole[:, blk * b:(blk + 1) * b] = mat[:, blk * b:(blk + 1) * b]
+        if hashlib.sha256(np.ascontiguousarray(whole[:, blk * b:(blk + 1) * b]).tobytes()).hexdigest() != want:
+            raise RowsFileUnusable(f"block {blk} (rows {blk * b}-{min((blk + 1) * b, n) - 1}) is not what training "
+                                   "wrote (sha256 differs)")
+    return whole
+
+
+def training_rows(store, rec: dict, erased, meta: dict) -> dict:
+    """The run's training rows read from a removal rows file, every block checked, for Newton steps on the
+    training data (a model whose weights carry no Hessian at themselves): {"x", "y" (design form), "remove"
+    (positions of the rows of `erased` records, in the order of their record ids: the dataset's row order, in
+    which the planner priced the steps), "seconds"}. The file may be an earlier run's of the same chain (it
+    holds rows since removed): only the rows of the run's train records are kept. Raises RowsFileUnusable
+    when the file is missing, changed, or lacks one of the run's rows."""
+    import time
+
+    from expunge.lineage.ingest import bitmap_array
+    from expunge.lineage.rows import record_ids
+
+    t0 = time.perf_counter()
+    train = [i for i in rec["inputs"] if i.get("role", "train") == "train"]
+    if len(train) != 1 or train[0].get("_row_space") != "records":
+        raise RowsFileUnusable("the run's training rows are not one train input's records")
+    whole = load_rows_file(meta)
+    with store.view() as view:
+        v = view.resolve_version(train[0]["dataset"])
+        base = train[0].get("_subset_ords")
+        kept = np.asarray(base, np.int64) if base is not None else \
+            bitmap_array(view.load_bitmap(v["bitmap_file"])).astype(np.int64)
+        inside = np.isin(whole[0], kept.astype(np.float64))
+        if int(inside.sum()) != len(kept):
+            raise RowsFileUnusable(f"it holds {int(inside.sum())} of the run's {len(kept)} training rows")
+        rows = whole[:, inside]
+        gone = np.flatnonzero(np.isin(rows[0], np.asarray(erased, np.int64).astype(np.float64)))
+        ids = record_ids(store, view, v["record_dataset_id"], rows[0][gone].astype(np.uint32)).to_pylist()
+    remove = [int(gone[k]) for k in sorted(range(len(gone)), key=lambda k: ids[k])]
+    return {"x": torch.from_numpy(np.ascontiguousarray(rows[2:].T)), "y": torch.from_numpy(rows[1].copy()),
+            "remove": remove, "seconds": time.perf_counter() - t0}
+
+
 def find_removed_rows(store, rec: dict, erased, extra: dict) -> tuple[dict | None, str]:
     """The removed rows for a batch removal and where they came from: the run's removal rows file when it
     recorded one (the rows exactly as trained on), else (or when that file is missing or changed, which is
     said) the features table its config names (`removed_rows`)."""
     meta = extra.get("removal_rows")
-    if meta:
+    train = [i for i in rec["inputs"] if i.get("role", "train") == "train"]
+    if meta and len(train) == 1 and train[0].get("_row_space") == "records":
+        # The file may be an earlier run's of the chain: only the records this run trained on are removed.
+        base = train[0].get("_subset_ords")
+        want = np.asarray(erased, np.int64) if base is None else \
+            np.intersect1d(np.asarray(erased, np.int64), np.asarray(base, np.int64))
         try:
-            return removal_rows(meta, erased), "removal rows file"
+            return removal_rows(meta, want), "removal rows file"
         except RowsFileUnusable as exc:
             note = f"features file (the removal rows file {meta['file']}: {exc})"
     else:
@@ -315,9 +380,9 @@ def removal_need_how(store, run: str, model_path, exclude_records, max_work: flo
     rec = recorded_request(store, run, need_trainer=False, rows=False)
     state = load_artifact(model_path, sha256, store=store)
     saved = state.get("removal_state") or {}
+    with store.read() as con:
+        extra = json.loads(con.execute("SELECT extra FROM runs WHERE name = ?", [run]).fetchone()[0] or "{}")
     if "hessian" in saved:
-        with store.read() as con:
-            extra = json.loads(con.execute("SELECT extra FROM runs WHERE name = ?", [run]).fetchone()[0] or "{}")
         try:
             fast = find_removed_rows(store, rec, np.asarray(exclude_records, np.uint32), extra)[0]
         except (OSError, BadInput):
@@ -327,14 +392,22 @@ def removal_need_how(store, run: str, model_path, exclude_records, max_work: flo
             return batch_removal(saved, state["model"]["w"].double(), lam, fast["x"], fast["y"])[1], "batch"
     if max_work <= 0:
         return None, None
-    rec = recorded_request(store, run, need_trainer=False, train_ords="always")
-    try:
-        full = training_data(store, rec)
-        kept = set(training_data(store, rec, np.asarray(exclude_records, np.uint32)).row_ids)
-    except (OSError, BadInput):
-        return None, None
-    remove = [i for i, rid in enumerate(full.row_ids) if rid not in kept]
-    x, y = design(full)
+    got = None
+    if extra.get("removal_rows"):  # the training rows as trained on, from the chain's removal rows file
+        try:
+            got = training_rows(store, rec, np.asarray(exclude_records, np.uint32), extra["removal_rows"])
+            x, y, remove = got["x"], got["y"], got["remove"]
+        except RowsFileUnusable:
+            got = None
+    if got is None:
+        rec = recorded_request(store, run, need_trainer=False, train_ords="always")
+        try:
+            full = training_data(store, rec)
+            kept = set(training_data(store, rec, np.asarray(exclude_records, np.uint32)).row_ids)
+        except (OSError, BadInput):
+            return None, None
+        remove = [i for i, rid in enumerate(full.row_ids) if rid not in kept]
+        x, y = design(full)
     if len(remove) * len(y) * x.shape[1] ** 2 > max_work:
         return None, None
     w = state["model"]["w"].double()

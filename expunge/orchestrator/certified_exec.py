@@ -57,21 +57,34 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
         steps, how = fast["k"], "batch"
         timing = {"read_seconds": t_step - t_read, "step_seconds": time.perf_counter() - t_step}
     else:
-        # One Newton step per erased row on the training data, which is read whole; the result carries the
-        # Hessian at its own weights, so that the next removal from it needs only the removed rows.
-        with_rows = recorded_request(ctx.store, run, train_ords="always")
-        full = mlp.dataset(TrainRequest(store=ctx.store, run_name=run, inputs=with_rows["inputs"], config=rec["config"],
-                                        seed=rec["seed"], out_dir=Path("."), trainer=rec["trainer"],
-                                        model_name=rec["model_name"]))
-        mask = erased_rows(ctx.store, full, ctx.erased)
-        remove = np.flatnonzero(mask).tolist()
-        x, y = certified.design(full)
+        # One Newton step per erased row on the training data, which is read whole (from the chain's removal rows
+        # file when it has one, else the features file); the result carries the Hessian at its own weights, so
+        # that the next removal from it needs only the removed rows.
+        got = None
+        if extra.get("removal_rows"):
+            try:
+                got = certified.training_rows(ctx.store, rec, ctx.erased, extra["removal_rows"])
+                x, y, remove, read = got["x"], got["y"], got["remove"], got["seconds"]
+                rows_from = "removal rows file (the whole training data)"
+            except certified.RowsFileUnusable as exc:
+                rows_from = f"features file (the whole training data; the removal rows file " \
+                            f"{extra['removal_rows']['file']}: {exc})"
+        else:
+            rows_from = "features file (the whole training data)"
+        if got is None:
+            with_rows = recorded_request(ctx.store, run, train_ords="always")
+            full = mlp.dataset(TrainRequest(store=ctx.store, run_name=run, inputs=with_rows["inputs"],
+                                            config=rec["config"], seed=rec["seed"], out_dir=Path("."),
+                                            trainer=rec["trainer"], model_name=rec["model_name"]))
+            remove = np.flatnonzero(erased_rows(ctx.store, full, ctx.erased)).tolist()
+            x, y = certified.design(full)
+            read = full.load_seconds
         new_w, bounds = certified.newton_removal(x, y, w, cert["lam"], remove)
         used, steps, how = float(sum(bounds)), len(remove), "per-row"
-        keep = torch.from_numpy(~mask)
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[remove] = False
         new_state = certified.removal_state(new_w, x[keep], y[keep], cert["lam"])
-        timing = {"read_seconds": full.load_seconds, "step_seconds": time.perf_counter() - t_step - full.load_seconds}
-        rows_from = "features file (the whole training data)"
+        timing = {"read_seconds": read, "step_seconds": time.perf_counter() - t_step - read}
     base = float(cert.get("train_grad_norm", 0.0))
     if base + spent + used > cert["removal_budget"]:
         raise ActionFailed(f"{item['model']}: removing {steps} row(s) needs {used:.3g} of the removal budget, "
@@ -105,9 +118,10 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
                          **({"setup_seconds": setup} if setup else {}),
                          **({"record_seconds": record} if record else {})},
                 **({"total_steps": total_steps} if total_steps is not None else {}),
-                # Not the removal rows file: it is the original run's, with the removed rows in it (a residual copy).
-                "extra": {**{k: v for k, v in extra.items() if k != "removal_rows"},
-                          "removal_budget_spent": spent + used,
+                # The removal rows file stays the chain's (the original run's): it still holds the removed rows
+                # (a residual copy of the request, purged with the replaced version's files), which later
+                # removals from this version never read (only its own train records' rows).
+                "extra": {**extra, "removal_budget_spent": spent + used,
                           "certified_removal": {k: v for k, v in cert.items()
                                                 if k not in ("n", "hessian_min_eig", "x_spectral_sq", "w_norm")},
                           "removed_by": {"plan": ctx.plan["id"], "newton_steps": steps, "how": how,

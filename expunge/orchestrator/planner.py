@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime, timedelta
 from typing import Sequence
 
@@ -309,6 +310,10 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
         with store.view() as view:
             row = view.execute("SELECT artifact_path, sha256 FROM models WHERE name = ? AND version_no = ?",
                                [name, int(ver)]).fetchall()
+            extra = view.execute("SELECT extra FROM runs WHERE name = ?", [f.run]).fetchall()
+        rows = json.loads(extra[0][0] or "{}").get("removal_rows") if extra else None
+        if rows and os.path.isfile(rows.get("file", "")):  # the rows as trained on, kept by the run (or its chain)
+            f.rows_find, f.rows_read = rows.get("find_seconds"), rows.get("read_seconds")
         if row and row[0][0]:
             try:
                 f.certified_need, f.certified_how = certified.removal_need_how(

@@ -72,7 +72,9 @@ def train(req: TrainRequest) -> dict:
         extra["removal_rows"] = rows
     # What finding a removed row costs on this data, for pricing a later batch removal (outside the run's
     # training seconds).
-    cert["removal_read_seconds"] = certified.read_probe_seconds(req.store, ds.version, c, rows)
+    cert["removal_read_seconds"] = certified.read_probe_seconds(req.store, ds.version, c)  # from the features file
+    if rows:
+        rows["find_seconds"] = round(certified.read_probe_seconds(req.store, ds.version, c, rows), 6)  # from the file
     req.setup_seconds += time.perf_counter() - t0  # before training, and a re-run pays it again
     with req.tracker(inputs=[req.input_manifest(ds)] + others, extra=extra) as tr:
         tr.consumed(ds.row_ids)  # full-batch: every row is in the first step
