@@ -175,7 +175,9 @@ def chained(store, root: Path, subject: str) -> dict:
     """One more request erasing `subject` from the store as the earlier ones left it: the certified model's
     action, estimated and actual."""
     run = erase(store, root, subject, "cheapest")
-    act = next(x for x in run["actions"] if x["model"].startswith("certified@"))
+    # The newest version (the older ones, superseded, are retired at no cost).
+    act = max((x for x in run["actions"] if x["model"].startswith("certified@")),
+              key=lambda x: int(x["model"].rsplit("@", 1)[1]))
     with store.read() as con:
         detail = json.loads(con.execute("SELECT detail FROM execution_actions WHERE plan_id = ? AND model = ?",
                                         [run["plan"], act["model"]]).fetchone()[0] or "{}")

@@ -76,7 +76,7 @@ def test_the_file_holds_each_training_row_as_trained_by_record(store, tmp_path, 
     else:
         table, _, _ = train_certified(store, tmp_path, 300, 4, seed=3, lam=0.02)
     meta = _meta(store)
-    assert meta["rows"] == 300 and meta["dim"] == 9 and Path(meta["file"]).parent == tmp_path / "cr"
+    assert meta["rows"] == 300 and meta["dim"] == 8 and Path(meta["file"]).parent == tmp_path / "cr"
     assert oct(Path(meta["file"]).stat().st_mode & 0o777) == "0o600"
     owners = table.column("customer_id").to_pylist()
     # Boundary subjects: the lowest and highest record ordinals (the binary search's ends) and one in between.
@@ -93,21 +93,25 @@ def test_the_file_holds_each_training_row_as_trained_by_record(store, tmp_path, 
 
 
 def test_the_search_finds_exactly_the_trained_records_asked_for(tmp_path):
-    """Boundaries of the ordinal search: below the first, between two, the first and last, past the last, twice."""
+    """Boundaries of the ordinal search: below the first, between two, the first and last, past the last, twice;
+    the rows come back in design form (a bias column, scaled into the unit ball, labels ±1), computed here."""
     ords = np.array([9, 2, 5, 1000], np.int64)  # any order: the file is in ordinal order
-    x = torch.arange(12, dtype=torch.float64).reshape(4, 3)
-    y = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    x = torch.tensor([[3.0, 4.0], [0.1, 0.2], [-6.0, 0.0], [0.0, 0.5]], dtype=torch.float32)
+    y = torch.tensor([1, 0, 1, 0])
+    design = {9: ([3 / 26 ** 0.5, 4 / 26 ** 0.5, 1 / 26 ** 0.5], 1.0), 2: ([0.1 / 1.05 ** 0.5, 0.2 / 1.05 ** 0.5, 1 / 1.05 ** 0.5], -1.0),
+              5: ([-6 / 37 ** 0.5, 0.0, 1 / 37 ** 0.5], 1.0), 1000: ([0.0, 0.5 / 1.25 ** 0.5, 1 / 1.25 ** 0.5], -1.0)}
     meta = certified.save_removal_rows(tmp_path, ords, x, y)
     cases = {(0,): [], (2,): [2], (3, 4): [], (2, 1000): [2, 1000], (1001,): [], (5, 5, 9): [5, 9],
-             (0, 2, 4, 5, 6, 9, 10, 999, 1000, 2000): [2, 5, 9, 1000]}
-    by_ord = {int(o): k for k, o in enumerate(ords)}
+             (0, 2, 4, 5, 6, 9, 10, 999, 1000, 2000): [2, 5, 9, 1000], (2**32 - 1,): []}
     for erased, want in cases.items():
-        got = certified.removal_rows(meta, np.asarray(erased, np.uint32))
+        got = certified.removal_rows(meta, np.asarray(erased, np.int64))
         assert got["erased_train"].tolist() == want, erased
-        assert got["x"].tolist() == [x[by_ord[o]].tolist() for o in want]
-        assert got["y"].tolist() == [y[by_ord[o]].item() for o in want]
-    # A record twice among the rows: not one row per record, no file.
+        assert np.allclose(got["x"].numpy().reshape(-1, 3), np.reshape([design[o][0] for o in want], (-1, 3)),
+                           rtol=0, atol=1e-7)
+        assert got["y"].tolist() == [design[o][1] for o in want]
+    # A record twice among the rows, or labels other than 0/1: no file.
     assert certified.save_removal_rows(tmp_path / "twice", np.array([3, 3]), x[:2], y[:2]) is None
+    assert certified.save_removal_rows(tmp_path / "labels", np.array([3, 4]), x[:2], torch.tensor([0, 2])) is None
 
 
 def _ctx(store, subjects, tag="0123456789abcdef"):
@@ -206,23 +210,23 @@ def test_a_changed_or_missing_file_is_said_and_the_features_file_read(store, tmp
     owners = table.column("customer_id").to_pylist()
     subject = owners[0]
     (o,) = store.records_of_subjects([subject])
-    mat = np.load(meta["file"], mmap_mode="r")
-    col = int(np.searchsorted(mat[0], o))
-    blk = col // meta["block_rows"]
+    ords = np.load(meta["file"], mmap_mode="r")[:4 * meta["rows"]].view("<u4")
+    row = int(np.searchsorted(ords, o))
+    blk = row // meta["block_rows"]
     other = (blk + 1) % 3
-    header = Path(meta["file"]).stat().st_size - mat.size * 8
-    del mat
+    x_at = Path(meta["file"]).stat().st_size - 4 * meta["rows"] * meta["dim"]  # the features (f4) come last
+    del ords
 
-    def poke(column):  # one feature value of one row, in place
+    def poke(r):  # the first feature of row r, in place
         with open(meta["file"], "r+b") as fh:
-            fh.seek(header + (2 * meta["rows"] + column) * 8)
-            fh.write(np.float64(0.123).tobytes())
+            fh.seek(x_at + r * meta["dim"] * 4)
+            fh.write(np.float32(0.123).tobytes())
 
     # A change in a block the removal does not read is not seen (only the removed rows' blocks are read)...
     poke(other * meta["block_rows"])
     assert certified.removal_rows(meta, store.records_of_subjects([subject]))["k"] == 1
     # ...one in the removed row's block is, by its block, and the removal reads the features file instead.
-    poke(col)
+    poke(row)
     with pytest.raises(certified.RowsFileUnusable, match=f"block {blk} "):
         certified.removal_rows(meta, store.records_of_subjects([subject]))
     expect_w, _, _ = _batch_from_features_file(store, [subject], cert["lam"])

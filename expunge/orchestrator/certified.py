@@ -11,6 +11,7 @@ run's recorded trainer (a module the catalog names is code whoever wrote the cat
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -167,20 +168,47 @@ def removed_rows(store, rec: dict, erased) -> dict | None:
     return {"x": xd, "y": yd, "k": int(hit.size), "base": base, "erased_train": hit}
 
 
-ROWS_BLOCK = 2048  # rows per hashed block of a removal rows file (~0.5 MB at 32 features: ~0.4 ms to check)
+ROWS_BLOCK = 2048  # rows per hashed block of a removal rows file (~270 KB at 32 features: ~0.2 ms to check)
 ROWS_FILE = "removal-rows.npy"
+_ALIGN = 8
+
+
+def _sections(n: int, d: int) -> tuple[int, int, int]:
+    """Byte offsets of a removal rows file's three sections (record ordinals u4, labels i1, features f4 row by row)
+    in its payload, each on an 8-byte boundary, and the payload's length."""
+    def up(k):
+        return -(-k // _ALIGN) * _ALIGN
+
+    y_at = up(4 * n)
+    x_at = up(y_at + n)
+    return y_at, x_at, x_at + 4 * n * d
+
+
+def _views(raw: np.ndarray, n: int, d: int):
+    """(ordinals, labels, features) of a removal rows file's payload (a uint8 array or memmap): views, no copy."""
+    y_at, x_at, end = _sections(n, d)
+    return raw[:4 * n].view("<u4"), raw[y_at:y_at + n].view("i1"), raw[x_at:end].view("<f4").reshape(n, d)
+
+
+def _block_hash(ords, y, x, blk: int, b: int) -> str:
+    h = hashlib.sha256()
+    for part in (ords[blk * b:(blk + 1) * b], y[blk * b:(blk + 1) * b], x[blk * b:(blk + 1) * b]):
+        h.update(memoryview(np.ascontiguousarray(part)).cast("B"))
+    return h.hexdigest()
 
 
 def save_removal_rows(out_dir, ords: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> dict | None:
-    """Write the training rows as the model saw them (design form: scaled, with the bias column; y in ±1),
-    keyed by record ordinal, so that a later removal reads the removed rows alone: `removal_rows`.
+    """Write the training rows as the dataset held them (float32 features, 0/1 labels) keyed by record ordinal,
+    so that a later removal reads the removed rows alone (`removal_rows`) or the training data whole
+    (`training_rows`) without the features file; both put them in design form as the trainer did (`design`).
 
-    One .npy file (no pickle) holding a (2 + d, n) float64 array in ordinal order: row 0 the record
-    ordinals (exact below 2**53), row 1 the labels, then one row per design column, so that the ordinals
-    are contiguous (a binary search touches a few pages) and a record's values are one column. Each block of
-    ROWS_BLOCK columns is hashed (sha256), and the file whole. Returns what the run records ({file, sha256,
-    rows, dim, block_rows, blocks, write_seconds, read_seconds: reading it whole}), or None when the rows are not one per record (an ordinal twice)."""
-    import hashlib
+    One .npy file (uint8, no pickle) whose payload is three sections in record-ordinal order: the ordinals
+    (uint32: a binary search touches a few pages), the labels (int8), the features (float32, a row's
+    contiguous). Each block of ROWS_BLOCK rows is hashed (sha256 over its three parts), and the file whole
+    (residual copies compare it). Returns what the run records ({file, sha256, rows, dim, block_rows, blocks,
+    write_seconds, read_seconds: reading it whole}), or None when the rows are not
+    one per record (an ordinal twice) or the labels are not 0/1."""
+    import io
     import os
     import time
     from pathlib import Path
@@ -189,35 +217,43 @@ def save_removal_rows(out_dir, ords: np.ndarray, x: torch.Tensor, y: torch.Tenso
 
     t0 = time.perf_counter()
     ords = np.asarray(ords, np.int64)
+    yv = np.asarray(y, np.int64)
+    if len(ords) and (ords.min() < 0 or ords.max() > np.iinfo(np.uint32).max) or not np.isin(yv, (0, 1)).all():
+        return None
     order = np.argsort(ords, kind="stable")
     sorted_ords = ords[order]
-    if len(ords) and (sorted_ords[0] < 0 or (len(ords) > 1 and not (np.diff(sorted_ords) > 0).all())):
+    if len(ords) > 1 and not (np.diff(sorted_ords) > 0).all():
         return None
     n, d = x.shape
-    mat = np.empty((2 + d, n), np.float64)
-    mat[0] = sorted_ords
-    mat[1] = y.numpy()[order]
-    mat[2:] = x.numpy()[order].T
+    raw = np.zeros(_sections(n, d)[2], np.uint8)
+    o, yy, xx = _views(raw, n, d)
+    o[:] = sorted_ords
+    xs = np.asarray(x, np.float32)
+    if len(ords) > 1 and not (np.diff(ords) > 0).all():  # rows not in ordinal order already: gather them
+        yv, xs = yv[order], xs[order]
+    yy[:] = yv
+    xx[:] = xs
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / ROWS_FILE
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(raw))
     with os.fdopen(create_private(tmp), "wb") as fh:
-        np.lib.format.write_array(fh, mat, allow_pickle=False)
+        fh.write(head.getvalue())
+        fh.write(memoryview(raw))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-    blocks = [hashlib.sha256(np.ascontiguousarray(mat[:, lo:lo + ROWS_BLOCK]).tobytes()).hexdigest()
-              for lo in range(0, n, ROWS_BLOCK)]
-    from expunge.lineage.runs import sha256_file
-
-    meta = {"file": str(path), "sha256": sha256_file(path), "rows": int(n), "dim": int(d), "block_rows": ROWS_BLOCK,
+    whole = hashlib.sha256(head.getvalue())
+    whole.update(memoryview(raw))
+    blocks = [_block_hash(o, yy, xx, blk, ROWS_BLOCK) for blk in range(-(-n // ROWS_BLOCK))]
+    meta = {"file": str(path), "sha256": whole.hexdigest(), "rows": int(n), "dim": int(d), "block_rows": ROWS_BLOCK,
             "blocks": blocks, "write_seconds": round(time.perf_counter() - t0, 6)}
-    # What reading it whole costs (Newton steps on the training data, from a version without a Hessian at its
-    # weights): measured here, for the planner.
+    # What reading it whole costs (every block checked, the rows put in design form), for the planner.
     t1 = time.perf_counter()
-    load_rows_file(meta)
+    design_arrays(*load_rows_file(meta)[2:0:-1])
     meta["read_seconds"] = round(time.perf_counter() - t1, 6)
     return meta
 
@@ -226,53 +262,48 @@ class RowsFileUnusable(Exception):
     """The removal rows file is missing or not what training wrote (the reason is the message)."""
 
 
+def _open_rows(meta: dict):
+    """(ordinals, labels, features) of a removal rows file, memory-mapped; RowsFileUnusable if it cannot be."""
+    try:
+        raw = np.load(meta["file"], mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RowsFileUnusable(f"cannot read it ({type(exc).__name__}: {exc})") from None
+    n, d, b = int(meta["rows"]), int(meta["dim"]), int(meta["block_rows"])
+    if raw.dtype != np.uint8 or raw.shape != (_sections(n, d)[2],) or len(meta["blocks"]) != -(-n // b):
+        raise RowsFileUnusable(f"its size is not that of the {n} rows of {d} features training wrote")
+    return _views(raw, n, d)
+
+
+def _check_blocks(meta: dict, parts, blocks) -> None:
+    n, b = int(meta["rows"]), int(meta["block_rows"])
+    for blk in blocks:
+        if _block_hash(*parts, blk, b) != meta["blocks"][blk]:
+            raise RowsFileUnusable(f"block {blk} (rows {blk * b}-{min((blk + 1) * b, n) - 1}) is not what training "
+                                   "wrote (sha256 differs)")
+
+
 def removal_rows(meta: dict, erased) -> dict:
     """The removed rows read from a removal rows file (`save_removal_rows`): {"x", "y" (design form), "k",
     "erased_train" (their ordinals)}. Only the blocks holding them are read, each checked against its recorded
     sha256; raises RowsFileUnusable when the file is missing or differs from what training wrote."""
-    import hashlib
-
-    try:
-        mat = np.load(meta["file"], mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise RowsFileUnusable(f"cannot read it ({type(exc).__name__}: {exc})") from None
-    n, d, b = int(meta["rows"]), int(meta["dim"]), int(meta["block_rows"])
-    if mat.dtype != np.float64 or mat.shape != (2 + d, n) or len(meta["blocks"]) != -(-n // b):
-        raise RowsFileUnusable(f"its shape {mat.shape} is not the ({2 + d}, {n}) training wrote")
-    want = np.unique(np.asarray(erased, np.int64)).astype(np.float64)
-    pos = np.searchsorted(mat[0], want)
-    inside = pos < n
+    ords, y, x = _open_rows(meta)
+    want = np.unique(np.asarray(erased, np.int64))
+    want = want[(want >= 0) & (want <= np.iinfo(np.uint32).max)].astype(np.uint32)
+    pos = np.searchsorted(ords, want)
+    inside = pos < len(ords)
     pos, want = pos[inside], want[inside]
-    pos = pos[np.asarray(mat[0][pos]) == want]  # the records the run trained on (one row each)
-    for blk in np.unique(pos // b).tolist():
-        got = hashlib.sha256(np.ascontiguousarray(mat[:, blk * b:(blk + 1) * b]).tobytes()).hexdigest()
-        if got != meta["blocks"][blk]:
-            raise RowsFileUnusable(f"block {blk} (rows {blk * b}-{min((blk + 1) * b, n) - 1}) is not what training "
-                                   "wrote (sha256 differs)")
-    cols = np.asarray(mat[:, pos])  # (2 + d, k): the removed rows alone
-    return {"x": torch.from_numpy(np.ascontiguousarray(cols[2:].T)), "y": torch.from_numpy(cols[1].copy()),
-            "k": int(len(pos)), "erased_train": cols[0].astype(np.uint32)}
+    pos = pos[np.asarray(ords[pos]) == want]  # the records the run trained on (one row each)
+    _check_blocks(meta, (ords, y, x), np.unique(pos // int(meta["block_rows"])).tolist())
+    xd, yd = design_arrays(np.asarray(x[pos]), np.asarray(y[pos]))
+    return {"x": xd, "y": yd, "k": int(len(pos)), "erased_train": np.asarray(ords[pos])}
 
 
-def load_rows_file(meta: dict) -> np.ndarray:
+def load_rows_file(meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A removal rows file read whole into memory, every block checked against its recorded sha256 (raises
-    RowsFileUnusable when it is missing or is not what training wrote)."""
-    import hashlib
-
-    try:
-        mat = np.load(meta["file"], mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise RowsFileUnusable(f"cannot read it ({type(exc).__name__}: {exc})") from None
-    n, d, b = int(meta["rows"]), int(meta["dim"]), int(meta["block_rows"])
-    if mat.dtype != np.float64 or mat.shape != (2 + d, n) or len(meta["blocks"]) != -(-n // b):
-        raise RowsFileUnusable(f"its shape {mat.shape} is not the ({2 + d}, {n}) training wrote")
-    whole = np.empty(mat.shape, np.float64)
-    for blk, want in enumerate(meta["blocks"]):
-        whole[:, blk * b:(blk + 1) * b] = mat[:, blk * b:(blk + 1) * b]
-        if hashlib.sha256(np.ascontiguousarray(whole[:, blk * b:(blk + 1) * b]).tobytes()).hexdigest() != want:
-            raise RowsFileUnusable(f"block {blk} (rows {blk * b}-{min((blk + 1) * b, n) - 1}) is not what training "
-                                   "wrote (sha256 differs)")
-    return whole
+    RowsFileUnusable when it is missing or is not what training wrote): (ordinals, labels, features)."""
+    ords, y, x = (np.array(a) for a in _open_rows(meta))
+    _check_blocks(meta, (ords, y, x), range(len(meta["blocks"])))
+    return ords, y, x
 
 
 def training_rows(store, rec: dict, erased, meta: dict) -> dict:
@@ -291,21 +322,20 @@ def training_rows(store, rec: dict, erased, meta: dict) -> dict:
     train = [i for i in rec["inputs"] if i.get("role", "train") == "train"]
     if len(train) != 1 or train[0].get("_row_space") != "records":
         raise RowsFileUnusable("the run's training rows are not one train input's records")
-    whole = load_rows_file(meta)
+    ords, y, x = load_rows_file(meta)
     with store.view() as view:
         v = view.resolve_version(train[0]["dataset"])
         base = train[0].get("_subset_ords")
-        kept = np.asarray(base, np.int64) if base is not None else \
-            bitmap_array(view.load_bitmap(v["bitmap_file"])).astype(np.int64)
-        inside = np.isin(whole[0], kept.astype(np.float64))
+        kept = np.asarray(base, np.uint32) if base is not None else bitmap_array(view.load_bitmap(v["bitmap_file"]))
+        inside = np.isin(ords, kept)
         if int(inside.sum()) != len(kept):
             raise RowsFileUnusable(f"it holds {int(inside.sum())} of the run's {len(kept)} training rows")
-        rows = whole[:, inside]
-        gone = np.flatnonzero(np.isin(rows[0], np.asarray(erased, np.int64).astype(np.float64)))
-        ids = record_ids(store, view, v["record_dataset_id"], rows[0][gone].astype(np.uint32)).to_pylist()
+        ords, y, x = ords[inside], y[inside], x[inside]
+        gone = np.flatnonzero(np.isin(ords, np.asarray(erased, np.int64)))
+        ids = record_ids(store, view, v["record_dataset_id"], ords[gone]).to_pylist()
     remove = [int(gone[k]) for k in sorted(range(len(gone)), key=lambda k: ids[k])]
-    return {"x": torch.from_numpy(np.ascontiguousarray(rows[2:].T)), "y": torch.from_numpy(rows[1].copy()),
-            "remove": remove, "seconds": time.perf_counter() - t0}
+    xd, yd = design_arrays(x, y)
+    return {"x": xd, "y": yd, "remove": remove, "seconds": time.perf_counter() - t0}
 
 
 def find_removed_rows(store, rec: dict, erased, extra: dict) -> tuple[dict | None, str]:
@@ -343,8 +373,7 @@ def read_probe_seconds(store, version: str, config: dict, rows_meta: dict | None
     for _ in range(2):
         t0 = time.perf_counter()
         if rows_meta:
-            first = np.load(rows_meta["file"], mmap_mode="r", allow_pickle=False)[0, :1]
-            removal_rows(rows_meta, first.astype(np.int64))
+            removal_rows(rows_meta, np.asarray(_open_rows(rows_meta)[0][:1], np.int64))
             seconds = time.perf_counter() - t0
             continue
         with store.view() as view:

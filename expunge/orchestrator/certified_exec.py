@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from expunge.orchestrator.execute import ActionFailed, Context, Outcome, erased_rows, model_of_run
+from expunge.orchestrator.execute import ActionFailed, Context, Outcome, erased_rows
 
 
 def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
@@ -28,15 +28,17 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
 
     run = info["run"]
     name = f"{run}.x{ctx.tag}"
-    done = model_of_run(ctx.store, name)
-    if done:
-        return Outcome(done, {"adopted": True})
+    with ctx.store.read() as con:  # one lookup: this action's own run (done before a crash?) and the model's
+        runs = {r[0]: r[1:] for r in con.execute(
+            """SELECT r.name, (SELECT m.name || '@' || m.version_no FROM models m WHERE m.run_id = r.run_id
+                               ORDER BY m.model_id LIMIT 1),
+                      r.extra, r.wall_seconds, r.cpu_seconds, r.total_steps, r.setup_seconds, r.record_seconds
+               FROM runs r WHERE r.name IN (?, ?)""", [name, run]).fetchall()}
+    if name in runs and runs[name][0]:
+        return Outcome(runs[name][0], {"adopted": True})
     t0 = time.perf_counter()
     rec = recorded_request(ctx.store, run, rows=False)
-    with ctx.store.read() as con:
-        extra, wall, cpu, total_steps, setup, record = con.execute(
-            "SELECT extra, wall_seconds, cpu_seconds, total_steps, setup_seconds, record_seconds FROM runs "
-            "WHERE name = ?", [run]).fetchone()
+    _, extra, wall, cpu, total_steps, setup, record = runs[run]
     extra = json.loads(extra or "{}")
     cert = extra.get("certified_removal")
     if not cert or rec["model_family"] != "logreg-certified":
@@ -110,7 +112,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
             if rec_subset(rec) is not None:
                 i["_base_records"] = rec_subset(rec)
         inputs.append(i)
-    ctx.store.record_run({
+    recorded = ctx.store.record_run({
         "run": {"name": name, "trainer": rec["trainer"], "config": rec["config"], "inputs": inputs,
                 **{k: rec[k] for k in ("seed", "code_version", "model_family") if rec.get(k) is not None},
                 # For planning it is still a model that cost the original run to train.
@@ -129,7 +131,7 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
         "models": [{"name": info["name"], "path": str(path), "stage": "dev", "parents": rec["parents"]}]})
     timing["record_seconds"] = time.perf_counter() - t_record  # saving the weights, recording the new version
     ctx.trainer_seconds += sum(timing.values())  # finding the rows, the step, recording: what its estimate prices
-    return Outcome(model_of_run(ctx.store, name),
+    return Outcome(recorded["models"][0]["id"],
                    {"newton_steps": steps, "how": how, "rows_from": rows_from, "budget_used": used, "budget_left":
                     cert["removal_budget"] - base - spent - used, "seconds": time.perf_counter() - t0, **timing})
 

@@ -67,7 +67,7 @@ def train(req: TrainRequest) -> dict:
     with req.store.view() as view:
         one_per_record = view.resolve_version(ds.version)["row_space"] == "records"
     # The rows as trained on, by record: a later removal reads the removed ones alone (not the features file).
-    rows = certified.save_removal_rows(req.out_dir, ds.first_ords, x, y) if one_per_record else None
+    rows = certified.save_removal_rows(req.out_dir, ds.first_ords, ds.x, ds.y) if one_per_record else None
     if rows:
         extra["removal_rows"] = rows
     # What finding a removed row costs on this data, for pricing a later batch removal (outside the run's
