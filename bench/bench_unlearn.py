@@ -133,18 +133,20 @@ def main() -> None:
                     shutil.copytree(snapshot, root)
                     store = Store.open(root / "store")
                 subject = random.Random(rep if a.subjects == 1 else f"{rep}-{j}").choice(subjects)
-                results.append(one(store, root, subject, scenario, rep, j, train_s))
-                if scenario == "cheapest" and a.chain:
-                    rng = random.Random(f"chain-{rep}-{j}")
-                    results[-1]["chain"] = [chained(store, root, rng.choice(subjects)) for _ in range(a.chain)]
+                chain = [random.Random(f"chain-{rep}-{j}-{k}").choice(subjects) for k in range(a.chain)] \
+                    if scenario == "cheapest" else []
+                results.append(one(store, root, subject, scenario, rep, j, train_s, chain))
             shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(snapshot, ignore_errors=True)
     summarize(a, results)
 
 
-def one(store, root: Path, subject: str, scenario: str, rep: int, j: int, train_s: dict) -> dict:
-    """Erase one subject (plan, approve, run), then retrain each model from scratch without it."""
+def one(store, root: Path, subject: str, scenario: str, rep: int, j: int, train_s: dict, chain=()) -> dict:
+    """Erase one subject (plan, approve, run) and then the `chain` subjects one request after another, then
+    retrain each model from scratch without the first subject (after the chain: the retrains' model versions
+    are not the chain's to unlearn)."""
     run = erase(store, root, subject, scenario)
+    later = [chained(store, root, s) for s in chain]
     both = {m: full_retrain(store, root, f"{m}-1", subject) for m in ("sisa", "mlp", "certified")}
     retrain = {m: w for m, (w, _) in both.items()}
     retrain_cpu = {m: c for m, (_, c) in both.items()}
@@ -167,6 +169,8 @@ def one(store, root: Path, subject: str, scenario: str, rep: int, j: int, train_
                                                                      "bookkeeping_seconds", "shards", "rows_from")
                               if details.get(m, {}).get(k) is not None}}
                        for m in acts}}
+    if later:
+        res["chain"] = later
     print(json.dumps(res), file=sys.stderr)
     return res
 

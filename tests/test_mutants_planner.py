@@ -129,3 +129,17 @@ def test_batched_requests_give_a_model_the_earliest_deadline(lineage):
     assert second.received_at + timedelta(days=30) > want
     assert item["deadline"] == want.isoformat() + "Z" == doc["deadline"]
     assert item["required_guarantee"] == "exact"
+
+
+def test_a_runs_catalog_write_is_priced_at_the_median_of_the_last_runs(store):
+    """`record_write`: the median `record_write_seconds` of the store's newest BOOKKEEPING_SAMPLE runs that measured
+    one (a run's own is the write before it: after an ingest, the ingest's)."""
+    store.ingest_source({"sid": ["a"], "rid": ["r1"]}, name="src", subject_col="sid", record_col="rid")
+    assert planner.record_write(store) is None
+    assert planner.BOOKKEEPING_SAMPLE == 20
+    # Oldest first: 9.0 falls outside the newest 20 that measured one; the run without one is skipped, not counted.
+    values = [9.0] + [1.0, 3.0] * 5 + [None] + [1.0, 3.0] * 5
+    for k, v in enumerate(values):
+        extra = {"record_write_seconds": v} if v is not None else {"other": 1}
+        store.record_run({"run": {"name": f"r-{k}", "inputs": [{"dataset": "src@1"}], "extra": extra}})
+    assert planner.record_write(store) == 2.0  # ten 1.0 and ten 3.0

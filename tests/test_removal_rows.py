@@ -109,6 +109,14 @@ def test_the_search_finds_exactly_the_trained_records_asked_for(tmp_path):
         assert np.allclose(got["x"].numpy().reshape(-1, 3), np.reshape([design[o][0] for o in want], (-1, 3)),
                            rtol=0, atol=1e-7)
         assert got["y"].tolist() == [design[o][1] for o in want]
+    # A version trained on a subset of the file's records (a later one of the chain): only its records are removed,
+    # whichever end of the subset the erased ones sit at.
+    for base, erased, want in (([2, 5, 1000], [0, 2, 9, 1000, 2000], [2, 1000]), ([5, 9], [2, 5, 9, 1000], [5, 9]),
+                               ([2], [2, 5], [2]), ([1000], [0, 1000], [1000]), ([], [2, 5], [])):
+        rec = {"inputs": [{"dataset": "d@1", "role": "train", "_row_space": "records",
+                           "_subset_ords": np.asarray(base, np.uint32)}]}
+        got, where = certified.find_removed_rows(None, rec, np.asarray(erased, np.uint32), {"removal_rows": meta})
+        assert (got["erased_train"].tolist(), where) == (want, "removal rows file"), (base, erased)
     # A record twice among the rows, or labels other than 0/1: no file.
     assert certified.save_removal_rows(tmp_path / "twice", np.array([3, 3]), x[:2], y[:2]) is None
     assert certified.save_removal_rows(tmp_path / "labels", np.array([3, 4]), x[:2], torch.tensor([0, 2])) is None
@@ -298,3 +306,41 @@ def test_plans_price_finding_and_reading_rows_from_the_file_while_it_is_there(st
     assert batch == pytest.approx(cert["removal_read_seconds"] + 0.03 + 1e-6 * 81, rel=1e-12)
     _, per_row = priced("per-row")
     assert per_row == pytest.approx(setup + per_pass * 9 + per_pass * 81 / 299, rel=1e-12)
+
+
+def test_with_the_file_at_hand_plans_compute_per_row_steps_a_larger_model_needs(store, tmp_path, monkeypatch):
+    """A version removed from once (no Hessian at its weights) is priced for per-row Newton steps from the data:
+    with the removal rows file at hand the planner does that work up to CERTIFIED_WORK_FILE (here it computes
+    the steps' bound, which matches the one computed by hand on the features file), without it only up to
+    CERTIFIED_WORK (here too little: the bound is left to the recorded facts)."""
+    from expunge.orchestrator import actions as A
+    from expunge.orchestrator import planner
+    from expunge.orchestrator.trainers import TrainRequest, mlp
+
+    table, req, cert = train_certified(store, tmp_path, 300, 5, seed=3, lam=0.02, sigma=2.0)
+    owners = table.column("customer_id").to_pylist()
+    first = certified_removal(_ctx(store, [owners[4]]), {"model": "churn-cr@1"},
+                              execute.model_info(store, "churn-cr@1"))
+    info = execute.model_info(store, first.new_model)
+    extra = json.loads(_extra(store, info["run"]))
+    ords = store.records_of_subjects([owners[99]])
+    kept = mlp.dataset(TrainRequest(**{**req.__dict__, "exclude_records": store.records_of_subjects([owners[4]])}))
+    x, y = certified.design(kept)
+    w = torch.load(info["path"], weights_only=True)["model"]["w"].double()
+    by_hand = sum(certified.newton_removal(x, y, w, cert["lam"],
+                                           [i for i, o in enumerate(kept.first_ords.tolist()) if o in ords])[1])
+    monkeypatch.setattr(planner, "CERTIFIED_WORK", 1.0)
+    monkeypatch.setattr(planner, "CERTIFIED_WORK_FILE", 1e9)
+
+    def needs():
+        f = A.ModelFacts(model=first.new_model, name="churn-cr", stage="dev", direct=True, records=1,
+                         train_records=1, run=info["run"], trainer=req.trainer, run_seconds=1.0, run_records=299,
+                         family=certified.FAMILY, certificate=extra["certified_removal"],
+                         budget_spent=extra["removal_budget_spent"], dim=9, iterations=10)
+        planner._certified_needs(store, [f], ords)
+        return f.certified_need, f.certified_how
+
+    need, how = needs()
+    assert how == "per-row" and need == pytest.approx(by_hand, rel=1e-9)
+    Path(extra["removal_rows"]["file"]).unlink()
+    assert needs() == (None, None)

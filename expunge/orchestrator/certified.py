@@ -347,8 +347,11 @@ def find_removed_rows(store, rec: dict, erased, extra: dict) -> tuple[dict | Non
     if meta and len(train) == 1 and train[0].get("_row_space") == "records":
         # The file may be an earlier run's of the chain: only the records this run trained on are removed.
         base = train[0].get("_subset_ords")
-        want = np.asarray(erased, np.int64) if base is None else \
-            np.intersect1d(np.asarray(erased, np.int64), np.asarray(base, np.int64))
+        want = np.asarray(erased, np.int64)
+        if base is not None:  # the subset's ordinals, ascending (a bitmap's): look the few erased ones up
+            base = np.asarray(base)
+            at = np.searchsorted(base, want).clip(max=max(len(base) - 1, 0))
+            want = want[(base[at] == want)] if len(base) else want[:0]
         try:
             return removal_rows(meta, want), "removal rows file"
         except RowsFileUnusable as exc:

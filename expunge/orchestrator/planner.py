@@ -46,6 +46,10 @@ BATCH_EXACT = 50
 # The most work (k removals × n·d² for each Hessian) spent at planning time on a certified model's exact
 # budget use; beyond it the bound from the recorded Hessian facts decides.
 CERTIFIED_WORK = 2e8
+# The same with the run's removal rows file at hand (the data read in ~50 ms at 200k rows, not the features
+# file's ~0.3 s): about 0.2 s of Hessians, so that a version whose weights carry no Hessian (removed from once)
+# can be priced for per-row Newton steps at 200k rows × 33 columns rather than ruled out by the worst-case bound.
+CERTIFIED_WORK_FILE = 1e9
 
 
 class NoAdmissibleAction(ExpungeError):
@@ -202,9 +206,26 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
     if record_ords is not None:
         _certified_needs(store, out, record_ords)
     bk = bookkeeping(store)
+    writes = record_write(store) if any(f.record_write is not None for f in out) else None
     for f in out:
         f.bookkeeping, f.bookkeeping_n = bk
+        if f.record_write is not None and writes is not None:
+            f.record_write = writes
     return out
+
+
+def record_write(store: Store) -> float | None:
+    """The median catalog-write seconds (`record_write_seconds`) of the store's last BOOKKEEPING_SAMPLE runs that
+    measured one: what committing a new run costs here. One run's own is the write before it in its process (for
+    the first run trained after an ingest, the ingest's commit: 5× a run's), too noisy to price a retrain alone."""
+    import statistics
+
+    with store.read() as con:
+        rows = con.execute("""SELECT extra FROM runs WHERE extra LIKE '%record_write_seconds%'
+                              ORDER BY run_id DESC LIMIT ?""", [BOOKKEEPING_SAMPLE]).fetchall()
+    got = [float(x) for x in (json.loads(e).get("record_write_seconds") for (e,) in rows)
+           if isinstance(x, (int, float))]
+    return statistics.median(got) if got else None
 
 
 BOOKKEEPING_SAMPLE = 20
@@ -302,8 +323,6 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
         # Weights saved with their Hessian are removed from with one batch step on the removed rows alone:
         # its budget is computed exactly here (cheap). Otherwise, only where the recorded bound says no, the
         # per-row steps on the run's data, unless k Hessians of n·d² are too much for planning.
-        bound_ok = CertifiedRemoval.consumption(f, limit=left) <= left
-        work = 0 if bound_ok or f.forget_rows() * f.run_records * f.dim ** 2 > CERTIFIED_WORK else CERTIFIED_WORK
         from expunge.orchestrator import certified
 
         name, _, ver = f.model.rpartition("@")
@@ -314,6 +333,9 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
         rows = json.loads(extra[0][0] or "{}").get("removal_rows") if extra else None
         if rows and os.path.isfile(rows.get("file", "")):  # the rows as trained on, kept by the run (or its chain)
             f.rows_find, f.rows_read = rows.get("find_seconds"), rows.get("read_seconds")
+        cap = CERTIFIED_WORK_FILE if f.rows_read is not None else CERTIFIED_WORK
+        bound_ok = CertifiedRemoval.consumption(f, limit=left) <= left
+        work = 0 if bound_ok or f.forget_rows() * f.run_records * f.dim ** 2 > cap else cap
         if row and row[0][0]:
             try:
                 f.certified_need, f.certified_how = certified.removal_need_how(
