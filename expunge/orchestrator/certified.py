@@ -404,10 +404,10 @@ def removal_need_how(store, run: str, model_path, exclude_records, max_work: flo
     bounds), computed on the run's training data; None when that work (k steps of n·d²) exceeds `max_work`
     or the data is not at hand. The weights are checked against their recorded sha256 (`sha256`, else the
     one the store recorded for `model_path`) before they are loaded."""
+    import json
+
     from expunge.lineage.torch import load_artifact
     from expunge.orchestrator.rerun import recorded_request
-
-    import json
 
     rec = recorded_request(store, run, need_trainer=False, rows=False)
     state = load_artifact(model_path, sha256, store=store)
