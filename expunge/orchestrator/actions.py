@@ -287,7 +287,8 @@ class CertifiedRemoval(Action):
         else:
             est = costs.certified_removal(f.run_seconds, f.run_records - f.train_records, f.dim, f.iterations,
                                           steps=f.forget_rows(),
-                                          setup=f.rows_read if f.rows_read is not None else f.setup_seconds)
+                                          setup=f.rows_read if f.rows_read is not None else f.setup_seconds,
+                                          state=f.certificate.get("state_seconds"))
         left = f.certificate["removal_budget"] - f.budget_spent
         how = ("one batch Newton step's bound, from the removed rows and the saved Hessian"
                if f.certified_how == "batch" else "Newton-step bounds on the run's data" if f.certified_need is not None

@@ -81,11 +81,9 @@ def certified_removal(ctx: Context, item: dict, info: dict) -> Outcome:
             remove = np.flatnonzero(erased_rows(ctx.store, full, ctx.erased)).tolist()
             x, y = certified.design(full)
             read = full.load_seconds
-        new_w, bounds = certified.newton_removal(x, y, w, cert["lam"], remove)
+        new_w, bounds, new_state = certified.per_row_removal(x, y, w, cert["lam"], remove,
+                                                             gram=certified.saved_gram(saved, len(y)))
         used, steps, how = float(sum(bounds)), len(remove), "per-row"
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[remove] = False
-        new_state = certified.removal_state(new_w, x[keep], y[keep], cert["lam"])
         timing = {"read_seconds": read, "step_seconds": time.perf_counter() - t_step - read}
     base = float(cert.get("train_grad_norm", 0.0))
     if base + spent + used > cert["removal_budget"]:

@@ -121,15 +121,22 @@ def checkpoint_replay(run_seconds: float, total_steps: int, clean_step: int, set
 
 
 def certified_removal(run_seconds: float, n_retained: int, dim: int, iterations: int, steps: int = 1,
-                      setup: float = 0.0) -> Estimate:
+                      setup: float = 0.0, state: float | None = None) -> Estimate:
     """One Newton step per removed row: the Hessian on the retained data (n·d² work) and a d×d solve each,
-    after loading the data.
+    after loading the data; then the new weights' Hessian, saved with them.
 
-    Calibrated on the run: full-batch training did `iterations` gradient passes (n·d each).
+    With `state` (what the trainer measured computing a Hessian and XᵀX on its rows), each step costs that
+    (gathering the kept rows and their Hessian) and the new Hessian half of it. Without it, calibrated on the
+    run: full-batch training did `iterations` gradient passes (n·d each).
     """
+    steps = max(steps, 1)
+    if state is not None:
+        seconds = setup + (steps + 0.5) * state
+        return Estimate(seconds, [f"{steps} Newton step(s) on {n_retained:,} retained rows × {dim} features, each "
+                                  f"about what a Hessian and XᵀX took at training ({format_seconds(state)}), and the "
+                                  "new weights' Hessian" + _setup(setup)])
     iterations = max(iterations, 1)
     per_pass = run_seconds / iterations  # one n·d pass
-    steps = max(steps, 1)
     seconds = setup + steps * (per_pass * dim + per_pass * dim * dim / max(n_retained, 1))
     return Estimate(seconds, [f"{steps} Newton step(s), each a Hessian on {n_retained:,} retained rows × {dim} "
                               f"features (≈ {dim} gradient passes of a {iterations}-pass run)" + _setup(setup)])
