@@ -297,16 +297,16 @@ def test_plans_price_finding_and_reading_rows_from_the_file_while_it_is_there(st
     f, batch = priced(None)
     assert f.certified_how == "batch" and (f.rows_find, f.rows_read) == (meta["find_seconds"], meta["read_seconds"])
     assert batch == pytest.approx(meta["find_seconds"] + 0.03 + 1e-6 * 81, rel=1e-12)
-    step = cert["state_seconds"]  # a Hessian and XᵀX as the trainer measured them: a step, and the new state half
+    step = cert["state_seconds"] / 2  # half a Hessian and XᵀX as the trainer measured them: a step, the new Hessian
     assert step > 0
     _, per_row = priced("per-row")
-    assert per_row == pytest.approx(meta["read_seconds"] + 1.5 * step, rel=1e-12)
+    assert per_row == pytest.approx(meta["read_seconds"] + 2 * step, rel=1e-12)
     Path(meta["file"]).unlink()
     f, batch = priced(None)
     assert (f.rows_find, f.rows_read) == (None, None)
     assert batch == pytest.approx(cert["removal_read_seconds"] + 0.03 + 1e-6 * 81, rel=1e-12)
     _, per_row = priced("per-row")
-    assert per_row == pytest.approx(setup + 1.5 * step, rel=1e-12)
+    assert per_row == pytest.approx(setup + 2 * step, rel=1e-12)
 
 
 def test_with_the_file_at_hand_plans_compute_per_row_steps_a_larger_model_needs(store, tmp_path, monkeypatch):
@@ -349,18 +349,22 @@ def test_with_the_file_at_hand_plans_compute_per_row_steps_a_larger_model_needs(
 
 @pytest.mark.parametrize("remove", [[], [7], [3, 40, 11]])
 @pytest.mark.parametrize("given_gram", [False, True])
-def test_per_row_removal_is_newton_removal_then_the_new_state_with_less_work(remove, given_gram):
+@pytest.mark.parametrize("n", [60, 4097])  # one block of rows; two full blocks and one row more
+def test_per_row_removal_is_newton_removal_then_the_new_state_with_less_work(remove, given_gram, n):
     """`per_row_removal` against the reference functions it stands for: `newton_removal`'s weights and bounds, then
     `removal_state` computed afresh on the kept rows at the new weights."""
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(60, 4, generator=g, dtype=torch.float64)
-    x = torch.cat([x, torch.ones(60, 1, dtype=torch.float64)], 1)
+    x = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    x = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], 1)
     x = x / x.norm(dim=1, keepdim=True).clamp_min(1.0)
     y = torch.where(x[:, 0] > 0, 1.0, -1.0).double()
     w = torch.randn(5, generator=g, dtype=torch.float64) * 0.3
     lam = 0.05
     want_w, want_bounds = certified.newton_removal(x, y, w, lam, remove)
-    keep = torch.ones(60, dtype=torch.bool)
+    if n > 60:
+        remove = remove + [4096]  # the last row, alone in its block
+        want_w, want_bounds = certified.newton_removal(x, y, w, lam, remove)
+    keep = torch.ones(n, dtype=torch.bool)
     keep[remove] = False
     want_state = certified.removal_state(want_w, x[keep], y[keep], lam)
     got_w, bounds, state = certified.per_row_removal(x, y, w, lam, remove, gram=x.T @ x if given_gram else None)
@@ -368,16 +372,16 @@ def test_per_row_removal_is_newton_removal_then_the_new_state_with_less_work(rem
     assert bounds == pytest.approx(want_bounds, rel=1e-9, abs=1e-15)
     for k in ("hessian", "gram"):
         assert torch.allclose(state[k], want_state[k], rtol=0, atol=1e-10), k
-    assert int(state["n"]) == 60 - len(remove)
+    assert int(state["n"]) == n - len(remove)
     assert certified.per_row_removal(x, y, w, lam, remove, state=False)[2] is None
 
 
 def test_per_row_steps_are_priced_at_the_trainers_measured_hessian():
-    """With `state_seconds` (a Hessian and XᵀX at training): each step costs that, the new Hessian half of it."""
+    """With `state_seconds` (a Hessian and XᵀX at training): each step and the new Hessian cost half of it."""
     from expunge.orchestrator import costs
 
     est = costs.certified_removal(10.0, 999, 9, 50, steps=3, setup=0.2, state=0.04)
-    assert est.seconds == pytest.approx(0.2 + 3 * 0.04 + 0.02, rel=1e-12)
+    assert est.seconds == pytest.approx(0.2 + 4 * 0.02, rel=1e-12)
     assert "3 Newton step(s) on 999 retained rows" in est.reasons[0]
     # Without it, the run's gradient passes: 10 s / 50 passes × 9 features per step, + the d×d solve share.
     assert costs.certified_removal(10.0, 999, 9, 50, steps=3, setup=0.2).seconds == pytest.approx(

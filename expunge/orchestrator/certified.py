@@ -52,8 +52,7 @@ def removal_state(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float)
     training objective at `w` (λn·I included), XᵀX and n. d×d each: with them one batch Newton step
     (`batch_removal`) and its certificate need only the removed rows, not the training data."""
     with torch.no_grad():
-        p = torch.sigmoid(y * (x @ w))
-        h = x.T @ ((p * (1 - p))[:, None] * x) + lam * len(y) * torch.eye(x.shape[1], dtype=x.dtype)
+        h = _curvature(x, y, w, []) + lam * len(y) * torch.eye(x.shape[1], dtype=x.dtype)
         return {"hessian": h, "gram": x.T @ x, "n": torch.tensor(len(y), dtype=torch.int64)}
 
 
@@ -120,39 +119,52 @@ def newton_removal(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float
     return w, bounds
 
 
+def _curvature(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, drop: list[int], block: int = 2048) -> torch.Tensor:
+    """Σ ℓ''(y·xᵀw)·x xᵀ over the rows of x but `drop`: every row's in blocks (each scaled block stays in cache,
+    2× faster than one product at 200k rows), less the dropped rows' own (a few), so that no copy of the kept
+    rows is made."""
+    n, d = x.shape
+    h = torch.zeros(d, d, dtype=x.dtype)
+    for i in range(0, n, block):
+        xb = x[i:i + block]
+        p = torch.sigmoid(y[i:i + block] * (xb @ w))
+        h.addmm_(xb.T, (p * (1 - p))[:, None] * xb)
+    if drop:
+        xd = x[drop]
+        p = torch.sigmoid(y[drop] * (xd @ w))
+        h -= xd.T @ ((p * (1 - p))[:, None] * xd)
+    return h
+
+
 def per_row_removal(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float, remove: list[int],
                     gram: torch.Tensor | None = None, gamma: float = 0.25,
                     state: bool = True) -> tuple[torch.Tensor, list[float], dict | None]:
     """`newton_removal` (the same steps and bounds) with less work, and, with `state`, the `removal_state` of the
-    result: XᵀX is taken from `gram` when given (what the weights' file saved for these rows) instead of computed,
-    and the kept rows' XᵀX after the steps is the new state's; the kept rows are gathered once. So k steps cost
-    k Hessians and the new state one more (n·d² each), where `newton_removal` then `removal_state` cost k + 3."""
+    result. XᵀX is taken from `gram` when given (what the weights' file saved for these rows) instead of computed,
+    and the kept rows' XᵀX after the steps is the new state's; each Hessian is every row's less the removed rows'
+    (`_curvature`: no copy of the kept rows), and ‖X'v‖² = vᵀX'ᵀX'v. So k steps cost k Hessians and the new state
+    one more (n·d² each), where `newton_removal` then `removal_state` cost k + 3 and k + 2 copies of the rows."""
     n, d = x.shape
     if gram is None:
         gram = x.T @ x
-    keep = torch.ones(n, dtype=torch.bool)
     w = w.clone()
     eye = torch.eye(d, dtype=x.dtype)
-    bounds = []
+    bounds, gone = [], []
     for r in remove:
-        keep[r] = False
+        gone.append(r)
         gram = gram - torch.outer(x[r], x[r])
-        xk, yk = x[keep], y[keep]
-        p = torch.sigmoid(yk * (xk @ w))
-        hess = xk.T @ ((p * (1 - p))[:, None] * xk) + lam * len(yk) * eye
+        hess = _curvature(x, y, w, gone) + lam * (n - len(gone)) * eye
         pr = torch.sigmoid(y[r] * (x[r] @ w))
         delta = x[r] * ((pr - 1) * y[r]) + lam * w
         step = torch.linalg.solve(hess, delta)
         spec = float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt())
-        bounds.append(gamma * spec * float(step.norm()) * float((xk @ step).norm()))
+        bounds.append(gamma * spec * float(step.norm()) * float((step @ gram @ step).clamp_min(0).sqrt()))
         w = w + step
     if not state:
         return w, bounds, None
-    xk, yk = (x[keep], y[keep]) if remove else (x, y)
     with torch.no_grad():
-        p = torch.sigmoid(yk * (xk @ w))
-        h = xk.T @ ((p * (1 - p))[:, None] * xk) + lam * len(yk) * eye
-    return w, bounds, {"hessian": h, "gram": gram, "n": torch.tensor(len(yk), dtype=torch.int64)}
+        h = _curvature(x, y, w, gone) + lam * (n - len(gone)) * eye
+    return w, bounds, {"hessian": h, "gram": gram, "n": torch.tensor(n - len(gone), dtype=torch.int64)}
 
 
 def training_data(store, rec: dict, exclude_records=()):

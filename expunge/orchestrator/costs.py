@@ -125,16 +125,16 @@ def certified_removal(run_seconds: float, n_retained: int, dim: int, iterations:
     """One Newton step per removed row: the Hessian on the retained data (n·d² work) and a d×d solve each,
     after loading the data; then the new weights' Hessian, saved with them.
 
-    With `state` (what the trainer measured computing a Hessian and XᵀX on its rows), each step costs that
-    (gathering the kept rows and their Hessian) and the new Hessian half of it. Without it, calibrated on the
-    run: full-batch training did `iterations` gradient passes (n·d each).
+    With `state` (what the trainer measured computing a Hessian and XᵀX on its rows: two n·d² products), each
+    step and the new Hessian cost half of that. Without it, calibrated on the run: full-batch training did
+    `iterations` gradient passes (n·d each).
     """
     steps = max(steps, 1)
     if state is not None:
-        seconds = setup + (steps + 0.5) * state
-        return Estimate(seconds, [f"{steps} Newton step(s) on {n_retained:,} retained rows × {dim} features, each "
-                                  f"about what a Hessian and XᵀX took at training ({format_seconds(state)}), and the "
-                                  "new weights' Hessian" + _setup(setup)])
+        seconds = setup + (steps + 1) * state / 2
+        return Estimate(seconds, [f"{steps} Newton step(s) on {n_retained:,} retained rows × {dim} features and the "
+                                  f"new weights' Hessian, each half what a Hessian and XᵀX took at training "
+                                  f"({format_seconds(state)})" + _setup(setup)])
     iterations = max(iterations, 1)
     per_pass = run_seconds / iterations  # one n·d pass
     seconds = setup + steps * (per_pass * dim + per_pass * dim * dim / max(n_retained, 1))

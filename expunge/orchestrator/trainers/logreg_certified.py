@@ -89,8 +89,8 @@ def train(req: TrainRequest) -> dict:
                     gradient_passes=passes + 1 + x.shape[1])
         t_state = time.perf_counter()
         state = certified.removal_state(w.detach(), x, y, cert["lam"])
-        # A Hessian and XᵀX on the n rows: what one Newton step per row on the training data costs (it gathers the
-        # kept rows and takes their Hessian), for pricing later removals from a version without a saved Hessian.
+        # A Hessian and XᵀX on the n rows: twice what one Newton step per row on the training data costs (a
+        # Hessian), for pricing later removals from a version without a saved Hessian.
         cert["state_seconds"] = round(time.perf_counter() - t_state, 6)
         tr.final_model(_Weights(w.detach()), req.model_name, stage=req.stage, parents=req.parents,
                        certificate={k: v for k, v in cert.items() if k not in TIMINGS},  # bytes: no timing
