@@ -393,3 +393,19 @@ def test_a_saved_gram_is_used_only_for_as_many_rows_as_it_was_saved_for():
     assert torch.equal(certified.saved_gram({"gram": g, "n": torch.tensor(10)}, 10), g.double())
     assert certified.saved_gram({"gram": g, "n": torch.tensor(10)}, 9) is None
     assert certified.saved_gram({"gram": g}, 10) is None and certified.saved_gram({}, 10) is None
+
+
+def test_design_is_the_plain_formula_bit_for_bit():
+    """`design` builds X in one buffer: the same bits as the plain expression (float64 features, a bias column,
+    each row divided by max(‖row‖, 1)), on rows inside and far outside the unit ball."""
+    class Data:
+        pass
+
+    g = torch.Generator().manual_seed(2)
+    ds = Data()
+    ds.x = torch.cat([torch.randn(500, 7, generator=g) * 5, torch.zeros(3, 7), torch.full((2, 7), 1e-3)])
+    ds.y = torch.randint(0, 2, (505,), generator=g)
+    plain = torch.cat([ds.x.double(), torch.ones(505, 1, dtype=torch.float64)], dim=1)
+    plain = plain / plain.norm(dim=1, keepdim=True).clamp_min(1.0)
+    x, y = certified.design(ds)
+    assert torch.equal(x, plain) and torch.equal(y, ds.y.double() * 2 - 1)

@@ -22,11 +22,14 @@ from expunge.orchestrator.actions import CERTIFIED_FAMILY as FAMILY  # noqa: F40
 
 
 def design(ds) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X with rows scaled into the unit ball and a bias column, y in {−1, +1}) in float64."""
-    x = ds.x.double()
-    x = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
-    norms = x.norm(dim=1, keepdim=True).clamp_min(1.0)
-    return x / norms, ds.y.double() * 2 - 1
+    """(X with rows scaled into the unit ball and a bias column, y in {−1, +1}) in float64. Built in one buffer
+    (filled, then divided in place): each fresh n×d tensor costs a pass of page faults (200k × 33: ~35 ms)."""
+    n, d = ds.x.shape
+    x = torch.empty(n, d + 1, dtype=torch.float64)
+    x[:, :d] = ds.x
+    x[:, d] = 1.0
+    x.div_(x.norm(dim=1, keepdim=True).clamp_min(1.0))
+    return x, ds.y.double() * 2 - 1
 
 
 def certificate(c: dict) -> dict:
