@@ -449,7 +449,7 @@ def removal_need(store, run: str, model_path, exclude_records, max_work: float =
 
 
 def removal_need_how(store, run: str, model_path, exclude_records, max_work: float = 2e8,
-                     sha256: str | None = None) -> tuple[float | None, str | None]:
+                     sha256: str | None = None, extra: dict | None = None) -> tuple[float | None, str | None]:
     """Budget that removing `exclude_records` from `run`'s model would use (the sum of `newton_removal`'s
     bounds), computed on the run's training data; None when that work (k steps of n·d²) exceeds `max_work`
     or the data is not at hand. The weights are checked against their recorded sha256 (`sha256`, else the
@@ -462,8 +462,9 @@ def removal_need_how(store, run: str, model_path, exclude_records, max_work: flo
     rec = recorded_request(store, run, need_trainer=False, rows=False)
     state = load_artifact(model_path, sha256, store=store)
     saved = state.get("removal_state") or {}
-    with store.read() as con:
-        extra = json.loads(con.execute("SELECT extra FROM runs WHERE name = ?", [run]).fetchone()[0] or "{}")
+    if extra is None:  # the run's recorded extra (the planner passes the one it has read)
+        with store.read() as con:
+            extra = json.loads(con.execute("SELECT extra FROM runs WHERE name = ?", [run]).fetchone()[0] or "{}")
     if "hessian" in saved:
         try:
             fast = find_removed_rows(store, rec, np.asarray(exclude_records, np.uint32), extra)[0]

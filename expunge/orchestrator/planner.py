@@ -330,7 +330,8 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
             row = view.execute("SELECT artifact_path, sha256 FROM models WHERE name = ? AND version_no = ?",
                                [name, int(ver)]).fetchall()
             extra = view.execute("SELECT extra FROM runs WHERE name = ?", [f.run]).fetchall()
-        rows = json.loads(extra[0][0] or "{}").get("removal_rows") if extra else None
+        extra = json.loads(extra[0][0] or "{}") if extra else {}
+        rows = extra.get("removal_rows")
         if rows and os.path.isfile(rows.get("file", "")):  # the rows as trained on, kept by the run (or its chain)
             f.rows_find, f.rows_read = rows.get("find_seconds"), rows.get("read_seconds")
         cap = CERTIFIED_WORK_FILE if f.rows_read is not None else CERTIFIED_WORK
@@ -339,7 +340,7 @@ def _certified_needs(store: Store, facts: list[ModelFacts], record_ords) -> None
         if row and row[0][0]:
             try:
                 f.certified_need, f.certified_how = certified.removal_need_how(
-                    store, f.run, row[0][0], record_ords, sha256=row[0][1], max_work=work)
+                    store, f.run, row[0][0], record_ords, sha256=row[0][1], max_work=work, extra=extra)
             except ArtifactMismatch:
                 raise
             except (ExpungeError, OSError, RuntimeError, ValueError, KeyError, TypeError):
