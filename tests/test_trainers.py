@@ -213,6 +213,25 @@ def test_certified_logreg_records_the_lambda_and_sigma_it_used(store, tmp_path):
     assert acc > 0.75
 
 
+def test_certified_logreg_records_each_training_row_as_seen_at_the_first_step(store, tmp_path):
+    """Full-batch training sees every row at step 0: the run's facts hold exactly its training records (a re-run
+    without two subjects: all but theirs); the impact of a trained subject names both runs, that of an excluded
+    one only the first."""
+    table, req, _ = train_certified(store, tmp_path, 300, 6, seed=9)
+    ids = table.column("customer_id").to_pylist()
+    gone = ids[:2]
+    rerun(store, "cr-1", new_name="cr-2", out_dir=tmp_path / "cr-2", exclude_subjects=gone)
+    every = set(store.records_of_subjects(ids).tolist())
+    assert len(every) == 300
+    assert set(_read_facts(store, "cr-1").records) == every
+    assert set(_read_facts(store, "cr-2").records) == every - set(store.records_of_subjects(gone).tolist())
+    kept = {r["id"]: r for r in store.impact([ids[5]]).runs}
+    assert set(kept) == {"cr-1", "cr-2"}
+    assert {r["id"] for r in store.impact([gone[0]]).runs} == {"cr-1"}
+    with store.read() as con:
+        assert con.execute("SELECT total_steps FROM runs WHERE name = 'cr-2'").fetchone() == (1,)
+
+
 def test_newton_removal_is_certified_by_its_bounds(store, tmp_path):
     """Removing records with Newton steps: the recorded Corollary-1 bounds cover the true gradient
     residual (recomputed with autograd on the objective rebuilt from the recorded λ, σ, seed), the

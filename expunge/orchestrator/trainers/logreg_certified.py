@@ -77,8 +77,8 @@ def train(req: TrainRequest) -> dict:
     if rows:
         rows["find_seconds"] = round(certified.read_probe_seconds(req.store, ds.version, c, rows), 6)  # from the file
     req.setup_seconds += time.perf_counter() - t0  # before training, and a re-run pays it again
-    with req.tracker(inputs=[req.input_manifest(ds)] + others, extra=extra) as tr:
-        tr.consumed(ds.row_ids)  # full-batch: every row is in the first step
+    with req.tracker(inputs=[req.input_manifest(ds)] + others, extra=extra).bind(ds) as tr:
+        tr.consumed(torch.arange(len(ds)))  # full-batch: every row is in the first step
         opt.step(closure)
         tr.step = 1
         grad = torch.autograd.grad(objective(w, x, y, cert["lam"], b), w)[0]
