@@ -45,11 +45,11 @@ CERT = {"removal_budget": 1.0, "removal_read_seconds": 0.2, "lam": 0.01, "train_
 
 
 def test_certified_removal_batch_step_is_priced_as_one_step_from_the_saved_hessian():
-    # One batch Newton step for 2 rows, d = 4: 0.2 s read + 0.03 s new version + 1e-6 × 2 × 16.
+    # One batch Newton step for 2 rows, d = 4: 0.2 s read + 0.02 s new version + 1e-6 × 2 × 16.
     f = facts(family="logreg_certified", certificate=CERT, certified_need=0.25, certified_how="batch", dim=4,
               iterations=10)
     est = A.CertifiedRemoval().estimate(f, POLICY)
-    assert est.seconds == pytest.approx(0.2 + 0.03 + 1e-6 * 2 * 16, rel=1e-12)
+    assert est.seconds == pytest.approx(0.2 + 0.02 + 1e-6 * 2 * 16, rel=1e-12)
     assert est.reasons[-1] == ("uses 0.25 of the 1 removal budget left (one batch Newton step's bound, from the "
                                "removed rows and the saved Hessian)")
 

@@ -15,6 +15,8 @@ from expunge.orchestrator import planner
 from expunge.schemas import load_schema
 from tests.conftest import approver_keys
 
+BK = 0.015  # an action's bookkeeping on a store that has done none yet (costs.BOOKKEEPING_PRIOR)
+
 runner = CliRunner()
 SHA = "0" * 64
 
@@ -148,7 +150,8 @@ def test_a_model_only_child_that_blocks_the_plan_can_be_retired(lineage):
     code, doc, _ = plan(lineage, rid)
     assert code == 0 and not doc["blocked"]
     kid = next(i for i in doc["items"] if i["model"] == "kid@1")
-    assert kid["stage"] == "archived" and kid["chosen"]["action"] == "retire" and kid["chosen"]["seconds"] == 0
+    assert kid["stage"] == "archived" and kid["chosen"]["action"] == "retire" \
+        and kid["chosen"]["seconds"] == BK
     # A policy that does not retire withdrawn models leaves it blocked.
     strict = lineage.root.parent / "strict.toml"
     strict.write_text("retire_withdrawn = false\n")
@@ -170,4 +173,4 @@ def test_a_child_of_a_retired_parent_is_not_rederived_from_it(lineage):
     base, ft = doc["items"]
     assert base["chosen"]["action"] == "retire"
     assert "base@1 is retired" in ft["not_applicable"]["rederive_from_parent"]
-    assert ft["chosen"]["action"] == "full_retrain" and ft["chosen"]["seconds"] == pytest.approx(48.0 + 10.0)
+    assert ft["chosen"]["action"] == "full_retrain" and ft["chosen"]["seconds"] == pytest.approx(48.0 + 10.0 + BK)

@@ -17,6 +17,8 @@ from expunge.errors import BadInput
 from expunge.lineage.store import Store
 from expunge.orchestrator.policy import load_policy, parse_policy
 
+BK = 0.015  # each action's bookkeeping on a store that has done none yet (costs.BOOKKEEPING_PRIOR)
+
 NOW = datetime(2026, 11, 1, 12, 0)
 SHA = "0" * 64
 
@@ -76,10 +78,10 @@ def test_replay_is_priced_on_the_runs_recorded_length(store):
     m = items["m@1"]
     # Replay from step 4 of 6: 2 of 6 steps of a 60 s run = 20 s (not "step 4 of 4: 0%").
     assert m["chosen"]["action"] == "checkpoint_replay"
-    assert m["chosen"]["seconds"] == pytest.approx(20.0)
+    assert m["chosen"]["seconds"] == pytest.approx(20.0 + BK)
     assert any("replay from step 4 of 6" in r for r in m["chosen"]["reasons"])
     # The runner-up: a full retrain on the 9 records that remain, 60 × 9/10.
-    assert m["runner_up"]["action"] == "full_retrain" and m["runner_up"]["seconds"] == pytest.approx(54.0)
+    assert m["runner_up"]["action"] == "full_retrain" and m["runner_up"]["seconds"] == pytest.approx(54.0 + BK)
 
 
 def test_replay_without_a_recorded_length_is_not_guessed(store):
@@ -121,10 +123,10 @@ def test_subject_only_in_the_last_fine_tune_replays_from_its_clean_parent(store)
     ft3 = items["ft@3"]
     # ft@3's own run on the 2 of 3 records that remain: 12 × 2/3 = 8 s, starting from ft@2.
     assert ft3["chosen"]["action"] == "clean_ancestor_replay"
-    assert ft3["chosen"]["seconds"] == pytest.approx(8.0)
+    assert ft3["chosen"]["seconds"] == pytest.approx(8.0 + BK)
     assert any("clean ancestor ft@2" in r for r in ft3["chosen"]["reasons"])
     # A full retrain of a fine-tune is the whole chain from scratch: 100 + 30 + 8 s.
-    assert priced(ft3)["full_retrain"] == pytest.approx(138.0)
+    assert priced(ft3)["full_retrain"] == pytest.approx(138.0 + BK)
 
 
 def test_a_model_that_trained_on_the_records_and_derives_from_an_affected_one(store):
@@ -132,15 +134,15 @@ def test_a_model_that_trained_on_the_records_and_derives_from_an_affected_one(st
     items, order = plan_for(store, "s1")
     assert order == ["base@1", "ft@2", "ft@3"]
     assert items["base@1"]["chosen"]["action"] == "full_retrain"
-    assert items["base@1"]["chosen"]["seconds"] == pytest.approx(80.0)       # 100 × 4/5
+    assert items["base@1"]["chosen"]["seconds"] == pytest.approx(80.0 + BK)       # 100 × 4/5
     assert items["ft@2"]["chosen"]["action"] == "rederive_from_parent"
-    assert items["ft@2"]["chosen"]["seconds"] == pytest.approx(30.0)          # nothing of its own to drop
+    assert items["ft@2"]["chosen"]["seconds"] == pytest.approx(30.0 + BK)          # nothing of its own to drop
     ft3 = items["ft@3"]
     assert ft3["after"] == ["ft@2"] and ft3["direct"] and ft3["train_records"] == 1
     # It starts from ft@2's unlearned version and drops its own record: 12 × 3/4 = 9 s.
     assert ft3["chosen"]["action"] == "rederive_from_parent"
-    assert ft3["chosen"]["seconds"] == pytest.approx(9.0)
-    assert priced(ft3)["full_retrain"] == pytest.approx(80.0 + 30.0 + 9.0)
+    assert ft3["chosen"]["seconds"] == pytest.approx(9.0 + BK)
+    assert priced(ft3)["full_retrain"] == pytest.approx(80.0 + 30.0 + 9.0 + BK)
     # Its own checkpoints and weights descend from base's old weights: nothing that edits them applies.
     for action in ("checkpoint_replay", "approximate_unlearning", "certified_removal", "sisa_shard_retrain"):
         assert "derived from affected ft@2" in ft3["not_applicable"][action]
@@ -154,7 +156,7 @@ def test_a_child_whose_name_sorts_first_is_planned_after_its_parent(store):
     assert order == ["zeta@1", "alpha@1"]
     assert items["alpha@1"]["order"] == 2 and items["alpha@1"]["after"] == ["zeta@1"]
     assert items["alpha@1"]["chosen"]["action"] == "rederive_from_parent"
-    assert items["alpha@1"]["chosen"]["seconds"] == pytest.approx(2.5)
+    assert items["alpha@1"]["chosen"]["seconds"] == pytest.approx(2.5 + BK)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -188,5 +190,5 @@ def test_a_rerun_pays_loading_and_recording_and_so_does_the_counterfactual(store
     record(store, doc, "m")
     items, _ = plan_for(store, "s3")
     m = items["m@1"]
-    assert m["chosen"]["action"] == "full_retrain" and m["chosen"]["seconds"] == pytest.approx(60.0)
-    assert m["retrain_seconds"] == pytest.approx(66.0)
+    assert m["chosen"]["action"] == "full_retrain" and m["chosen"]["seconds"] == pytest.approx(60.0 + BK)
+    assert m["retrain_seconds"] == pytest.approx(66.0 + BK)

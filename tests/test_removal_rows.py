@@ -296,7 +296,7 @@ def test_plans_price_finding_and_reading_rows_from_the_file_while_it_is_there(st
 
     f, batch = priced(None)
     assert f.certified_how == "batch" and (f.rows_find, f.rows_read) == (meta["find_seconds"], meta["read_seconds"])
-    assert batch == pytest.approx(meta["find_seconds"] + 0.03 + 1e-6 * 81, rel=1e-12)
+    assert batch == pytest.approx(meta["find_seconds"] + 0.02 + 1e-6 * 81, rel=1e-12)
     step = cert["state_seconds"] / 2  # half a Hessian and XᵀX as the trainer measured them: a step, the new Hessian
     assert step > 0
     _, per_row = priced("per-row")
@@ -304,7 +304,7 @@ def test_plans_price_finding_and_reading_rows_from_the_file_while_it_is_there(st
     Path(meta["file"]).unlink()
     f, batch = priced(None)
     assert (f.rows_find, f.rows_read) == (None, None)
-    assert batch == pytest.approx(cert["removal_read_seconds"] + 0.03 + 1e-6 * 81, rel=1e-12)
+    assert batch == pytest.approx(cert["removal_read_seconds"] + 0.02 + 1e-6 * 81, rel=1e-12)
     _, per_row = priced("per-row")
     assert per_row == pytest.approx(setup + 2 * step, rel=1e-12)
 

@@ -206,6 +206,8 @@ def gather(store: Store, impact, record_ords=None, catalog: _Catalog | None = No
     if record_ords is not None:
         _certified_needs(store, out, record_ords)
     bk = bookkeeping(store)
+    if not bk[1]:  # no action done here yet: the benchmark's typical (n = 0 says so in the estimate)
+        bk = (costs.BOOKKEEPING_PRIOR, 0)
     writes = record_write(store) if any(f.record_write is not None for f in out) else None
     for f in out:
         f.bookkeeping, f.bookkeeping_n = bk
@@ -380,8 +382,9 @@ def price(f: ModelFacts, policy: Policy, required: str, deadline: datetime, now:
             est = a.estimate(f, policy)
             if f.bookkeeping > 0 and a.name != "no_action":
                 est = costs.Estimate(est.seconds + f.bookkeeping, est.reasons + [
-                    f"+ {costs.format_seconds(f.bookkeeping)} looking up and recording (the median of this store's "
-                    f"last {f.bookkeeping_n} action(s))"])
+                    f"+ {costs.format_seconds(f.bookkeeping)} looking up and recording " + (
+                        f"(the median of this store's last {f.bookkeeping_n} action(s))" if f.bookkeeping_n else
+                        "(no action done on this store yet to measure it: a typical figure)")])
             secs = est.seconds + chk["seconds"]
             entry.update(seconds=round(secs, 6), cost=round(secs / 3600.0 * rate, 6),
                          action_seconds=round(est.seconds, 6), reasons=est.reasons,
@@ -459,9 +462,9 @@ def choose(facts: Sequence[ModelFacts], policy: Policy, required: str | dict[str
                             "check_seconds": c["check"]["seconds"]} for c in cands if c["applicable"]],
             "not_applicable": {c["action"]: c["why_not"] for c in cands if not c["applicable"]},
             "blocked_by": None if best else sorted({c["why_not"] for c in cands if c["why_not"]}),
-            # The counterfactual: its own run again, loading included (like every action's price).
-            "retrain_seconds": round(f.rerun_setup() + f.run_seconds, 6),
-            "retrain_cost": round((f.rerun_setup() + f.run_seconds) / 3600 * _rate(f, policy), 6),
+            # The counterfactual: its own run again, loading and bookkeeping included (like every action's price).
+            "retrain_seconds": round(f.rerun_setup() + f.run_seconds + f.bookkeeping, 6),
+            "retrain_cost": round((f.rerun_setup() + f.run_seconds + f.bookkeeping) / 3600 * _rate(f, policy), 6),
         })
     return items
 
