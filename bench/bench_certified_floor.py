@@ -38,27 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import use_bench_secret  # noqa: E402
 
 
-def build(root: Path, n: int, d: int):
-    import pyarrow.parquet as pq
-
-    from expunge import synth
-    from expunge.lineage.store import Store
-    from expunge.orchestrator.trainers import TrainRequest, logreg_certified
-
-    store = Store.init(root / "store")
-    cust = synth.customers(n, seed=1, n_features=d)
-    store.ingest_source(cust, name="customers", subject_col="customer_id", record_col="record_id")
-    feats = root / "customers.parquet"
-    pq.write_table(cust, feats)
-    cfg = {"features": str(feats), "row_col": "record_id", "feature_cols": [f"f{j}" for j in range(d)],
-           "label_col": "churned", "lam": 1e-3}
-    logreg_certified.train(TrainRequest(
-        store=store, run_name="certified-1", inputs=[{"dataset": "customers@1", "role": "train"}], config=cfg,
-        seed=3, out_dir=root / "certified-1", trainer=logreg_certified.ENTRY_POINT, model_name="certified",
-        stage="production", model_family=logreg_certified.FAMILY))
-    return cust.column("customer_id").to_pylist()
-
-
 def median_ms(xs: list[float]) -> float:
     return round(statistics.median(xs) * 1e3, 3)
 
@@ -115,7 +94,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     snapshot = root.with_name(root.name + "-built")
     try:
-        subjects = build(root, a.customers, a.features)
+        store, subjects, _ = bench_unlearn.build(root, a.customers, a.features, 3, models=("certified",))
         shutil.copytree(root, snapshot)
         os.sync()
         runs, floor, sizes, commits = [], {}, [], []
