@@ -99,11 +99,7 @@ def main() -> None:
         os.sync()
         runs, floor, sizes, commits = [], {}, [], []
         for j in range(a.subjects):
-            if j:
-                shutil.rmtree(root)
-                shutil.copytree(snapshot, root)
-                os.sync()  # the copy's writeback is the benchmark's own I/O: not inside the timed actions
-            store = Store.open(root / "store")
+            store = bench_unlearn.restore(snapshot, root) if j else Store.open(root / "store")
             subject = random.Random(f"floor-{j}").choice(subjects)
             got = bench_unlearn.erase(store, root, subject, "cheapest")
             act = next(x for x in got["actions"] if x["model"].startswith("certified@"))
@@ -121,10 +117,7 @@ def main() -> None:
             for k, v in got_parts.items():
                 floor.setdefault(k, []).extend(v)
             print(json.dumps(runs[-1]), file=sys.stderr)
-        shutil.rmtree(root)
-        shutil.copytree(snapshot, root)
-        os.sync()
-        store = Store.open(root / "store")
+        store = bench_unlearn.restore(snapshot, root)
         retrains = []
         for k in range(a.retrains):
             t0 = time.perf_counter()

@@ -62,6 +62,16 @@ def build(root: Path, n: int, d: int, epochs: int, models=("sisa", "mlp", "certi
     return store, cust.column("customer_id").to_pylist(), t
 
 
+def restore(snapshot: Path, root: Path):
+    """The trained store put back in place from its snapshot, and opened."""
+    from expunge.lineage.store import Store
+
+    shutil.rmtree(root)
+    shutil.copytree(snapshot, root)
+    os.sync()  # the copy's writeback is the benchmark's own I/O: not inside the timed actions
+    return Store.open(root / "store")
+
+
 def erase(store, root: Path, subject: str, scenario: str) -> dict:
     """Plan, approve and run one subject's erasure. Scenario "exact": the default category (exact
     unlearning: SISA shard retrain, full retrains); "cheapest": marketing under a policy that always takes
@@ -122,7 +132,6 @@ def main() -> None:
     results = []
     import random
 
-    from expunge.lineage.store import Store
 
     for rep in range(a.repeats):
         for scenario in a.scenarios.split(","):
@@ -134,10 +143,7 @@ def main() -> None:
             os.sync()  # training's and the snapshot's files written back before the first timed action
             for j in range(a.subjects):
                 if j:
-                    shutil.rmtree(root)
-                    shutil.copytree(snapshot, root)
-                    os.sync()  # the copy's writeback is the benchmark's own I/O: not inside the timed actions
-                    store = Store.open(root / "store")
+                    store = restore(snapshot, root)
                 subject = random.Random(rep if a.subjects == 1 else f"{rep}-{j}").choice(subjects)
                 chain = [random.Random(f"chain-{rep}-{j}-{k}").choice(subjects) for k in range(a.chain)] \
                     if scenario == "cheapest" else []
