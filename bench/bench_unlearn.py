@@ -132,7 +132,6 @@ def main() -> None:
     results = []
     import random
 
-
     for rep in range(a.repeats):
         for scenario in a.scenarios.split(","):
             root = Path(tempfile.mkdtemp(prefix="bench-unlearn-"))
