@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument("--retrains", type=int, default=3, help="full retrains timed")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
+    for name in ("customers", "features", "subjects", "repeats", "retrains"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name} must be at least 1")
     use_bench_secret()
     import torch
 
